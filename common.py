@@ -1,0 +1,930 @@
+"""Plumbing shared by the ten GAN scripts: flags, device, seeding, data, run folder, checkpoints.
+
+Nothing in here is a network, a loss or an idea from a paper; each script holds its paper
+whole. Read a script first; come here when you want to know what `run.batches(data)` does.
+
+Sections:  errors and the command line | flags | device and seeding | the built-in shapes data |
+           datasets | the run (folder, metrics, samples, checkpoints, resume, progress)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import io
+import json
+import math
+import os
+import platform
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CHECKPOINT_FORMAT = 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors and the command line
+# ----------------------------------------------------------------------------------------------
+class UserError(Exception):
+    """Bad input (flags, data, checkpoint): printed as one sentence, exit status 2."""
+
+
+class TrainingError(Exception):
+    """Training cannot go on (a NaN loss): printed as one sentence, exit status 1."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: a checkpoint was saved; the message says how to resume. Exit status 130."""
+
+
+def _one_line(error: BaseException) -> str:
+    # An error raised in a DataLoader worker comes back with the worker's traceback inside its
+    # message; the sentence we wrote is its last line.
+    text = str(error).strip().splitlines() or [type(error).__name__]
+    return text[-1].split("UserError: ")[-1]
+
+
+def cli(main) -> None:
+    """Run `main(sys.argv[1:])` as a command: known failures become one sentence and an exit code."""
+    prog = Path(sys.argv[0]).name
+    try:
+        main(sys.argv[1:])
+        return
+    except UserError as e:
+        message, code = f"error: {_one_line(e)}", 2
+    except TrainingError as e:
+        message, code = _one_line(e), 1
+    except Interrupted as e:
+        message, code = str(e), 130
+    except torch.OutOfMemoryError:
+        message, code = "error: out of GPU memory; try a smaller --batch-size or --image-size.", 1
+    except KeyboardInterrupt:
+        message, code = "aborted (no checkpoint written since the last one).", 130
+    print(f"{prog}: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flags
+# ----------------------------------------------------------------------------------------------
+DATASETS = ("shapes", "mnist", "fashion-mnist", "cifar10", "svhn", "celeba", "lsun", "folder")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def add_run_args(parser: argparse.ArgumentParser, **defaults) -> None:
+    """The flags every script shares, spelled the same in all ten; `defaults` overrides ours."""
+    g = parser.add_argument_group("run (shared by all scripts)")
+    g.add_argument("--dataset", choices=DATASETS, default="shapes",
+                   help="training data; 'shapes' is built in (no files, no network)")
+    g.add_argument("--data-root", default="./data", help="folder holding the real datasets")
+    g.add_argument("--download", action="store_true", help="download the dataset if missing")
+    g.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels")
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="1 (grayscale) or 3 (RGB); default: the dataset's own (shapes: 3)")
+    g.add_argument("--dataset-size", type=positive_int, default=None,
+                   help="number of images (shapes: how many to render, default 60000; "
+                        "other datasets: use the first N, default all)")
+    g.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
+    g.add_argument("--epochs", type=positive_int, default=5, help="passes over the data")
+    g.add_argument("--max-steps", type=positive_int, default=None,
+                   help="stop after this many training steps in all (for quick runs)")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, latents and data order")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto picks cuda, then mps, then cpu")
+    g.add_argument("--out", default=None,
+                   help="run folder (default runs/<script>-<dataset>-<time>); must not exist yet")
+    g.add_argument("--resume", default=None, metavar="RUN_OR_CHECKPOINT",
+                   help="continue a run (its folder or its checkpoint.pt); with --generate, "
+                        "the model to sample from")
+    g.add_argument("--generate", type=positive_int, default=None, metavar="N",
+                   help="write N samples from the --resume checkpoint instead of training")
+    g.add_argument("--sample-every", type=non_negative_int, default=0,
+                   help="also save a sample grid every N steps (0: only at the end of each epoch)")
+    g.add_argument("--log-every", type=positive_int, default=50,
+                   help="write averaged losses to metrics.csv every N steps")
+    g.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader worker processes for datasets read from disk")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; faster, less exact)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.set_defaults(**defaults)
+
+
+# Flags that describe this invocation rather than the run; never taken from a checkpoint.
+_PER_INVOCATION = {"resume", "generate", "out", "device", "workers", "download"}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv, script: str) -> argparse.Namespace:
+    """Parse argv. With --resume, the run's saved flags fill in every flag not given again."""
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        if args.generate is not None:
+            parser.error("--generate needs --resume RUN_OR_CHECKPOINT (the model to sample from)")
+        return args
+    explicit_parser = copy.deepcopy(parser)  # the same parser with no defaults: what was typed
+    explicit_parser._defaults.clear()
+    for action in explicit_parser._actions:
+        action.default = argparse.SUPPRESS
+    explicit = set(vars(explicit_parser.parse_args(argv)))
+    saved = read_checkpoint(args.resume, script)["args"]
+    for key, value in saved.items():
+        if hasattr(args, key) and key not in explicit and key not in _PER_INVOCATION:
+            setattr(args, key, value)
+    return args
+
+
+# ----------------------------------------------------------------------------------------------
+# Device and seeding
+# ----------------------------------------------------------------------------------------------
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU here.")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was asked for, but this PyTorch has no MPS device.")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # seeds every CUDA device too
+
+
+def setup(args) -> torch.device:
+    """Seed, pick the device and switch on the fast paths that do not change the method."""
+    seed_everything(args.seed)
+    device = select_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True        # pick the fastest conv algorithms once
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def optimizer_kwargs(device: torch.device) -> dict:
+    """Fused Adam/AdamW kernels on CUDA, multi-tensor (foreach) updates elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast when --amp is given (a no-op context otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """torch.compile in place (state_dict keys stay the same, so checkpoints stay portable)."""
+    if enabled:
+        module.compile()
+    return module
+
+
+# ----------------------------------------------------------------------------------------------
+# The built-in shapes data
+# ----------------------------------------------------------------------------------------------
+# Each shape is a signed distance function in the shape's own frame: p = (u, v), v pointing up,
+# the whole shape inside the unit disk (negative inside, positive outside). Rendering evaluates
+# it on every pixel of a batch at once and turns distance into antialiased coverage.
+SHAPE_NAMES = ("circle", "square", "triangle", "plus", "hexagram",
+               "ring", "crescent", "bar", "half-disk", "heart")
+# Rotational symmetry order of each class: rotation is drawn in [0, 2π/order) so the label is
+# identifiable from the image (0: fully symmetric, rotation is 0).
+SYMMETRY = (0, 4, 3, 4, 6, 0, 1, 2, 1, 1)
+SIZE_RANGE = (0.45, 0.85)  # radius of the bounding disk, as a fraction of half the image
+OUTLINE_HALF_WIDTH = 0.12  # the "outline" style (domain B of the two-domain data), shape units
+
+
+def _norm(u, v):
+    return torch.sqrt(u * u + v * v)
+
+
+def _box(u, v, half_w, half_h):
+    return torch.maximum(u.abs() - half_w, v.abs() - half_h)
+
+
+def _triangle(u, v, apothem=0.45, up=True):
+    # max over the three edge normals (pointing down, upper right, upper left when up=True)
+    s = 1.0 if up else -1.0
+    d = -s * v
+    for a in (math.pi / 6, 5 * math.pi / 6):
+        d = torch.maximum(d, u * math.cos(a) + s * v * math.sin(a))
+    return d - apothem
+
+
+_SDF = (
+    lambda u, v: _norm(u, v) - 0.9,                                             # circle
+    lambda u, v: _box(u, v, 0.66, 0.66),                                        # square
+    lambda u, v: _triangle(u, v),                                               # triangle
+    lambda u, v: torch.minimum(_box(u, v, 0.9, 0.28), _box(u, v, 0.28, 0.9)),   # plus
+    lambda u, v: torch.minimum(_triangle(u, v), _triangle(u, v, up=False)),     # hexagram
+    lambda u, v: (_norm(u, v) - 0.675).abs() - 0.225,                           # ring
+    lambda u, v: torch.maximum(_norm(u, v) - 0.9, 0.75 - _norm(u - 0.45, v)),   # crescent
+    lambda u, v: _box(u, v, 0.9, 0.3),                                          # bar
+    lambda u, v: torch.maximum(_norm(u, v + 0.35) - 0.9, -0.35 - v),            # half-disk
+    lambda u, v: torch.minimum((u.abs() + (v + 0.1).abs()) * math.sqrt(0.5) - 0.45,  # heart:
+                               _norm(u.abs() - 0.318, v - 0.218) - 0.45),       # diamond + 2 disks
+)
+
+
+def shape_factors(n: int, seed: int = 0, stream: int = 0) -> dict:
+    """The factors of images 0..n-1 of one stream; image i is the same whatever n is."""
+    raw = torch.from_numpy(np.random.default_rng([seed, stream]).random((n, 9))).float()
+    cls = (raw[:, 0] * len(SHAPE_NAMES)).long().clamp_(max=len(SHAPE_NAMES) - 1)
+    order = torch.tensor(SYMMETRY, dtype=torch.float32)[cls]
+    size = SIZE_RANGE[0] + (SIZE_RANGE[1] - SIZE_RANGE[0]) * raw[:, 1]
+    rotation = torch.where(order > 0, raw[:, 2] * 2 * math.pi / order.clamp(min=1), 0.0)
+    hue, sat, val = raw[:, 5], 0.5 + 0.5 * raw[:, 6], 0.75 + 0.25 * raw[:, 7]
+    k = (torch.tensor([5.0, 3.0, 1.0]) + hue[:, None] * 6) % 6  # HSV -> RGB, vectorised
+    color = val[:, None] - val[:, None] * sat[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
+    return {"class": cls, "size": size, "rotation": rotation,
+            "x": (2 * raw[:, 3] - 1) * (1 - size), "y": (2 * raw[:, 4] - 1) * (1 - size),
+            "color": color, "intensity": 0.4 + 0.6 * raw[:, 8]}
+
+
+def render_shapes(factors: dict, image_size: int, channels: int = 3, style: str = "filled",
+                  device="cpu", chunk: int = 512) -> torch.Tensor:
+    """Draw the shapes described by `factors` as a uint8 tensor (N, channels, size, size).
+
+    Vectorised: every pixel of a chunk of same-class images is computed in a few tensor ops.
+    style: "filled" or "outline" (the two domains of the CycleGAN data)."""
+    if not 16 <= image_size <= 256:
+        raise UserError(f"the shapes data is drawn at 16 to 256 pixels, not {image_size}.")
+    n = len(factors["class"])
+    out = torch.empty(n, channels, image_size, image_size, dtype=torch.uint8, device=device)
+    lin = (torch.arange(image_size, device=device) + 0.5) * (2.0 / image_size) - 1.0
+    X, Y = lin.view(1, 1, -1), -lin.view(1, -1, 1)  # pixel centres in [-1, 1], y pointing up
+    color = factors["color"] if channels == 3 else factors["intensity"][:, None]
+    params = torch.stack([factors["size"], factors["rotation"], factors["x"], factors["y"]], 1)
+    params, color = params.to(device), color.to(device)
+    for c in range(len(SHAPE_NAMES)):
+        members = (factors["class"] == c).nonzero().squeeze(1)  # grouped on the host
+        for start in range(0, len(members), chunk):
+            i = members[start:start + chunk].to(device)
+            r, rot, cx, cy = (t.view(-1, 1, 1) for t in params[i].unbind(1))
+            cos, sin = torch.cos(rot) / r, torch.sin(rot) / r  # rotate by -rot, scale by 1/r
+            dx, dy = X - cx, Y - cy                             # (b, H, W) after broadcasting
+            d = _SDF[c](cos * dx + sin * dy, cos * dy - sin * dx)
+            if style == "outline":
+                d = d.abs() - OUTLINE_HALF_WIDTH
+            # coverage of a pixel from the signed distance in pixels (a 1-pixel ramp)
+            alpha = (0.5 - d * (r * image_size / 2)).clamp_(0, 1)
+            out[i] = (alpha[:, None] * color[i][:, :, None, None] * 255).round_().to(torch.uint8)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------
+class ImageData:
+    """A fixed set of images served as training batches in [-1, 1] on the training device.
+
+    Held as one uint8 tensor on the device (small datasets: batches are gathered there, no
+    host work), rendered per batch (shapes too large to hold), or streamed from disk through a
+    DataLoader (celeba, lsun, folder). Every epoch visits the images in an order fixed by
+    (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, name, n, channels, image_size, device, images=None, labels=None,
+                 factors=None, render=None, files=None, workers=0, num_classes=None):
+        self.name, self.n, self.channels, self.image_size = name, n, channels, image_size
+        self.device = device
+        self.images, self.labels, self.factors = images, labels, factors
+        self.num_classes = num_classes
+        self._render, self._files, self._workers = render, files, workers
+
+    def __len__(self):
+        return self.n
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        if batch_size > self.n:
+            raise UserError(f"--batch-size {batch_size} is larger than the dataset "
+                            f"({self.n} images).")
+        return self.n // batch_size  # the last incomplete batch is dropped
+
+    def _get(self, index: torch.Tensor):
+        if self.images is not None:
+            x = self.images[index.to(self.device)]
+        else:
+            x = self._render(index)
+        y = None if self.labels is None else self.labels[index.to(self.labels.device)]
+        return x, y
+
+    @staticmethod
+    def to_float(x: torch.Tensor) -> torch.Tensor:
+        return x.float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]
+
+    def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0):
+        """Yield (images, labels or None) for one epoch, from batch `start` on."""
+        steps = self.steps_per_epoch(batch_size)
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
+        order = torch.randperm(self.n, generator=g)[: steps * batch_size]
+        if self._files is None:
+            order = order.to(self.device) if self.images is not None else order
+            for k in range(start, steps):
+                x, y = self._get(order[k * batch_size:(k + 1) * batch_size])
+                yield self.to_float(x), y
+            return
+        loader = torch.utils.data.DataLoader(
+            self._files, batch_size=batch_size, sampler=order[start * batch_size:].tolist(),
+            num_workers=self._workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=False, drop_last=True)
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True) if self.num_classes else None
+            yield self.to_float(x), y
+
+    def sample(self, batch_size: int):
+        """A uniformly drawn batch (torch's global RNG), for loops that need extra batches."""
+        if self._files is not None:
+            index = torch.randint(self.n, (batch_size,))
+            items = [self._files[i] for i in index.tolist()]
+            x = torch.stack([a for a, _ in items]).to(self.device)
+            y = torch.tensor([b for _, b in items], device=self.device) if self.num_classes else None
+            return self.to_float(x), y
+        index = torch.randint(self.n, (batch_size,), device=self.device if self.images is not None else "cpu")
+        x, y = self._get(index)
+        return self.to_float(x), y
+
+
+_CACHE_BYTES = 4 * 2**30  # shapes larger than this are rendered per batch instead of held
+
+
+def shapes_data(n: int, image_size: int, channels: int, device, style: str = "filled",
+                stream: int = 0, factors: dict | None = None) -> ImageData:
+    """The built-in shapes: the first n images of `stream` (0 train, 1 test; see load_unpaired)."""
+    factors = shape_factors(n, seed=0, stream=stream) if factors is None else factors
+    device = torch.device(device)
+
+    def render(index):
+        sub = {k: v[index.cpu()] for k, v in factors.items()}
+        return render_shapes(sub, image_size, channels, style, device)
+
+    held = n * channels * image_size**2 <= _CACHE_BYTES
+    images = render(torch.arange(n)) if held else None
+    return ImageData("shapes", n, channels, image_size, device, images=images,
+                     labels=factors["class"].to(device), factors=factors,
+                     render=None if held else render, num_classes=len(SHAPE_NAMES))
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Images under a folder (recursively), resized and centre-cropped, as uint8 (C, H, W).
+
+    With class subfolders (root/<class>/*.png) each image is labelled by its subfolder."""
+
+    def __init__(self, root, image_size: int, channels: int):
+        root = Path(root)
+        if not root.is_dir():
+            raise UserError(f"image folder {root} does not exist; pass --data-root DIR.")
+        files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        self.paths = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+        others = [p for p in files if p.suffix.lower() not in IMAGE_SUFFIXES]
+        if others:
+            warnings.warn(f"skipping {len(others)} file(s) in {root} that are not images, "
+                          f"e.g. {others[0].relative_to(root)}", stacklevel=2)
+        if not self.paths:
+            raise UserError(f"no images found in {root} (looked for "
+                            f"{', '.join(sorted(IMAGE_SUFFIXES))}).")
+        classes = sorted({p.relative_to(root).parts[0] for p in self.paths
+                          if len(p.relative_to(root).parts) > 1})
+        labelled = classes and all(len(p.relative_to(root).parts) > 1 for p in self.paths)
+        self.classes = classes if labelled else []
+        self.targets = [self.classes.index(p.relative_to(root).parts[0]) if self.classes else 0
+                        for p in self.paths]
+        self.image_size, self.channels = image_size, channels
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        path = self.paths[i]
+        try:
+            with Image.open(path) as im:
+                im = im.convert("RGB" if self.channels == 3 else "L")
+                w, h = im.size
+                s = self.image_size / min(w, h)  # shorter side -> image_size, then centre crop
+                im = im.resize((max(self.image_size, round(w * s)), max(self.image_size, round(h * s))),
+                               Image.BICUBIC)
+                left = (im.size[0] - self.image_size) // 2
+                top = (im.size[1] - self.image_size) // 2
+                im = im.crop((left, top, left + self.image_size, top + self.image_size))
+                x = torch.from_numpy(np.array(im, dtype=np.uint8))
+        except (OSError, ValueError, SyntaxError) as e:
+            raise UserError(f"cannot read image {path}: it is damaged or not an image "
+                            f"({type(e).__name__}); remove it and run again.") from None
+        return (x[None] if x.ndim == 2 else x.permute(2, 0, 1)), self.targets[i]
+
+
+def _torchvision_dataset(name: str, root: str, download: bool):
+    import torchvision.datasets as tvd
+
+    def make():
+        if name == "mnist":
+            return tvd.MNIST(root, train=True, download=download)
+        if name == "fashion-mnist":
+            return tvd.FashionMNIST(root, train=True, download=download)
+        if name == "cifar10":
+            return tvd.CIFAR10(root, train=True, download=download)
+        if name == "svhn":
+            return tvd.SVHN(root, split="train", download=download)
+        if name == "celeba":
+            return tvd.CelebA(root, split="train", target_type="attr", download=download)
+        if name == "lsun":
+            if download:
+                raise UserError("torchvision cannot download LSUN; fetch it with the LSUN tools "
+                                f"and put the lmdb folders under {root}.")
+            return tvd.LSUN(root, classes=["bedroom_train"])
+
+    quiet = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            return make()
+    except UserError:
+        raise
+    except ImportError as e:
+        raise UserError(f"{name} needs the Python package '{e.name}' (pip install {e.name}).") from None
+    except Exception as e:
+        if download:
+            reason = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+            raise UserError(f"could not download {name} into {root} ({reason}); check the network, "
+                            f"or put the files there by hand.") from None
+        raise UserError(f"{name} was not found in {root}; pass --download to fetch it (needs the "
+                        f"network), or --data-root pointing at the folder that holds it.") from None
+
+
+def _resize_uint8(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
+    """(N, C, h, w) uint8 -> (N, channels, size, size) uint8, antialiased, in chunks."""
+    if x.shape[1] != channels:  # RGB <-> grayscale
+        x = x.float().mean(1, keepdim=True).round().to(torch.uint8) if channels == 1 else x.expand(-1, 3, -1, -1)
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x.contiguous()
+    out = [F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+           for c in x.split(4096)]
+    return torch.cat(out)
+
+
+def load_dataset(name: str, root: str = "./data", image_size: int = 64, channels: int | None = None,
+                 download: bool = False, device="cpu", size: int | None = None,
+                 workers: int = 0) -> ImageData:
+    """The training images of `name` (see DATASETS) as an ImageData on `device`."""
+    device = torch.device(device)
+    if name == "shapes":
+        return shapes_data(size or 60000, image_size, channels or 3, device)
+    if name == "folder":
+        files = ImageFiles(root, image_size, channels or 3)
+    elif name in ("celeba", "lsun"):
+        import torchvision.transforms as T
+        base = _torchvision_dataset(name, root, download)
+        gray = [T.Grayscale()] if channels == 1 else []
+        files = _Transformed(base, T.Compose([T.Resize(image_size), T.CenterCrop(image_size),
+                                              *gray, T.PILToTensor()]))
+    elif name in ("mnist", "fashion-mnist", "cifar10", "svhn"):
+        base = _torchvision_dataset(name, root, download)
+        data = torch.as_tensor(base.data)
+        data = data[:, None] if data.ndim == 3 else data        # MNIST: (N, 28, 28)
+        data = data.permute(0, 3, 1, 2) if data.shape[-1] == 3 else data  # CIFAR: NHWC
+        labels = torch.as_tensor(base.labels if name == "svhn" else base.targets).long()
+        if size:
+            data, labels = data[:size], labels[:size]
+        images = _resize_uint8(data, image_size, channels or data.shape[1]).to(device)
+        return ImageData(name, len(images), images.shape[1], image_size, device, images=images,
+                         labels=labels.to(device), num_classes=10)
+    else:
+        raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}.")
+    num_classes = len(getattr(files, "classes", []))
+    if size:
+        files = torch.utils.data.Subset(files, range(min(size, len(files))))
+    return ImageData(name, len(files), channels or 3, image_size, device, files=files,
+                     workers=workers, num_classes=num_classes or None)
+
+
+class _Transformed(torch.utils.data.Dataset):
+    """A torchvision dataset of PIL images with a transform applied and the target dropped."""
+
+    def __init__(self, base, transform):
+        self.base, self.transform = base, transform
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return self.transform(self.base[i][0]), 0
+
+
+def load_unpaired(name: str, root: str = "./data", image_size: int = 64, channels: int | None = None,
+                  device="cpu", size: int | None = None, split: str = "train", workers: int = 0):
+    """Two domains (A, B) for image-to-image translation.
+
+    shapes: A draws the shapes filled, B as outlines, from independent factor draws (unpaired).
+            split="test" gives the paired split: B[i] is exactly A[i] drawn in B's style.
+    folder: root/trainA and root/trainB (root/testA, root/testB for split="test"), the layout
+            of the public CycleGAN datasets."""
+    device = torch.device(device)
+    if name == "shapes":
+        channels = channels or 3
+        if split == "train":
+            n = size or 60000
+            return (shapes_data(n, image_size, channels, device, "filled", stream=0),
+                    shapes_data(n, image_size, channels, device, "outline", stream=2))
+        factors = shape_factors(size or 1000, seed=0, stream=1)
+        return (shapes_data(len(factors["class"]), image_size, channels, device, "filled", factors=factors),
+                shapes_data(len(factors["class"]), image_size, channels, device, "outline", factors=factors))
+    if name == "folder":
+        return tuple(load_dataset("folder", str(Path(root) / f"{split}{d}"), image_size, channels,
+                                  device=device, size=size, workers=workers) for d in "AB")
+    raise UserError(f"unpaired data comes from 'shapes' or 'folder' ({root}/trainA, trainB), not '{name}'.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: folder, metrics, samples, checkpoints, resume, progress
+# ----------------------------------------------------------------------------------------------
+def read_checkpoint(path, script: str, map_location="cpu") -> dict:
+    """Load a checkpoint written by `script`, or say clearly why it cannot be used."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception:
+        raise UserError(f"{path} is damaged or is not a checkpoint of these scripts "
+                        f"(torch.load could not read it).") from None
+    if not isinstance(ckpt, dict) or "script" not in ckpt or "args" not in ckpt:
+        raise UserError(f"{path} is not a checkpoint written by these scripts.")
+    if ckpt["script"] != script:
+        raise UserError(f"{path} was written by {ckpt['script']}.py; resume it with "
+                        f"{ckpt['script']}.py, not {script}.py.")
+    return ckpt
+
+
+def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> None:
+    """Save images in [-1, 1] as one PNG grid."""
+    import torchvision.utils as vutils
+
+    nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
+    vutils.save_image(images.detach().float().cpu().add(1).div(2).clamp(0, 1), path, nrow=nrow, padding=2)
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop at the end of the step; a second one aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step to save a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class Run:
+    """One training run: its folder, its metrics, its samples and its checkpoints.
+
+    `modules` maps names to everything with a state_dict (networks, optimisers, schedulers);
+    `state` holds method state (tensors or numbers: the fixed latent, BEGAN's k_t, ...);
+    both are saved in every checkpoint and restored on --resume, with the RNG states, so a
+    resumed run continues exactly. `sample_fn()` returns images in [-1, 1] for sample grids.
+    """
+
+    def __init__(self, script: str, args, modules: dict, state: dict | None = None,
+                 sample_fn=None, device=None):
+        self.script, self.args, self.modules = script, args, modules
+        self.state = state if state is not None else {}
+        self.sample_fn, self.device = sample_fn, device
+        self.step, self.start_step = 0, 0
+        self._sums, self._count, self._header = {}, 0, None
+        self._images, self._steps_per_epoch, self._saved_step = 0, 1, None
+        self._last_log = (time.perf_counter(), 0)
+        self.last_metrics: dict = {}
+        if args.resume:
+            ckpt = read_checkpoint(args.resume, script)
+            self.dir = (Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent)
+            self._restore(ckpt)
+        elif args.generate is None:
+            self.dir = self._new_folder()
+        if args.generate is None:
+            self._write_config()
+            self._trim_metrics()
+
+    # -- folder -------------------------------------------------------------------------------
+    def _new_folder(self) -> Path:
+        if self.args.out:
+            path = Path(self.args.out)
+            if path.exists() and any(path.iterdir()):
+                raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.")
+        else:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            path = Path("runs") / f"{self.script}-{self.args.dataset}-{stamp}"
+            k = 2
+            while path.exists():
+                path = Path("runs") / f"{self.script}-{self.args.dataset}-{stamp}-{k}"
+                k += 1
+        (path / "samples").mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _write_config(self) -> None:
+        config = {"script": f"{self.script}.py", "args": vars(self.args), "argv": sys.argv,
+                  "device": str(self.device), "started": datetime.now().isoformat(timespec="seconds"),
+                  "resumed_from_step": self.step or None, "versions": _versions(self.device)}
+        name = "config.json" if not self.args.resume else f"config-resume-{self.step}.json"
+        (self.dir / name).write_text(json.dumps(config, indent=2, default=str))
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        self.flush()  # never save a state whose losses we have not checked
+        ckpt = {
+            "script": self.script, "format": CHECKPOINT_FORMAT, "args": vars(self.args),
+            "step": self.step, "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "state": self.state, "rng": _rng_state(),
+        }
+        path = self.dir / "checkpoint.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+        self._saved_step = self.step
+        return path
+
+    def _restore(self, ckpt: dict) -> None:
+        try:
+            for name, module in self.modules.items():
+                module.load_state_dict(ckpt["modules"][name])
+        except (KeyError, RuntimeError, ValueError) as e:
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            raise UserError(f"the checkpoint in {self.args.resume} does not fit this model "
+                            f"(were flags such as the image size changed?): {lines[-1].strip()}") from None
+        for key, value in ckpt["state"].items():
+            self.state[key] = value.to(self.device) if torch.is_tensor(value) else value
+        self.step = self.start_step = ckpt["step"]
+        if self.args.generate is None:
+            _set_rng_state(ckpt["rng"])
+
+    # -- metrics --------------------------------------------------------------------------------
+    def log(self, **metrics) -> None:
+        """Accumulate this step's metrics on the device; no host sync until the next flush."""
+        for key, value in metrics.items():
+            value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
+            self._sums[key] = self._sums[key] + value if key in self._sums else value
+        self._count += 1
+
+    def flush(self) -> dict:
+        """Average the metrics since the last flush, check them, write a row of metrics.csv."""
+        if not self._count:
+            return self.last_metrics
+        keys = list(self._sums)
+        device = next(iter(self._sums.values())).device
+        values = torch.stack([self._sums[k].to(device) for k in keys]).div(self._count).tolist()  # 1 sync
+        self._sums, self._count = {}, 0
+        bad = [k for k, v in zip(keys, values) if not math.isfinite(v)]
+        if bad:
+            raise TrainingError(f"{bad[0]} became {values[keys.index(bad[0])]} before step {self.step}; "
+                                f"stopping. The last good checkpoint is kept in {self.dir} (try a lower "
+                                f"learning rate, or --resume from it with another --seed).")
+        now = time.perf_counter()
+        seconds, images = now - self._last_log[0], self._images - self._last_log[1]
+        self._last_log = (now, self._images)
+        row = {"step": self.step, "epoch": round(self.step / self._steps_per_epoch, 3),
+               "images_per_s": round(images / max(seconds, 1e-9), 1), **dict(zip(keys, values))}
+        self.last_metrics = row
+        path = self.dir / "metrics.csv"
+        if self._header is None:
+            self._header = list(row)
+            if not path.exists():
+                path.write_text(",".join(self._header) + "\n")
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, self._header, extrasaction="ignore").writerow(row)
+        return row
+
+    def _trim_metrics(self) -> None:
+        # On resume, drop rows written after the checkpoint: those steps are trained again.
+        path = self.dir / "metrics.csv"
+        if not path.exists():
+            return
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if rows:
+            self._header = rows[0]
+            keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+            with open(path, "w", newline="") as f:
+                csv.writer(f).writerows(keep)
+
+    # -- samples --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval(self):
+        nets = [m for m in self.modules.values() if isinstance(m, torch.nn.Module)]
+        modes = [m.training for m in nets]
+        try:
+            for m in nets:
+                m.eval()
+            with torch.no_grad():
+                yield
+        finally:
+            for m, mode in zip(nets, modes):
+                m.train(mode)
+
+    def save_samples(self, name: str) -> Path | None:
+        if self.sample_fn is None:
+            return None
+        with self._eval():
+            images = self.sample_fn()
+        path = self.dir / "samples" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        save_grid(images, path)
+        return path
+
+    def generate(self, fn, n: int) -> Path:
+        """--generate N: write N samples of fn(k) (a grid and one PNG each) to a new folder."""
+        import torchvision.utils as vutils
+
+        out = self.dir / f"generated-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        k = 2
+        while out.exists():
+            out = out.with_name(out.name.split("_")[0] + f"_{k}")
+            k += 1
+        out.mkdir(parents=True)
+        chunks = []
+        with self._eval():
+            for start in range(0, n, self.args.batch_size):
+                chunks.append(fn(min(self.args.batch_size, n - start)).float().cpu())
+        images = torch.cat(chunks)
+        save_grid(images, out / "grid.png")
+        for i, img in enumerate(images):
+            vutils.save_image(img.add(1).div(2).clamp(0, 1), out / f"{i:05d}.png")
+        print(f"wrote {n} samples to {out}/ (grid.png and {n} PNGs)")
+        return out
+
+    # -- the loop -------------------------------------------------------------------------------
+    def batches(self, data: ImageData, batch_size: int | None = None):
+        """Yield (images, labels) until --epochs or --max-steps; one step per batch.
+
+        Between steps it writes metrics (--log-every), sample grids (--sample-every and each
+        epoch end) and checkpoints (each epoch end); Ctrl-C saves a checkpoint and stops."""
+        from tqdm import tqdm
+
+        args, batch_size = self.args, batch_size or self.args.batch_size
+        steps = data.steps_per_epoch(batch_size)
+        self._steps_per_epoch, self._images = steps, 0
+        total = min(args.epochs * steps, args.max_steps or math.inf)
+        self._last_log, started = (time.perf_counter(), 0), time.perf_counter()
+        with _StopFlag() as stop:
+            while self.step < total:
+                epoch, start = divmod(self.step, steps)
+                bar = tqdm(total=min(steps, total - epoch * steps), initial=start, leave=False,
+                           desc=f"epoch {epoch + 1}/{args.epochs}", disable=None, dynamic_ncols=True)
+                for batch in data.batches(batch_size, epoch, args.seed, start):
+                    yield batch
+                    self.step += 1
+                    self._images += batch_size
+                    bar.update()
+                    if self.step % args.log_every == 0:
+                        bar.set_postfix(_short(self.flush()), refresh=False)
+                    if args.sample_every and self.step % args.sample_every == 0:
+                        self.save_samples(f"step-{self.step:07d}")
+                    if stop.requested:
+                        bar.close()
+                        path = self.save_checkpoint()
+                        raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to "
+                                          f"{path}. Resume with: python {self.script}.py --resume {self.dir}")
+                    if self.step >= total:
+                        break
+                bar.close()
+                row = self.flush()
+                elapsed = time.perf_counter() - started
+                print(f"epoch {epoch + 1}/{args.epochs}  step {self.step}  "
+                      + "  ".join(f"{k} {v:.4g}" for k, v in _short(row).items())
+                      + f"  {self._images / elapsed:.0f} img/s  {elapsed:.0f} s", flush=True)
+                if self.step % steps == 0:  # a whole epoch: grid and checkpoint
+                    self.save_samples(f"epoch-{self.step // steps:03d}")
+                    self.save_checkpoint()
+
+    def finish(self) -> dict:
+        """After the loop: final checkpoint and samples, the loss plot; returns the last metrics."""
+        self.flush()
+        if self._saved_step != self.step:
+            self.save_checkpoint()
+        final = self.save_samples("final")
+        plot_metrics(self.dir / "metrics.csv", self.dir / "losses.png")
+        print(f"done: {self.step} steps. Run folder: {self.dir}" + (f"  (samples: {final})" if final else ""))
+        return dict(self.last_metrics)
+
+
+def _short(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("step", "epoch", "images_per_s")}
+
+
+def plot_metrics(csv_path, png_path) -> None:
+    """losses.png: one panel per logged metric against the step (only if matplotlib is there)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    if not Path(csv_path).exists():
+        return
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "epoch", "images_per_s")]
+    if not keys:
+        return
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.8 * len(keys)), sharex=True, squeeze=False)
+    steps = [int(r["step"]) for r in rows]
+    for ax, key in zip(axes[:, 0], keys):
+        ax.plot(steps, [float(r[key]) if r[key] else math.nan for r in rows], lw=1)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    np_state = np.random.get_state()
+    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
+
+def _versions(device) -> dict:
+    import torchvision
+
+    v = {"python": platform.python_version(), "torch": torch.__version__,
+         "torchvision": torchvision.__version__, "numpy": np.__version__}
+    if device is not None and torch.device(device).type == "cuda":
+        v["gpu"] = torch.cuda.get_device_name()
+    return v

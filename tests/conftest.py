@@ -1,0 +1,29 @@
+"""Shared test helpers: tiny settings that keep a whole training run to a second on a CPU."""
+import csv
+import hashlib
+from pathlib import Path
+
+import pytest
+import torch
+
+# 16 px images, 8-channel networks, 256 images, batches of 32: 8 steps per epoch.
+TINY = ["--image-size", "16", "--ngf", "8", "--ndf", "8", "--dataset-size", "256",
+        "--batch-size", "32", "--device", "cpu", "--log-every", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _small_cpu(monkeypatch, tmp_path):
+    torch.set_num_threads(2)
+    monkeypatch.chdir(tmp_path)  # default run folders (runs/...) land in the test's own folder
+
+
+def read_metrics(run_dir) -> list[dict]:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tree_digest(folder) -> dict:
+    """{relative path: sha256} of every file under folder, to show a run was left untouched."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}

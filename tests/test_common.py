@@ -1,0 +1,383 @@
+"""common.py: the shapes data, the loaders' errors, the run folder, checkpoints and resume."""
+import argparse
+import math
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from conftest import TINY, read_metrics, tree_digest
+
+import common
+import dcgan
+
+# ------------------------------------------------------------------------------------------------
+# shapes: determinism, labels, sizes, channels, classes
+# ------------------------------------------------------------------------------------------------
+
+
+def test_factors_of_image_i_do_not_depend_on_how_many_images_are_drawn():
+    few, many = common.shape_factors(50), common.shape_factors(500)
+    for key in few:
+        assert torch.equal(few[key], many[key][:50]), key
+    other_stream = common.shape_factors(50, stream=1)
+    assert not torch.equal(few["x"], other_stream["x"])
+
+
+def test_rendering_is_deterministic_and_only_depends_on_the_image_index():
+    a = common.load_dataset("shapes", image_size=32, size=300).images
+    b = common.load_dataset("shapes", image_size=32, size=100).images
+    assert a.dtype == torch.uint8 and a.shape == (300, 3, 32, 32)
+    assert torch.equal(a[:100], b)
+
+
+def test_factor_labels_are_in_range_and_classes_balanced():
+    f = common.shape_factors(5000)
+    assert f["class"].min() == 0 and f["class"].max() == 9
+    counts = torch.bincount(f["class"], minlength=10).float()
+    assert counts.min() > 0.8 * counts.mean()
+    lo, hi = common.SIZE_RANGE
+    assert ((f["size"] >= lo) & (f["size"] <= hi)).all()
+    assert (f["x"].abs() <= 1 - f["size"] + 1e-6).all() and (f["y"].abs() <= 1 - f["size"] + 1e-6).all()
+    order = torch.tensor(common.SYMMETRY, dtype=torch.float32)[f["class"]]
+    limit = torch.where(order > 0, 2 * math.pi / order.clamp(min=1), 1e-9)
+    assert ((f["rotation"] >= 0) & (f["rotation"] < limit)).all()
+    assert f["color"].shape == (5000, 3) and 0 <= f["color"].min() and f["color"].max() <= 1
+    assert (f["color"].max(1).values >= 0.75 - 1e-6).all()  # never too dark to see on black
+    assert ((f["intensity"] >= 0.4) & (f["intensity"] <= 1)).all()
+
+
+def test_images_agree_with_their_labels():
+    data = common.load_dataset("shapes", image_size=64, size=200)
+    f = data.factors
+    x = data.images.float() / 255
+    mask = x.amax(1) > 0.5                                    # (N, H, W) foreground
+    H = x.shape[-1]
+    coords = (torch.arange(H) + 0.5) / H * 2 - 1
+    area = mask.sum((1, 2)).float()
+    cx = (mask.sum(1).float() * coords).sum(1) / area          # column centroid -> x
+    cy = -(mask.sum(2).float() * coords).sum(1) / area         # row centroid -> y (y points up)
+    # (x, y) is the centre of the shape's bounding disk: the centroid of the drawn pixels for
+    # the point-symmetric classes, near it for the lopsided ones (triangle, crescent, ...)
+    err = torch.hypot(cx - f["x"], cy - f["y"])
+    symmetric = torch.isin(f["class"], torch.tensor([0, 1, 3, 4, 5, 7]))
+    assert (err[symmetric] < 0.03).all()
+    assert (err < 0.5 * f["size"]).all()
+    # area grows with size within a class, and the drawn colour is the labelled colour
+    for c in range(10):
+        sel = f["class"] == c
+        if sel.sum() > 5:
+            assert torch.corrcoef(torch.stack([area[sel], f["size"][sel]]))[0, 1] > 0.8
+    brightest = x.flatten(2).max(2).values                      # (N, 3) = colour at full coverage
+    assert (brightest - f["color"]).abs().max() < 2 / 255
+
+
+def test_the_ten_classes_are_distinct_at_28_pixels():
+    n = 10
+    f = {"class": torch.arange(n), "size": torch.full((n,), 0.85), "rotation": torch.zeros(n),
+         "x": torch.zeros(n), "y": torch.zeros(n), "color": torch.ones(n, 3),
+         "intensity": torch.ones(n)}
+    masks = (common.render_shapes(f, 28, channels=1)[:, 0] > 127).float().flatten(1)
+    inter = masks @ masks.T
+    union = masks.sum(1)[:, None] + masks.sum(1)[None] - inter
+    iou = inter / union
+    off_diagonal = iou[~torch.eye(n, dtype=torch.bool)]
+    assert off_diagonal.max() < 0.8, iou  # no two silhouettes nearly the same
+
+
+@pytest.mark.parametrize("size", [16, 28, 32, 64, 256])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_any_size_and_channel_count(size, channels):
+    data = common.load_dataset("shapes", image_size=size, channels=channels, size=20)
+    assert data.images.shape == (20, channels, size, size)
+    assert data.images.float().amax((1, 2, 3)).min() > 100   # every image shows a shape
+    x, y = next(data.batches(8, epoch=0, seed=0))
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
+    assert y.shape == (8,) and y.dtype == torch.long
+
+
+@pytest.mark.parametrize("size", [8, 15, 257, 512])
+def test_sizes_out_of_range_raise_a_clear_error(size):
+    with pytest.raises(common.UserError, match="16 to 256"):
+        common.load_dataset("shapes", image_size=size, size=4)
+
+
+def test_large_datasets_are_rendered_per_batch_with_the_same_pixels(monkeypatch):
+    held = common.load_dataset("shapes", image_size=32, size=64)
+    monkeypatch.setattr(common, "_CACHE_BYTES", 0)
+    streamed = common.load_dataset("shapes", image_size=32, size=64)
+    assert streamed.images is None
+    for (a, ya), (b, yb) in zip(held.batches(16, 3, seed=1), streamed.batches(16, 3, seed=1)):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+
+
+def test_two_domains_unpaired_for_training_and_paired_for_evaluation():
+    a, b = common.load_unpaired("shapes", image_size=64, size=200)
+    assert not torch.equal(a.factors["class"], b.factors["class"])  # independent draws
+    ta, tb = common.load_unpaired("shapes", image_size=64, size=200, split="test")
+    for key in ta.factors:
+        assert torch.equal(ta.factors[key], tb.factors[key])      # b[i] is a[i]'s counterpart
+    fa, fb = ta.images.amax(1) > 64, tb.images.amax(1) > 64        # (N, H, W) masks
+    assert not torch.equal(fa, fb)                                 # two styles
+    # the outline traces the filled shape: almost all outline pixels lie within 4 px of it
+    near = torch.nn.functional.max_pool2d(fa[:, None].float(), 9, 1, 4)[:, 0] > 0
+    assert (fb & near).sum() / fb.sum() > 0.97
+    # and it is hollow: pixels deep inside the filled shape (4+ px from its edge) are off
+    deep = -torch.nn.functional.max_pool2d(-fa[:, None].float(), 9, 1, 4)[:, 0] > 0
+    assert deep.sum() > 1000 and (fb & deep).sum() / deep.sum() < 0.01
+    # the training domains come from other draws than the test split
+    assert not torch.equal(a.factors["x"][:50], ta.factors["x"][:50])
+
+
+# ------------------------------------------------------------------------------------------------
+# batches
+# ------------------------------------------------------------------------------------------------
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    data = common.load_dataset("shapes", image_size=16, size=100)
+    data.images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 16, 16)
+
+    def order(epoch, seed, start=0):
+        return [int((x[i, 0, 0, 0] + 1) * 127.5 + 0.5) for x, _ in data.batches(10, epoch, seed, start)
+                for i in range(len(x))]
+
+    e0 = order(0, seed=1)
+    assert sorted(e0) == list(range(100))
+    assert e0 == order(0, seed=1)
+    assert e0 != order(1, seed=1) and e0 != order(0, seed=2)
+    assert order(0, seed=1, start=4) == e0[40:]
+
+
+def test_batch_larger_than_the_dataset_is_a_clear_error():
+    data = common.load_dataset("shapes", image_size=16, size=10)
+    with pytest.raises(common.UserError, match="larger than the dataset"):
+        next(data.batches(11, 0, 0))
+
+
+# ------------------------------------------------------------------------------------------------
+# real datasets: clear errors
+# ------------------------------------------------------------------------------------------------
+
+
+def test_unknown_dataset():
+    with pytest.raises(common.UserError, match="unknown dataset"):
+        common.load_dataset("imagenet-42")
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "cifar10"])
+def test_missing_dataset_without_download_names_the_folder_and_the_flag(name, tmp_path):
+    with pytest.raises(common.UserError, match="--download") as e:
+        common.load_dataset(name, root=str(tmp_path / "nothing"))
+    assert str(tmp_path / "nothing") in str(e.value)
+
+
+def test_download_without_network_is_a_clear_error(monkeypatch, tmp_path):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(common.UserError, match="could not download mnist"):
+        common.load_dataset("mnist", root=str(tmp_path), download=True)
+
+
+def _write_png(path, size=(40, 30), color=(200, 30, 30)):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path)
+
+
+def test_image_folder_flat_and_with_class_subfolders(tmp_path):
+    for i in range(3):
+        _write_png(tmp_path / "flat" / f"{i}.png")
+        _write_png(tmp_path / "classes" / "cat" / f"{i}.jpg")
+        _write_png(tmp_path / "classes" / "dog" / f"{i}.png", color=(0, 0, 255))
+    flat = common.load_dataset("folder", str(tmp_path / "flat"), image_size=16)
+    assert len(flat) == 3 and flat.num_classes is None
+    x, y = next(flat.batches(3, 0, 0))
+    assert x.shape == (3, 3, 16, 16) and y is None
+    assert torch.allclose(x[0, :, 0, 0], torch.tensor([200, 30, 30]) / 127.5 - 1, atol=0.02)
+    labelled = common.load_dataset("folder", str(tmp_path / "classes"), image_size=16, channels=1)
+    assert labelled.num_classes == 2
+    x, y = next(labelled.batches(6, 0, 0))
+    assert x.shape == (6, 1, 16, 16) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_empty_folder_and_missing_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(common.UserError, match="no images found"):
+        common.load_dataset("folder", str(tmp_path / "empty"))
+    with pytest.raises(common.UserError, match="does not exist"):
+        common.load_dataset("folder", str(tmp_path / "nowhere"))
+
+
+def test_folder_skips_non_image_files_with_a_warning(tmp_path):
+    _write_png(tmp_path / "a.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.warns(UserWarning, match="skipping 1 file"):
+        data = common.load_dataset("folder", str(tmp_path), image_size=16)
+    assert len(data) == 1
+
+
+def test_damaged_image_stops_with_its_name(tmp_path):
+    _write_png(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG this is not really a png")
+    data = common.load_dataset("folder", str(tmp_path), image_size=16)
+    with pytest.raises(common.UserError, match="cannot read image .*broken.png"):
+        next(data.batches(2, 0, 0))
+
+
+def test_unpaired_folder_layout(tmp_path):
+    for d in "AB":
+        for i in range(2):
+            _write_png(tmp_path / f"train{d}" / f"{i}.png")
+    a, b = common.load_unpaired("folder", str(tmp_path), image_size=16)
+    assert len(a) == len(b) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# run folder, checkpoints, resume
+# ------------------------------------------------------------------------------------------------
+
+
+def _args(**kw):
+    p = argparse.ArgumentParser()
+    common.add_run_args(p)
+    args = p.parse_args([])
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
+
+
+def test_run_folders_are_never_reused(tmp_path):
+    first = common.Run("dcgan", _args(), {}).dir
+    second = common.Run("dcgan", _args(), {}).dir
+    assert first != second and first.exists() and second.exists()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(common.UserError, match="already holds files"):
+        common.Run("dcgan", _args(out=str(tmp_path / "taken")), {})
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def _tiny_run(tmp_path, name="r"):
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters())
+    net(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    run = common.Run("dcgan", _args(out=str(tmp_path / name)), {"net": net, "opt": opt},
+                     {"k_t": 0.25, "fixed": torch.arange(3.0)})
+    return run, net
+
+
+def test_checkpoint_round_trip_loads_with_weights_only(tmp_path):
+    run, net = _tiny_run(tmp_path)
+    run.step = 7
+    path = run.save_checkpoint()
+    ckpt = torch.load(path, weights_only=True)  # no pickled code inside
+    assert ckpt["script"] == "dcgan" and ckpt["step"] == 7 and ckpt["state"]["k_t"] == 0.25
+    net2 = torch.nn.Linear(3, 2)
+    resumed = common.Run("dcgan", _args(resume=str(run.dir)), {"net": net2, "opt": torch.optim.Adam(net2.parameters())})
+    assert resumed.step == 7 and resumed.state["k_t"] == 0.25
+    assert torch.equal(net2.weight, net.weight)
+    assert torch.equal(resumed.state["fixed"], torch.arange(3.0))
+
+
+def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    run, _ = _tiny_run(tmp_path)
+    run.step = 1
+    path = run.save_checkpoint()
+    before = path.read_bytes()
+
+    def crash(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    run.step = 2
+    with pytest.raises(OSError):
+        run.save_checkpoint()
+    assert path.read_bytes() == before
+    assert common.read_checkpoint(path, "dcgan")["step"] == 1
+
+
+def test_damaged_foreign_and_unsafe_checkpoints_are_refused(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 100)
+    with pytest.raises(common.UserError, match="damaged"):
+        common.read_checkpoint(tmp_path / "junk.pt", "dcgan")
+    torch.save({"script": "wgan", "args": {}}, tmp_path / "wgan.pt")
+    with pytest.raises(common.UserError, match="written by wgan.py"):
+        common.read_checkpoint(tmp_path / "wgan.pt", "dcgan")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(common.UserError, match="not a checkpoint written by these scripts"):
+        common.read_checkpoint(tmp_path / "other.pt", "dcgan")
+    # a pickle that would run code is refused by weights_only loading
+    torch.save({"script": "dcgan", "args": argparse.Namespace(x=1)}, tmp_path / "unsafe.pt")
+    with pytest.raises(common.UserError, match="damaged or is not a checkpoint"):
+        common.read_checkpoint(tmp_path / "unsafe.pt", "dcgan")
+    with pytest.raises(common.UserError, match="no checkpoint at"):
+        common.read_checkpoint(tmp_path / "missing", "dcgan")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    run, _ = _tiny_run(tmp_path)
+    run.log(loss=torch.tensor(1.0))
+    path = run.save_checkpoint()
+    before = path.read_bytes()
+    run.log(loss=torch.tensor(float("nan")))
+    with pytest.raises(common.TrainingError, match="loss became nan"):
+        run.save_checkpoint()
+    assert path.read_bytes() == before
+
+
+def test_resume_takes_saved_flags_unless_given_again(tmp_path):
+    dcgan.main(TINY + ["--max-steps", "2", "--ngf", "4", "--out", str(tmp_path / "r")])
+    args = dcgan.parse_args(["--resume", str(tmp_path / "r"), "--max-steps", "5"])
+    assert args.ngf == 4 and args.image_size == 16 and args.max_steps == 5
+
+
+def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
+    # 12 steps straight vs 5 steps, stop, resume to 12: the same losses at every step and the
+    # same weights at the end (CPU, same seed). 8 steps per epoch, so the stop is mid-epoch
+    # and the resumed run crosses an epoch boundary.
+    straight = tmp_path / "straight"
+    dcgan.main(TINY + ["--max-steps", "12", "--out", str(straight)])
+    split = tmp_path / "split"
+    dcgan.main(TINY + ["--max-steps", "5", "--out", str(split)])
+    dcgan.main(["--resume", str(split), "--max-steps", "12"])
+    a, b = read_metrics(straight), read_metrics(split)
+    assert [r["step"] for r in b] == [str(s) for s in range(1, 13)]
+    for ra, rb in zip(a, b):
+        for key in ("loss_D", "loss_G", "D_x", "D_G_z"):
+            assert float(ra[key]) == float(rb[key]), (ra["step"], key)
+    wa = torch.load(straight / "checkpoint.pt", weights_only=True)["modules"]
+    wb = torch.load(split / "checkpoint.pt", weights_only=True)["modules"]
+    for net in ("G", "D"):
+        for key in wa[net]:
+            assert torch.equal(wa[net][key], wb[net][key]), (net, key)
+
+
+def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
+    run_dir = tmp_path / "r"
+    dcgan.main(TINY + ["--max-steps", "8", "--out", str(run_dir)])  # checkpoint at step 8
+    with open(run_dir / "metrics.csv", "a") as f:
+        f.write("9,1.1,0,1,1,1,1\n")                       # a row from a run that then crashed
+    dcgan.main(["--resume", str(run_dir), "--max-steps", "10"])
+    assert [r["step"] for r in read_metrics(run_dir)] == [str(s) for s in range(1, 11)]
+
+
+def test_loss_plot_when_matplotlib_is_installed(tmp_path):
+    pytest.importorskip("matplotlib")
+    dcgan.main(TINY + ["--max-steps", "3", "--out", str(tmp_path / "r")])
+    assert (tmp_path / "r" / "losses.png").stat().st_size > 1000
+
+
+def test_bad_input_leaves_earlier_runs_untouched(tmp_path):
+    dcgan.main(TINY + ["--max-steps", "2", "--out", str(tmp_path / "r")])
+    before = tree_digest(tmp_path / "r")
+    for argv in (TINY + ["--out", str(tmp_path / "r")],
+                 ["--resume", str(tmp_path / "r"), "--image-size", "32"]):
+        with pytest.raises(common.UserError):
+            dcgan.main(argv)
+    assert tree_digest(tmp_path / "r") == before

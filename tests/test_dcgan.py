@@ -1,0 +1,163 @@
+"""dcgan.py against ../shared/papers/dcgan.md: init, architecture rules, shapes, step isolation, losses."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import dcgan
+
+
+def _params(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_paper_defaults():
+    args = dcgan.parse_args([])
+    assert (args.lr, args.beta1, args.batch_size, args.nz) == (2e-4, 0.5, 128, 100)
+    assert args.image_size == 64 and args.dataset == "shapes"
+
+
+def test_weights_init_matches_sec_4():
+    torch.manual_seed(0)
+    G = dcgan.Generator(ngf=64)
+    D = dcgan.Discriminator(ndf=64)
+    G.apply(dcgan.weights_init)
+    D.apply(dcgan.weights_init)
+    for net in (G, D):
+        for m in net.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                assert abs(m.weight.std().item() - 0.02) < 0.002
+                assert abs(m.weight.mean().item()) < 0.002
+            if isinstance(m, nn.BatchNorm2d):
+                assert abs(m.weight.mean().item() - 1) < 0.01 and m.bias.abs().max() == 0
+
+
+def _layers(net):
+    return [m for m in net.modules() if not isinstance(m, (nn.Sequential, dcgan.Generator, dcgan.Discriminator))]
+
+
+@pytest.mark.parametrize("kernel_size", [4, 5])
+def test_batch_norm_placement(kernel_size):
+    G, D = dcgan.Generator(kernel_size=kernel_size), dcgan.Discriminator(kernel_size=kernel_size)
+    g = _layers(G.body)
+    assert isinstance(g[-1], nn.Tanh) and isinstance(g[-2], nn.ConvTranspose2d)  # no BN before tanh
+    d = _layers(D.body)
+    assert isinstance(d[0], nn.Conv2d) and isinstance(d[1], nn.LeakyReLU)        # no BN after conv 1
+    assert d[1].negative_slope == 0.2
+    # every other conv in both nets is followed by BN
+    for layers in (g[:-2], d[2:]):
+        convs = [i for i, m in enumerate(layers) if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        assert convs and all(isinstance(layers[i + 1], nn.BatchNorm2d) for i in convs)
+    assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in list(G.modules()) + list(D.modules()))
+
+
+def test_paper_width_gives_figure_1():
+    G = dcgan.Generator(ngf=128, kernel_size=5)
+    assert G.project.out_features == 1024 * 4 * 4                       # 4x4x1024
+    convs = [m for m in G.body if isinstance(m, nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convs] == [512, 256, 128, 3]
+    assert all(m.kernel_size == (5, 5) for m in convs)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_for_every_supported_size(size, channels):
+    G = dcgan.Generator(nz=10, ngf=8, channels=channels, image_size=size)
+    D = dcgan.Discriminator(ndf=8, channels=channels, image_size=size)
+    G.apply(dcgan.weights_init)
+    z = dcgan.sample_z(5, 10, "cpu")
+    assert z.min() >= -1 and z.max() <= 1
+    x = G(z)
+    assert x.shape == (5, channels, size, size)
+    assert x.min() >= -1 and x.max() <= 1
+    assert D(x).shape == (5,)
+    n_up = sum(isinstance(m, nn.ConvTranspose2d) for m in G.modules())
+    assert n_up == int(math.log2(size)) - 2
+
+
+def test_sizes_the_architecture_cannot_make_are_refused(capsys):
+    for bad in ("48", "8", "100"):
+        with pytest.raises(SystemExit) as e:
+            dcgan.parse_args(["--image-size", bad])
+        assert e.value.code == 2
+    assert "power of two" in capsys.readouterr().err
+
+
+def test_losses_equal_their_closed_forms():
+    r = torch.tensor([2.0, -1.0, 0.5])
+    f = torch.tensor([-3.0, 0.0, 1.5])
+    sig = torch.sigmoid
+    expected_d = -(torch.log(sig(r)).mean() + torch.log(1 - sig(f)).mean())
+    assert torch.allclose(dcgan.d_loss(r, f), expected_d)
+    expected_g = -torch.log(sig(f)).mean()                # non-saturating: -log D(G(z))
+    assert torch.allclose(dcgan.g_loss(f), expected_g)
+    # sign conventions: a D that is right has a small loss; a fooled D a large one
+    assert dcgan.d_loss(torch.full((4,), 9.0), torch.full((4,), -9.0)) < 1e-3
+    assert dcgan.d_loss(torch.full((4,), -9.0), torch.full((4,), 9.0)) > 10
+    assert dcgan.g_loss(torch.full((4,), 9.0)) < 1e-3
+    # stable on logits where sigmoid + log would overflow
+    assert torch.isfinite(dcgan.d_loss(torch.tensor([200.0]), torch.tensor([-200.0])))
+    assert torch.isfinite(dcgan.g_loss(torch.tensor([-200.0])))
+
+
+def _nets():
+    torch.manual_seed(0)
+    G = dcgan.Generator(nz=10, ngf=8, image_size=16)
+    D = dcgan.Discriminator(ndf=8, image_size=16)
+    G.apply(dcgan.weights_init)
+    D.apply(dcgan.weights_init)
+    opt_G = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
+    return G, D, opt_G, opt_D
+
+
+def test_d_step_changes_d_only_and_g_step_changes_g_only():
+    G, D, opt_G, opt_D = _nets()
+    real = torch.rand(8, 3, 16, 16) * 2 - 1
+    fake = G(dcgan.sample_z(8, 10, "cpu"))
+    g0, d0 = _params(G), _params(D)
+    dcgan.discriminator_step(D, opt_D, real, fake)
+    assert _same(_params(G), g0) and not _same(_params(D), d0)
+    assert all(p.grad is None for p in G.parameters())
+    g1, d1 = _params(G), _params(D)
+    d_grads = [p.grad.clone() for p in D.parameters()]
+    dcgan.generator_step(D, opt_G, fake)
+    assert _same(_params(D), d1) and not _same(_params(G), g1)
+    assert _same([p.grad for p in D.parameters()], d_grads)  # the G step added no gradient to D
+    assert all(p.requires_grad for p in D.parameters())  # and are trainable again afterwards
+
+
+def test_g_step_follows_the_gradient_of_the_non_saturating_loss():
+    # After one G step, D scores G's new samples higher (a tiny lr keeps it first-order).
+    G, D, opt_G, _ = _nets()
+    for group in opt_G.param_groups:
+        group["lr"] = 1e-3
+    z = dcgan.sample_z(64, 10, "cpu")
+    D.eval()  # fixed BN statistics, so D is the same function before and after
+    before = D(G(z)).mean()
+    dcgan.generator_step(D, opt_G, G(z))
+    assert D(G(z)).mean() > before
+
+
+def test_d_step_learns_to_separate_real_from_fake():
+    G, D, _, opt_D = _nets()
+    real = torch.full((16, 3, 16, 16), 0.8)
+    fake = G(dcgan.sample_z(16, 10, "cpu")).detach()
+    first = None
+    for _ in range(20):
+        loss, D_x, D_G_z = dcgan.discriminator_step(D, opt_D, real, fake)
+        first = first if first is not None else loss.item()
+    assert loss.item() < first and D_x > D_G_z
+
+
+def test_bce_on_logits_not_sigmoid_outputs():
+    D = dcgan.Discriminator(ndf=8, image_size=16)
+    assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
+    x = torch.randn(3)
+    assert torch.allclose(dcgan.g_loss(x), F.binary_cross_entropy(torch.sigmoid(x), torch.ones(3)))
