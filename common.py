@@ -67,7 +67,7 @@ def cli(main) -> None:
         message, code = _one_line(e), 1
     except Interrupted as e:
         message, code = str(e), 130
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         message, code = "error: out of GPU memory; try a smaller --batch-size or --image-size.", 1
     except KeyboardInterrupt:
         message, code = "aborted (no checkpoint written since the last one).", 130
