@@ -148,7 +148,7 @@ def add_run_args(parser: argparse.ArgumentParser, **defaults) -> None:
 
 
 # Flags that describe this invocation rather than the run; never taken from a checkpoint.
-_PER_INVOCATION = {"resume", "generate", "out", "device", "workers", "download"}
+_PER_INVOCATION = {"resume", "generate", "out", "workers", "download"}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv, script: str) -> argparse.Namespace:

@@ -23,7 +23,7 @@ cp "$TMP/epochs5/metrics.csv" "$OUT/dcgan-epochs5-metrics.csv" 2>/dev/null
 cp "$TMP/epochs5/losses.png" "$OUT/dcgan-epochs5-losses.png" 2>/dev/null
 
 step "speed default" 120 python3 benchmarks/speed.py --script dcgan --out "$OUT/speed-dcgan-cuda.json"
-step "speed --amp" 120 python3 benchmarks/speed.py --script dcgan --extra "--amp" --out "$OUT/speed-dcgan-cuda-amp.json"
+step "speed --amp" 120 python3 benchmarks/speed.py --script dcgan --extra=--amp --out "$OUT/speed-dcgan-cuda-amp.json"
 step "shapes speed" 60 python3 benchmarks/shapes_speed.py --sizes 32 64 128 256 --out "$OUT/shapes-speed-cuda.json"
 
 step "resume on cuda" 90 bash -c "python3 dcgan.py --max-steps 30 --dataset-size 2000 --image-size 32 --out $TMP/a \

@@ -20,7 +20,10 @@ def _same(a, b):
 def test_paper_defaults():
     args = dcgan.parse_args([])
     assert (args.lr, args.beta1, args.batch_size, args.nz) == (2e-4, 0.5, 128, 100)
-    assert args.image_size == 64 and args.dataset == "shapes"
+    assert args.image_size == 64 and args.dataset == "shapes" and args.z_dist == "uniform"
+    assert (args.ngf, args.ndf, args.kernel_size) == (128, 128, 5)  # Fig. 1: 1024 channels at 4x4
+    G = dcgan.Generator(args.nz, args.ngf, 3, args.image_size, args.kernel_size)
+    assert G.project.out_features == 1024 * 4 * 4
 
 
 def test_weights_init_matches_sec_4():
