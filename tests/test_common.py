@@ -381,3 +381,15 @@ def test_bad_input_leaves_earlier_runs_untouched(tmp_path):
         with pytest.raises(common.UserError):
             dcgan.main(argv)
     assert tree_digest(tmp_path / "r") == before
+
+
+def test_lsun_cannot_be_downloaded_and_says_so(tmp_path):
+    with pytest.raises(common.UserError, match="cannot download LSUN"):
+        common.load_dataset("lsun", root=str(tmp_path), download=True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_asking_for_a_gpu_that_is_not_there():
+    with pytest.raises(common.UserError, match="sees no CUDA GPU"):
+        common.select_device("cuda")
+    assert common.select_device("auto").type in ("cpu", "mps")
