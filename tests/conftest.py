@@ -1,6 +1,7 @@
 """Shared test helpers: tiny settings that keep a whole training run to a second on a CPU."""
 import csv
 import hashlib
+import struct
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,17 @@ def tree_digest(folder) -> dict:
     folder = Path(folder)
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def fake_mnist(root, n=40):
+    """The four raw MNIST files (idx format) with n random digits, as torchvision expects them."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 28, 28), generator=g, dtype=torch.uint8)
+    labels = torch.arange(n, dtype=torch.uint8) % 10
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, n, 28, 28)
+                                                         + images.numpy().tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
+    return images, labels

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, read_metrics, tree_digest
+from conftest import TINY, fake_mnist, read_metrics, tree_digest
 
 import common
 import dcgan
@@ -159,3 +159,16 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_resume_command(tmp_path):
     # and the run goes on from there
     dcgan.main(["--resume", str(run), "--max-steps", str(step + 2)])
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == step + 2
+
+
+def test_grayscale_data_trains_and_generates_with_one_channel(tmp_path):
+    fake_mnist(tmp_path / "data")
+    dcgan.main(TINY + ["--dataset", "mnist", "--data-root", "data", "--max-steps", "1", "--batch-size", "8",
+                       "--out", "run"])
+    dcgan.main(["--generate", "2", "--resume", "run"])  # builds a 1-channel G from the saved flags
+    from PIL import Image
+    image = next((tmp_path / "run").glob("generated-*/00000.png"))
+    assert Image.open(image).size == (16, 16)
+    G = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["modules"]["G"]
+    last_conv = [v for k, v in G.items() if k.startswith("body") and k.endswith("weight")][-1]
+    assert last_conv.shape[1] == 1  # (in, out, k, k) of G's output layer

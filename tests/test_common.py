@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 import torch
-from conftest import TINY, read_metrics, tree_digest
+from conftest import TINY, fake_mnist, read_metrics, tree_digest
 
 import common
 import dcgan
@@ -393,3 +393,15 @@ def test_asking_for_a_gpu_that_is_not_there():
     with pytest.raises(common.UserError, match="sees no CUDA GPU"):
         common.select_device("cuda")
     assert common.select_device("auto").type in ("cpu", "mps")
+
+
+def test_mnist_files_are_held_on_the_device_resized_with_labels(tmp_path):
+    images, labels = fake_mnist(tmp_path)
+    same = common.load_dataset("mnist", str(tmp_path), image_size=28)
+    assert same.channels == 1 and same.num_classes == 10 and len(same) == 40
+    assert torch.equal(same.images[:, 0], images) and torch.equal(same.labels, labels.long())
+    big = common.load_dataset("mnist", str(tmp_path), image_size=64, channels=3, size=10)
+    assert big.images.shape == (10, 3, 64, 64) and big.images.dtype == torch.uint8
+    assert torch.equal(big.images[:, 0], big.images[:, 2])  # gray copied to RGB
+    x, y = next(big.batches(5, 0, 0))
+    assert x.shape == (5, 3, 64, 64) and -1 <= x.min() and x.max() <= 1 and y.shape == (5,)
