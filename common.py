@@ -149,6 +149,9 @@ def add_run_args(parser: argparse.ArgumentParser, **defaults) -> None:
 
 # Flags that describe this invocation rather than the run; never taken from a checkpoint.
 _PER_INVOCATION = {"resume", "generate", "out", "workers", "download"}
+# Flags a resumed run may change; any other flag is the run's own (its network, optimiser, data).
+_MAY_CHANGE_ON_RESUME = _PER_INVOCATION | {"epochs", "max_steps", "log_every", "sample_every",
+                                           "device", "data_root", "amp", "compile"}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv, script: str) -> argparse.Namespace:
@@ -165,8 +168,14 @@ def parse_args(parser: argparse.ArgumentParser, argv, script: str) -> argparse.N
     explicit = set(vars(explicit_parser.parse_args(argv)))
     saved = read_checkpoint(args.resume, script)["args"]
     for key, value in saved.items():
-        if hasattr(args, key) and key not in explicit and key not in _PER_INVOCATION:
+        if not hasattr(args, key) or key in _PER_INVOCATION:
+            continue
+        if key not in explicit:
             setattr(args, key, value)
+        elif key not in _MAY_CHANGE_ON_RESUME and getattr(args, key) != value:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} was {value} for this run and cannot change on resume; "
+                            f"start a new run to train with {flag} {getattr(args, key)}.")
     return args
 
 
@@ -651,7 +660,7 @@ class Run:
         self.script, self.args, self.modules = script, args, modules
         self.state = state if state is not None else {}
         self.sample_fn, self.device = sample_fn, device
-        self.step, self.start_step = 0, 0
+        self.step = 0
         self._sums, self._count, self._header = {}, 0, None
         self._images, self._steps_per_epoch, self._saved_step = 0, 1, None
         self._last_log = (time.perf_counter(), 0)
@@ -714,7 +723,7 @@ class Run:
                             f"(were flags such as the image size changed?): {lines[-1].strip()}") from None
         for key, value in ckpt["state"].items():
             self.state[key] = value.to(self.device) if torch.is_tensor(value) else value
-        self.step = self.start_step = ckpt["step"]
+        self.step = ckpt["step"]
         if self.args.generate is None:
             _set_rng_state(ckpt["rng"])
 
@@ -736,9 +745,9 @@ class Run:
         self._sums, self._count = {}, 0
         bad = [k for k, v in zip(keys, values) if not math.isfinite(v)]
         if bad:
-            raise TrainingError(f"{bad[0]} became {values[keys.index(bad[0])]} before step {self.step}; "
-                                f"stopping. The last good checkpoint is kept in {self.dir} (try a lower "
-                                f"learning rate, or --resume from it with another --seed).")
+            raise TrainingError(f"{bad[0]} became {values[keys.index(bad[0])]} by step {self.step}; "
+                                f"stopping. The last good checkpoint is kept in {self.dir} (try "
+                                f"--resume {self.dir} with a lower learning rate).")
         now = time.perf_counter()
         seconds, images = now - self._last_log[0], self._images - self._last_log[1]
         self._last_log = (now, self._images)

@@ -129,7 +129,7 @@ class Discriminator(nn.Module):
         self.out = nn.Linear(c * 4 * 4, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.body(x).flatten(1)   # (B, top * 4 * 4)
+        h = self.body(x).flatten(1)   # (B, 8*ndf * 4 * 4) at 64 px
         # DEVIATION: no final sigmoid; the losses take logits (deviation 1).
         return self.out(h).squeeze(1)  # (B,) logits
 

@@ -83,7 +83,8 @@ BAD_INPUT = {
     "checkpoint from another script": (["--resume", "wgan.pt"], "written by wgan.py"),
     "checkpoint that does not exist": (["--resume", "nowhere"], "no checkpoint at"),
     "out folder already used": (["--out", "earlier"], "already holds files"),
-    "resume with another architecture": (["--resume", "earlier", "--ngf", "16"], "does not fit"),
+    "resume with another architecture": (["--resume", "earlier", "--ngf", "16"], "--ngf was 8 for this run"),
+    "resume with another learning rate": (["--resume", "earlier", "--lr", "1e-3"], "cannot change on resume"),
 }
 
 

@@ -333,8 +333,18 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 def test_resume_takes_saved_flags_unless_given_again(tmp_path):
     dcgan.main(TINY + ["--max-steps", "2", "--ngf", "4", "--out", str(tmp_path / "r")])
-    args = dcgan.parse_args(["--resume", str(tmp_path / "r"), "--max-steps", "5"])
-    assert args.ngf == 4 and args.image_size == 16 and args.max_steps == 5
+    args = dcgan.parse_args(["--resume", str(tmp_path / "r"), "--max-steps", "5", "--ngf", "4"])
+    assert args.ngf == 4 and args.image_size == 16 and args.max_steps == 5 and args.device == "cpu"
+    with pytest.raises(common.UserError, match="--image-size was 16 for this run"):
+        dcgan.parse_args(["--resume", str(tmp_path / "r"), "--image-size", "32"])
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_a_clear_error(tmp_path):
+    dcgan.main(TINY + ["--max-steps", "1", "--out", str(tmp_path / "r")])
+    args = dcgan.parse_args(["--resume", str(tmp_path / "r")])
+    args.ngf = 16  # as if the saved flags and the saved weights disagreed
+    with pytest.raises(common.UserError, match="does not fit this model"):
+        dcgan.train(args)
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
