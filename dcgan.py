@@ -22,9 +22,9 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
 Choices where the paper is silent or sources differ:
   - Widths and kernels are Fig. 1 and the official code (1024 channels at 4x4, 5x5 kernels).
     pytorch/examples' lighter network (512 at 4x4, 4x4 kernels; six times less compute) is
-    `--ngf 64 --ndf 64 --kernel-size 4`. On the built-in shapes, three runs of the lighter
-    network each spent 600-900 of their 2340 steps with D winning outright (D(G(z)) < 0.01)
-    while two runs of the paper's did not, and gave visibly better shapes (README).
+    `--ngf 64 --ndf 64 --kernel-size 4`. On the built-in shapes, four 5-epoch runs of the
+    lighter network each spent several hundred steps with D winning outright (mean D(G(z))
+    below 0.01); two runs of the paper's network never did and gave better shapes (README).
   - The last D layer is a linear map of the flattened 4x4 map to one logit ("the last
     convolution layer is flattened and then fed into a single sigmoid output", Sec. 3).
   - Adam's beta2 is not stated; Adam's default, 0.999.
