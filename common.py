@@ -661,7 +661,8 @@ class Run:
         self.state = state if state is not None else {}
         self.sample_fn, self.device = sample_fn, device
         self.step = 0
-        self._sums, self._count, self._header = {}, 0, None
+        self.batches_drawn = 0
+        self._sums, self._counts, self._header = {}, {}, None
         self._images, self._steps_per_epoch, self._saved_step = 0, 1, None
         self._last_log = (time.perf_counter(), 0)
         self.last_metrics: dict = {}
@@ -703,7 +704,8 @@ class Run:
         self.flush()  # never save a state whose losses we have not checked
         ckpt = {
             "script": self.script, "format": CHECKPOINT_FORMAT, "args": vars(self.args),
-            "step": self.step, "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "step": self.step, "batches_drawn": self.batches_drawn,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
             "state": self.state, "rng": _rng_state(),
         }
         path = self.dir / "checkpoint.pt"
@@ -723,26 +725,28 @@ class Run:
                             f"(were flags such as the image size changed?): {lines[-1].strip()}") from None
         for key, value in ckpt["state"].items():
             self.state[key] = value.to(self.device) if torch.is_tensor(value) else value
-        self.step = ckpt["step"]
+        self.step, self.batches_drawn = ckpt["step"], ckpt["batches_drawn"]
         if self.args.generate is None:
             _set_rng_state(ckpt["rng"])
 
     # -- metrics --------------------------------------------------------------------------------
     def log(self, **metrics) -> None:
-        """Accumulate this step's metrics on the device; no host sync until the next flush."""
+        """Accumulate metrics on the device (no host sync until the next flush). Each metric
+        is averaged over the times it was logged since the last flush: log one per step, or
+        one per inner iteration (WGAN's critic), as the paper counts it."""
         for key, value in metrics.items():
             value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
             self._sums[key] = self._sums[key] + value if key in self._sums else value
-        self._count += 1
+            self._counts[key] = self._counts.get(key, 0) + 1
 
     def flush(self) -> dict:
         """Average the metrics since the last flush, check them, write a row of metrics.csv."""
-        if not self._count:
+        if not self._sums:
             return self.last_metrics
         keys = list(self._sums)
         device = next(iter(self._sums.values())).device
-        values = torch.stack([self._sums[k].to(device) for k in keys]).div(self._count).tolist()  # 1 sync
-        self._sums, self._count = {}, 0
+        values = torch.stack([self._sums[k].to(device) / self._counts[k] for k in keys]).tolist()  # 1 sync
+        self._sums, self._counts = {}, {}
         bad = [k for k, v in zip(keys, values) if not math.isfinite(v)]
         if bad:
             raise TrainingError(f"{bad[0]} became {values[keys.index(bad[0])]} by step {self.step}; "
@@ -751,16 +755,22 @@ class Run:
         now = time.perf_counter()
         seconds, images = now - self._last_log[0], self._images - self._last_log[1]
         self._last_log = (now, self._images)
-        row = {"step": self.step, "epoch": round(self.step / self._steps_per_epoch, 3),
+        row = {"step": self.step, "epoch": round(self.batches_drawn / self._steps_per_epoch, 3),
                "images_per_s": round(images / max(seconds, 1e-9), 1), **dict(zip(keys, values))}
         self.last_metrics = row
         path = self.dir / "metrics.csv"
-        if self._header is None:
-            self._header = list(row)
-            if not path.exists():
-                path.write_text(",".join(self._header) + "\n")
+        if self._header is None or not set(row) <= set(self._header):  # first row, or a new metric
+            old = []
+            if path.exists():
+                with open(path, newline="") as f:
+                    old = list(csv.DictReader(f))
+            self._header = (self._header or []) + [k for k in row if k not in (self._header or [])]
+            with open(path, "w", newline="") as f:
+                writer = csv.DictWriter(f, self._header)
+                writer.writeheader()
+                writer.writerows(old)
         with open(path, "a", newline="") as f:
-            csv.DictWriter(f, self._header, extrasaction="ignore").writerow(row)
+            csv.DictWriter(f, self._header).writerow(row)
         return row
 
     def _trim_metrics(self) -> None:
@@ -822,48 +832,78 @@ class Run:
         return out
 
     # -- the loop -------------------------------------------------------------------------------
-    def batches(self, data: ImageData, batch_size: int | None = None):
-        """Yield (images, labels) until --epochs or --max-steps; one step per batch.
+    def stream(self, data: ImageData, batch_size: int | None = None):
+        """An endless iterator of (images, labels) batches, epoch after epoch.
 
-        Between steps it writes metrics (--log-every), sample grids (--sample-every and each
-        epoch end) and checkpoints (each epoch end); Ctrl-C saves a checkpoint and stops."""
+        Its position (batches drawn so far) is saved in every checkpoint, so a resumed run
+        draws exactly the batches the uninterrupted run would have drawn next."""
+        batch_size = batch_size or self.args.batch_size
+        self._steps_per_epoch = data.steps_per_epoch(batch_size)
+
+        def endless():
+            while True:
+                epoch, start = divmod(self.batches_drawn, self._steps_per_epoch)
+                for batch in data.batches(batch_size, epoch, self.args.seed, start):
+                    self.batches_drawn += 1
+                    self._images += batch_size
+                    yield batch
+
+        return endless()
+
+    @property
+    def epochs_done(self) -> int:
+        return self.batches_drawn // self._steps_per_epoch
+
+    def loop(self):
+        """Yield the step number until --epochs passes over the data or --max-steps steps.
+
+        A step is what the script makes it (dcgan: one batch; wgan: one generator iteration,
+        however many critic batches it draws from `stream`). Between steps: metrics every
+        --log-every steps, sample grids every --sample-every steps, a grid and a checkpoint
+        after each epoch, and on Ctrl-C a checkpoint and Interrupted."""
         from tqdm import tqdm
 
-        args, batch_size = self.args, batch_size or self.args.batch_size
-        steps = data.steps_per_epoch(batch_size)
-        self._steps_per_epoch, self._images = steps, 0
-        total = min(args.epochs * steps, args.max_steps or math.inf)
-        self._last_log, started = (time.perf_counter(), 0), time.perf_counter()
+        args, started = self.args, time.perf_counter()
+        self._last_log, images0, epoch = (started, self._images), self._images, self.epochs_done
+
+        def new_bar():
+            return tqdm(total=self._steps_per_epoch, initial=self.batches_drawn % self._steps_per_epoch,
+                        desc=f"epoch {self.epochs_done + 1}/{args.epochs}", leave=False, disable=None,
+                        dynamic_ncols=True)
+
+        bar, drawn = new_bar(), self.batches_drawn
         with _StopFlag() as stop:
-            while self.step < total:
-                epoch, start = divmod(self.step, steps)
-                bar = tqdm(total=min(steps, total - epoch * steps), initial=start, leave=False,
-                           desc=f"epoch {epoch + 1}/{args.epochs}", disable=None, dynamic_ncols=True)
-                for batch in data.batches(batch_size, epoch, args.seed, start):
-                    yield batch
-                    self.step += 1
-                    self._images += batch_size
-                    bar.update()
-                    if self.step % args.log_every == 0:
-                        bar.set_postfix(_short(self.flush()), refresh=False)
-                    if args.sample_every and self.step % args.sample_every == 0:
-                        self.save_samples(f"step-{self.step:07d}")
-                    if stop.requested:
-                        bar.close()
-                        path = self.save_checkpoint()
-                        raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to "
-                                          f"{path}. Resume with: python {self.script}.py --resume {self.dir}")
-                    if self.step >= total:
-                        break
-                bar.close()
-                row = self.flush()
-                elapsed = time.perf_counter() - started
-                print(f"epoch {epoch + 1}/{args.epochs}  step {self.step}  "
-                      + "  ".join(f"{k} {v:.4g}" for k, v in _short(row).items())
-                      + f"  {self._images / elapsed:.0f} img/s  {elapsed:.0f} s", flush=True)
-                if self.step % steps == 0:  # a whole epoch: grid and checkpoint
-                    self.save_samples(f"epoch-{self.step // steps:03d}")
+            while self.epochs_done < args.epochs and self.step < (args.max_steps or math.inf):
+                yield self.step
+                self.step += 1
+                bar.update(self.batches_drawn - drawn)
+                drawn = self.batches_drawn
+                if self.step % args.log_every == 0:
+                    bar.set_postfix(_short(self.flush()), refresh=False)
+                if args.sample_every and self.step % args.sample_every == 0:
+                    self.save_samples(f"step-{self.step:07d}")
+                if self.epochs_done > epoch:  # an epoch ended during this step
+                    epoch = self.epochs_done
+                    bar.close()
+                    row, elapsed = self.flush(), time.perf_counter() - started
+                    print(f"epoch {epoch}/{args.epochs}  step {self.step}  "
+                          + "  ".join(f"{k} {v:.4g}" for k, v in _short(row).items())
+                          + f"  {(self._images - images0) / elapsed:.0f} img/s  {elapsed:.0f} s", flush=True)
+                    self.save_samples(f"epoch-{epoch:03d}")
                     self.save_checkpoint()
+                    bar = new_bar()
+                if stop.requested:
+                    bar.close()
+                    path = self.save_checkpoint()
+                    raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to "
+                                      f"{path}. Resume with: python {self.script}.py --resume {self.dir}")
+        bar.close()
+
+    def batches(self, data: ImageData, batch_size: int | None = None):
+        """The simplest loop: one batch per step (`for real, labels in run.batches(data):`)."""
+        stream = self.stream(data, batch_size)
+        for _ in self.loop():
+            yield next(stream)
 
     def finish(self) -> dict:
         """After the loop: final checkpoint and samples, the loss plot; returns the last metrics."""
