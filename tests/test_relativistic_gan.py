@@ -1,0 +1,199 @@
+"""relativistic_gan.py against ../shared/papers/relativistic_gan.md: every loss and identity."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import TINY_RUN, read_metrics
+
+import relativistic_gan as rg
+
+TINY_RG = TINY_RUN + ["--width", "8"]
+
+R = torch.tensor([1.5, -0.5, 2.0, 0.3])
+Fk = torch.tensor([-1.0, 0.4, 0.1, -2.2])
+RA = ("rasgan", "ralsgan", "rahingegan")
+
+
+def bce1(z):  # -mean log sigmoid(z), written the slow way
+    return -torch.log(torch.sigmoid(z)).mean()
+
+
+def bce0(z):
+    return -torch.log(1 - torch.sigmoid(z)).mean()
+
+
+CLOSED_FORMS = {  # (D loss, G loss) on R, Fk, from the spec's table
+    "sgan": (bce1(R) + bce0(Fk), bce1(Fk)),
+    "rsgan": (bce1(R - Fk), bce1(Fk - R)),
+    "rasgan": ((bce1(R - Fk.mean()) + bce0(Fk - R.mean())) / 2,
+               (bce0(R - Fk.mean()) + bce1(Fk - R.mean())) / 2),
+    "lsgan": (((R - 1) ** 2).mean() + (Fk ** 2).mean(), ((Fk - 1) ** 2).mean()),
+    "ralsgan": ((((R - Fk.mean() - 1) ** 2).mean() + ((Fk - R.mean() + 1) ** 2).mean()) / 2,
+                (((R - Fk.mean() + 1) ** 2).mean() + ((Fk - R.mean() - 1) ** 2).mean()) / 2),
+    "hingegan": (torch.clamp(1 - R, min=0).mean() + torch.clamp(1 + Fk, min=0).mean(), -Fk.mean()),
+    "rahingegan": ((torch.clamp(1 - (R - Fk.mean()), min=0).mean()
+                    + torch.clamp(1 + (Fk - R.mean()), min=0).mean()) / 2,
+                   (torch.clamp(1 + (R - Fk.mean()), min=0).mean()
+                    + torch.clamp(1 - (Fk - R.mean()), min=0).mean()) / 2),
+}
+
+
+def test_every_loss_is_listed_and_has_a_closed_form():
+    assert set(rg.LOSSES) == set(CLOSED_FORMS) and len(rg.LOSSES) == 7
+    assert set(rg.RELATIVISTIC) == {"rsgan", "rasgan", "ralsgan", "rahingegan"}
+
+
+@pytest.mark.parametrize("loss", list(CLOSED_FORMS))
+def test_losses_against_their_closed_forms(loss):
+    d, g = CLOSED_FORMS[loss]
+    assert torch.allclose(rg.d_loss(loss, R, Fk), d, atol=1e-6)
+    assert torch.allclose(rg.g_loss(loss, R, Fk), g, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["rsgan", *RA])
+def test_swap_symmetry(loss):
+    # G's loss is D's loss with the roles of real and fake exchanged
+    assert torch.allclose(rg.g_loss(loss, R, Fk), rg.d_loss(loss, Fk, R))
+
+
+@pytest.mark.parametrize("loss", ["rsgan", *RA])
+def test_shift_invariance(loss):
+    for k in (-3.0, 0.7, 10.0):
+        assert torch.allclose(rg.d_loss(loss, R + k, Fk + k), rg.d_loss(loss, R, Fk), atol=1e-5)
+        assert torch.allclose(rg.g_loss(loss, R + k, Fk + k), rg.g_loss(loss, R, Fk), atol=1e-5)
+
+
+def test_values_when_d_cannot_tell_real_from_fake():
+    for value in (0.3, -1.2, 5.0):                  # every logit the same, real and fake
+        same = torch.full((3,), value)
+        assert math.isclose(rg.d_loss("rasgan", same, same).item(), math.log(2), rel_tol=1e-6)
+        assert math.isclose(rg.d_loss("ralsgan", same, same).item(), 1.0, rel_tol=1e-6)
+        assert math.isclose(rg.d_loss("rahingegan", same, same).item(), 1.0, rel_tol=1e-6)
+    pairs = torch.tensor([0.3, -1.2, 2.0])          # RSGAN compares pairs: equal pairs suffice
+    assert math.isclose(rg.d_loss("rsgan", pairs, pairs).item(), math.log(2), rel_tol=1e-6)
+
+
+def test_permuting_the_fakes_changes_rsgan_but_not_the_average_losses():
+    perm = torch.tensor([2, 0, 3, 1])
+    assert not torch.allclose(rg.d_loss("rsgan", R, Fk[perm]), rg.d_loss("rsgan", R, Fk))
+    assert not torch.allclose(rg.g_loss("rsgan", R, Fk[perm]), rg.g_loss("rsgan", R, Fk))
+    for loss in RA:
+        assert torch.allclose(rg.d_loss(loss, R, Fk[perm]), rg.d_loss(loss, R, Fk))
+        assert torch.allclose(rg.g_loss(loss, R, Fk[perm]), rg.g_loss(loss, R, Fk))
+
+
+@pytest.mark.parametrize("loss", ["rsgan", *RA])
+def test_the_relativistic_g_loss_depends_on_the_real_logits(loss):
+    # the bug of other collections: a relativistic G loss overwritten by the standard one
+    r = R.clone().requires_grad_(True)
+    rg.g_loss(loss, r, Fk).backward()
+    assert r.grad.abs().sum() > 0
+    assert not torch.allclose(rg.g_loss(loss, R, Fk), rg.g_loss(loss, R + torch.tensor([1.0, 0, 0, 0]), Fk))
+
+
+@pytest.mark.parametrize("loss", ["sgan", "lsgan", "hingegan"])
+def test_the_baseline_g_losses_ignore_real_data(loss):
+    assert torch.equal(rg.g_loss(loss, None, Fk), rg.g_loss(loss, R, Fk))
+
+
+def test_losses_are_stable_on_large_logits():
+    big = torch.tensor([300.0, -300.0])
+    for loss in rg.LOSSES:
+        assert torch.isfinite(rg.d_loss(loss, big, -big)) and torch.isfinite(rg.g_loss(loss, big, -big))
+
+
+def test_gradient_penalty_is_zero_for_a_unit_slope_critic_and_positive_otherwise():
+    w = torch.zeros(3 * 4 * 4)
+    w[0] = 1.0                                    # C(x) = x[0]: gradient norm exactly 1
+    linear = lambda x: x.flatten(1) @ w          # noqa: E731
+    real, fake = torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4)
+    assert rg.gradient_penalty(linear, real, fake).abs() < 1e-10
+    steep = lambda x: 3 * x.flatten(1) @ w       # noqa: E731  gradient norm 3: penalty (3-1)^2
+    assert torch.allclose(rg.gradient_penalty(steep, real, fake), torch.tensor(4.0))
+
+
+def test_setups_and_defaults():
+    a = rg.parse_args([])
+    assert (a.loss, a.lr, a.beta1, a.beta2, a.n_d, a.batch_size, a.image_size, a.nz) == \
+        ("rasgan", 2e-4, 0.5, 0.999, 1, 32, 32, 128)
+    b = rg.parse_args(["--setup", "b"])
+    assert (b.lr, b.beta2, b.n_d) == (1e-4, 0.9, 5)
+    assert rg.parse_args(["--setup", "b", "--lr", "3e-4"]).lr == 3e-4
+
+
+def test_the_cifar_network():
+    G, D = rg.Generator(), rg.Discriminator()
+    assert G.dense.out_features == 512 * 4 * 4 and D.dense.in_features == 512 * 4 * 4
+    convs = [m for m in D.net if isinstance(m, nn.Conv2d)]
+    assert [(m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs] == [
+        (64, 3, 1), (64, 4, 2), (128, 3, 1), (128, 4, 2), (256, 3, 1), (256, 4, 2), (512, 3, 1)]
+    assert all(m.negative_slope == 0.1 for m in D.net if isinstance(m, nn.LeakyReLU))
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in D.net) == 6   # none after the last conv
+    assert G(torch.randn(2, 128)).shape == (2, 3, 32, 32)
+    sn = rg.Discriminator(spectral_norm=True)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in sn.modules())
+    assert sum(hasattr(m, "parametrizations") for m in sn.modules()) == 7
+    assert rg.Discriminator(image_size=64)(rg.Generator(image_size=64)(torch.randn(2, 128))).shape == (2,)
+
+
+def _nets(loss="rasgan"):
+    torch.manual_seed(0)
+    args = rg.parse_args(["--image-size", "16", "--loss", loss])
+    return args, *rg.build(args, 3, torch.device("cpu"))
+
+
+def test_steps_change_only_their_own_network():
+    args, G, D, opt_G, opt_D = _nets()
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    g0 = [p.detach().clone() for p in G.parameters()]
+    rg.discriminator_step(G, D, opt_D, real, args)
+    assert all(torch.equal(a, b) for a, b in zip(g0, G.parameters()))
+    d0 = [p.detach().clone() for p in D.parameters()]
+    rg.generator_step(G, D, opt_G, real, args, 4, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(d0, D.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(g0, G.parameters()))
+
+
+def test_the_g_step_sees_the_real_batch_for_relativistic_losses():
+    args, G, D, opt_G, _ = _nets("rasgan")
+    state = {k: v.clone() for k, v in G.state_dict().items()}
+    torch.manual_seed(1)
+    rg.generator_step(G, D, opt_G, torch.rand(4, 3, 16, 16), args, 4, torch.device("cpu"))
+    after_a = [p.detach().clone() for p in G.parameters()]
+    args, G, D, opt_G, _ = _nets("rasgan")
+    G.load_state_dict(state)
+    torch.manual_seed(1)
+    rg.generator_step(G, D, opt_G, -torch.rand(4, 3, 16, 16), args, 4, torch.device("cpu"))
+    assert not all(torch.equal(a, p) for a, p in zip(after_a, G.parameters()))
+
+
+@pytest.mark.parametrize("loss", rg.LOSSES)
+def test_cli_smoke_for_every_loss(loss, tmp_path):
+    rg.main(TINY_RG + ["--loss", loss, "--max-steps", "3", "--out", "run"])
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 3 and all(r["loss_D"] and r["loss_G"] and r["C_gap"] for r in rows)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    # one batch for D, and a fresh one for G when the loss is relativistic
+    assert ckpt["batches_drawn"] == 3 * (2 if loss in rg.RELATIVISTIC else 1)
+    assert (tmp_path / "run" / "samples" / "final.png").exists()
+
+
+def test_cli_setup_b_with_penalty_and_spectral_norm_resumes_exactly(tmp_path):
+    flags = TINY_RG + ["--setup", "b", "--gp", "--spectral-norm", "--loss", "ralsgan"]
+    rg.main(flags + ["--max-steps", "4", "--out", "straight"])
+    rg.main(flags + ["--max-steps", "2", "--out", "split"])
+    rg.main(["--resume", "split", "--max-steps", "4"])
+    a, b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    assert [r["loss_D"] for r in a] == [r["loss_D"] for r in b]
+    ckpt = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    assert ckpt["batches_drawn"] == 4 * 6   # n_D = 5 fresh batches, and one for G
+
+
+def test_sigmoid_is_nowhere_in_d():
+    D = rg.Discriminator()
+    assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
+    x = torch.randn(5)
+    assert torch.allclose(rg.d_loss("sgan", x, x), F.binary_cross_entropy_with_logits(x, torch.ones(5))
+                          + F.binary_cross_entropy_with_logits(x, torch.zeros(5)))

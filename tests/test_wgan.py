@@ -1,0 +1,156 @@
+"""wgan.py against ../shared/papers/wgan.md: the loss, the clip, the schedule, the toy check."""
+import pytest
+import torch
+import torch.nn as nn
+from conftest import TINY, read_metrics
+
+import common
+import wgan
+
+
+def _params(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _nets(arch="dcgan"):
+    torch.manual_seed(0)
+    args = wgan.parse_args(["--image-size", "16", "--ngf", "8", "--ndf", "8", "--nz", "10",
+                            "--g-arch", arch])
+    return wgan.build(args, 3, torch.device("cpu"))
+
+
+def test_paper_defaults_and_rmsprop():
+    args = wgan.parse_args([])
+    assert (args.lr, args.clip, args.n_critic, args.batch_size) == (5e-5, 0.01, 5, 64)
+    assert args.critic_schedule == "official" and args.g_arch == "dcgan" and args.nz == 100
+    G, critic, opt_G, opt_C = wgan.build(args, 3, torch.device("cpu"))
+    for opt in (opt_G, opt_C):
+        assert type(opt) is torch.optim.RMSprop and opt.defaults["lr"] == 5e-5
+        assert opt.defaults["momentum"] == 0
+
+
+def test_losses_are_the_dual_form_with_the_stated_sign():
+    r, f = torch.tensor([3.0, 1.0]), torch.tensor([-1.0, 0.0])
+    assert wgan.critic_loss(r, f) == f.mean() - r.mean() == -2.5   # minimised: -(E f(x) - E f(G(z)))
+    assert wgan.generator_loss(f) == -f.mean() == 0.5
+    # unbounded: no sigmoid or log anywhere, linear in the scores
+    assert wgan.critic_loss(1000 * r, 1000 * f) == 1000 * wgan.critic_loss(r, f)
+
+
+def test_the_critic_output_is_unbounded():
+    _, critic, _, _ = _nets()
+    assert not any(isinstance(m, (nn.Sigmoid, nn.Tanh)) for m in critic.modules())
+    for p in critic.parameters():
+        p.data.fill_(1.0)
+    assert critic(torch.ones(2, 3, 16, 16)).abs().min() > 1.0
+
+
+def test_critic_iters_follows_the_official_schedule():
+    for it in (0, 1, 24, 500, 1000, 1500):
+        assert wgan.critic_iters(it, 5) == 100
+    for it in (25, 26, 499, 501, 999):
+        assert wgan.critic_iters(it, 5) == 5
+    assert wgan.critic_iters(501, 7) == 7
+
+
+def test_every_critic_parameter_is_clipped_after_each_update():
+    G, critic, _, opt_C = _nets()
+    assert any(p.abs().max() > 0.01 for p in critic.parameters())  # N(0, 0.02) init and BN scales
+    for _ in range(4):
+        real = torch.rand(8, 3, 16, 16) * 2 - 1
+        before = _params(critic)
+        wgan.critic_step(G, critic, opt_C, real, nz=10, clip=0.01)
+        assert not _same(_params(critic), before)
+        for p in critic.parameters():                                # BN scale and shift included
+            assert p.min() >= -0.01 and p.max() <= 0.01
+
+
+def test_clip_weights_clamps_and_leaves_small_weights_alone():
+    net = nn.Linear(3, 3)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[0.5, -0.5, 0.001]] * 3))
+    wgan.clip_weights(net, 0.01)
+    assert torch.equal(net.weight[0], torch.tensor([0.01, -0.01, 0.001]))
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "nobn", "mlp"])
+def test_generator_architectures(arch):
+    G, critic, _, _ = _nets(arch)
+    x = G(torch.randn(4, 10))
+    assert x.shape == (4, 3, 16, 16) and critic(x).shape == (4,)
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in G.modules())
+    assert has_bn == (arch == "dcgan")
+    if arch == "mlp":
+        linears = [m for m in G.modules() if isinstance(m, nn.Linear)]
+        assert len(linears) == 4 and linears[0].out_features == 512
+
+
+def test_critic_and_generator_steps_do_not_touch_each_other():
+    G, critic, opt_G, opt_C = _nets()
+    real = torch.rand(8, 3, 16, 16) * 2 - 1
+    g0 = _params(G)
+    wgan.critic_step(G, critic, opt_C, real, nz=10, clip=0.01)
+    assert _same(_params(G), g0) and all(p.grad is None for p in G.parameters())
+    c0, c_grads = _params(critic), [p.grad.clone() for p in critic.parameters()]
+    wgan.generator_step(G, critic, opt_G, 8, 10, torch.device("cpu"))
+    assert _same(_params(critic), c0) and not _same(_params(G), g0)
+    assert _same([p.grad for p in critic.parameters()], c_grads)
+    assert all(p.requires_grad for p in critic.parameters())
+
+
+def _toy_estimate(d, steps=400, seed=0):
+    """Train a clipped MLP critic on N(0, I2) (real) vs N((d, d)/√2, I2) (fake); return the
+    EM estimate E f(x) - E f(y) on fresh samples."""
+    torch.manual_seed(seed)
+    critic = nn.Sequential(nn.Linear(2, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+    opt = torch.optim.RMSprop(critic.parameters(), lr=5e-3)
+    shift = torch.tensor([d, d]) / 2 ** 0.5                 # distance d between the means
+    for _ in range(steps):
+        real, fake = torch.randn(256, 2), torch.randn(256, 2) + shift
+        loss = wgan.critic_loss(critic(real), critic(fake))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        wgan.clip_weights(critic, 0.1)
+    with torch.no_grad():
+        real, fake = torch.randn(20000, 2), torch.randn(20000, 2) + shift
+        return (critic(real).mean() - critic(fake).mean()).item()
+
+
+def test_toy_estimate_grows_with_the_distance_and_vanishes_at_zero():
+    w = [_toy_estimate(d) for d in (0.0, 1.0, 2.0, 4.0)]
+    assert w[1] < w[2] < w[3], w
+    assert abs(w[0]) < 0.1 * w[3], w
+
+
+def test_cli_runs_logs_the_estimate_and_resumes_exactly(tmp_path):
+    flags = TINY + ["--critic-schedule", "constant"]  # 5 critic batches per step, 8 per epoch
+    wgan.main(flags + ["--max-steps", "6", "--out", "straight"])
+    rows = read_metrics(tmp_path / "straight")
+    assert [r["step"] for r in rows] == [str(s) for s in range(1, 7)]
+    assert all(r["W_estimate"] and r["loss_G"] for r in rows)
+    assert rows[-1]["epoch"] == "3.75"  # 30 critic batches of 8 per epoch
+    wgan.main(flags + ["--max-steps", "3", "--out", "split"])    # stops mid-epoch
+    wgan.main(["--resume", "split", "--max-steps", "6"])
+    for a, b in zip(rows, read_metrics(tmp_path / "split")):
+        assert (a["W_estimate"], a["loss_G"]) == (b["W_estimate"], b["loss_G"]), a["step"]
+
+
+def test_official_schedule_and_epochs_from_the_command_line(tmp_path):
+    # 256 images in batches of 32: 8 critic batches an epoch, so the first generator iteration
+    # (100 critic iterations) spans 12.5 epochs and --epochs 2 ends after it.
+    wgan.main(TINY + ["--epochs", "2", "--g-arch", "mlp", "--out", "run"])
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 1 and ckpt["batches_drawn"] == 100
+    assert (tmp_path / "run" / "samples" / "final.png").exists()
+
+
+def test_bad_image_size_is_refused():
+    with pytest.raises(SystemExit):
+        wgan.parse_args(["--image-size", "24"])
+    with pytest.raises(common.UserError):
+        wgan.main(TINY + ["--clip", "0.01", "--dataset", "mnist", "--data-root", "nowhere"])
