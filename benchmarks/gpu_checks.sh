@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU check of a session in one command, so it fits one short lease of a GPU machine:
 #   OUT=/some/folder bash benchmarks/gpu_checks.sh
-# 1. the README's main job (python dcgan.py --epochs 5) on the GPU, its grid and metrics kept;
-# 2. training speed at batch 64 and 128, default flags and --amp; 3. shapes rendering speed;
-# 4. CUDA smoke runs: resume, generate, --compile; 5. the test suite on this machine's torch.
+# For each script with default flags: the README's `--epochs 5` run alone on the card (wall
+# time, final grid), then its training speed (benchmarks/speed.py); last, the test suite on
+# that machine's torch. At most 8 files land in $OUT (the device tool brings back no more).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-checks}
@@ -17,18 +17,17 @@ step() { local name=$1 limit=$2; shift 2; log "$name"; local t0=$SECONDS
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$OUT/log.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" >>"$OUT/log.txt"
 
-step "dcgan --epochs 5" 240 python3 dcgan.py --epochs 5 --out "$TMP/epochs5"
-cp "$TMP/epochs5/samples/final.png" "$OUT/dcgan-epochs5.png" 2>/dev/null
-cp "$TMP/epochs5/metrics.csv" "$OUT/dcgan-epochs5-metrics.csv" 2>/dev/null
-cp "$TMP/epochs5/losses.png" "$OUT/dcgan-epochs5-losses.png" 2>/dev/null
+for script in dcgan wgan relativistic_gan; do
+  step "$script --epochs 5" 240 python3 $script.py --epochs 5 --out "$TMP/$script"
+  cp "$TMP/$script/samples/final.png" "$OUT/$script.png" 2>/dev/null
+  tail -3 "$TMP/$script/metrics.csv" >>"$OUT/log.txt" 2>/dev/null
+done
+cp "$TMP/wgan/losses.png" "$OUT/wgan-curves.png" 2>/dev/null
 
-step "speed default" 120 python3 benchmarks/speed.py --script dcgan --out "$OUT/speed-dcgan-cuda.json"
-step "speed --amp" 120 python3 benchmarks/speed.py --script dcgan --extra=--amp --out "$OUT/speed-dcgan-cuda-amp.json"
-step "shapes speed" 60 python3 benchmarks/shapes_speed.py --sizes 32 64 128 256 --out "$OUT/shapes-speed-cuda.json"
-
-step "resume on cuda" 90 bash -c "python3 dcgan.py --max-steps 30 --dataset-size 2000 --image-size 32 --out $TMP/a \
-  && python3 dcgan.py --resume $TMP/a --max-steps 60 && python3 dcgan.py --generate 16 --resume $TMP/a \
-  && ls $TMP/a $TMP/a/generated-*"
-step "compile" 150 python3 dcgan.py --max-steps 60 --dataset-size 8000 --image-size 32 --compile --log-every 20 --out "$TMP/c"
-step "pytest" 120 python3 -m pytest -q -p no:cacheprovider
-grep -E "^SPEED|== |passed|failed|error" "$OUT/log.txt" | tail -40
+step "speed dcgan" 120 python3 benchmarks/speed.py --script dcgan --out "$OUT/speed-dcgan-cuda.json"
+step "speed wgan" 120 python3 benchmarks/speed.py --script wgan --batch-sizes 64 \
+  --extra="--critic-schedule constant" --out "$OUT/speed-wgan-cuda.json"
+step "speed relativistic_gan" 120 python3 benchmarks/speed.py --script relativistic_gan --batch-sizes 32 64 \
+  --out "$OUT/speed-relativistic_gan-cuda.json"
+step "pytest" 150 python3 -m pytest -q -p no:cacheprovider
+grep -E "^SPEED|== |passed|failed" "$OUT/log.txt" | tail -30
