@@ -415,3 +415,19 @@ def test_mnist_files_are_held_on_the_device_resized_with_labels(tmp_path):
     assert torch.equal(big.images[:, 0], big.images[:, 2])  # gray copied to RGB
     x, y = next(big.batches(5, 0, 0))
     assert x.shape == (5, 3, 64, 64) and -1 <= x.min() and x.max() <= 1 and y.shape == (5,)
+
+
+def test_each_metric_is_averaged_over_its_own_count_and_new_columns_extend_the_csv(tmp_path):
+    run, _ = _tiny_run(tmp_path)
+    for v in (1.0, 2.0, 3.0):                 # three inner iterations of one step
+        run.log(W=torch.tensor(v))
+    run.log(loss=torch.tensor(10.0))           # once per step
+    run.step = 1
+    row = run.flush()
+    assert row["W"] == 2.0 and row["loss"] == 10.0
+    run.log(W=torch.tensor(4.0), extra=torch.tensor(5.0))
+    run.step = 2
+    run.flush()
+    rows = read_metrics(run.dir)
+    assert [r["step"] for r in rows] == ["1", "2"]
+    assert rows[0]["extra"] == "" and rows[1]["extra"] == "5.0" and rows[1]["loss"] == ""
