@@ -116,8 +116,8 @@ def test_gradient_penalty_is_zero_for_a_unit_slope_critic_and_positive_otherwise
 
 def test_setups_and_defaults():
     a = rg.parse_args([])
-    assert (a.loss, a.lr, a.beta1, a.beta2, a.n_d, a.batch_size, a.image_size, a.nz) == \
-        ("rasgan", 2e-4, 0.5, 0.999, 1, 32, 32, 128)
+    assert (a.loss, a.lr, a.beta1, a.beta2, a.n_d, a.batch_size, a.image_size, a.nz, a.d_norm) == \
+        ("rasgan", 2e-4, 0.5, 0.999, 1, 32, 32, 128, "spectral")
     b = rg.parse_args(["--setup", "b"])
     assert (b.lr, b.beta2, b.n_d) == (1e-4, 0.9, 5)
     assert rg.parse_args(["--setup", "b", "--lr", "3e-4"]).lr == 3e-4
@@ -130,11 +130,15 @@ def test_the_cifar_network():
     assert [(m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs] == [
         (64, 3, 1), (64, 4, 2), (128, 3, 1), (128, 4, 2), (256, 3, 1), (256, 4, 2), (512, 3, 1)]
     assert all(m.negative_slope == 0.1 for m in D.net if isinstance(m, nn.LeakyReLU))
-    assert sum(isinstance(m, nn.BatchNorm2d) for m in D.net) == 6   # none after the last conv
     assert G(torch.randn(2, 128)).shape == (2, 3, 32, 32)
-    sn = rg.Discriminator(spectral_norm=True)
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in sn.modules())
-    assert sum(hasattr(m, "parametrizations") for m in sn.modules()) == 7
+    # spectral norm on every conv, no batch norm (the paper's CIFAR runs) ...
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in D.modules())
+    assert sum(hasattr(m, "parametrizations") for m in D.modules()) == 7
+    assert not hasattr(D.dense, "parametrizations")
+    # ... or batch norm after every conv but the last (the official code's default)
+    bn = rg.Discriminator(norm="batch")
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.net) == 6
+    assert not any(hasattr(m, "parametrizations") for m in bn.modules())
     assert rg.Discriminator(image_size=64)(rg.Generator(image_size=64)(torch.randn(2, 128))).shape == (2,)
 
 
@@ -180,8 +184,8 @@ def test_cli_smoke_for_every_loss(loss, tmp_path):
     assert (tmp_path / "run" / "samples" / "final.png").exists()
 
 
-def test_cli_setup_b_with_penalty_and_spectral_norm_resumes_exactly(tmp_path):
-    flags = TINY_RG + ["--setup", "b", "--gp", "--spectral-norm", "--loss", "ralsgan"]
+def test_cli_setup_b_with_penalty_and_batch_norm_resumes_exactly(tmp_path):
+    flags = TINY_RG + ["--setup", "b", "--gp", "--d-norm", "batch", "--loss", "ralsgan"]
     rg.main(flags + ["--max-steps", "4", "--out", "straight"])
     rg.main(flags + ["--max-steps", "2", "--out", "split"])
     rg.main(["--resume", "split", "--max-steps", "4"])
