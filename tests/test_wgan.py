@@ -154,3 +154,15 @@ def test_bad_image_size_is_refused():
         wgan.parse_args(["--image-size", "24"])
     with pytest.raises(common.UserError):
         wgan.main(TINY + ["--clip", "0.01", "--dataset", "mnist", "--data-root", "nowhere"])
+
+
+def test_a_generator_step_raises_the_critics_score_of_new_samples():
+    G, critic, opt_G, _ = _nets()
+    for group in opt_G.param_groups:
+        group["lr"] = 1e-3                     # one visible first-order step
+    critic.eval()                              # a fixed function: BN on running statistics
+    z = torch.randn(64, 10)
+    torch.manual_seed(3)
+    before = critic(G(z)).mean()
+    wgan.generator_step(G, critic, opt_G, 64, 10, torch.device("cpu"))
+    assert critic(G(z)).mean() > before
