@@ -288,6 +288,7 @@ def train(args) -> dict:
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
 
+    # DEVIATION: batches come in seeded epochs (deviation 4); the official code draws each at random.
     batches = run.stream(data)
     for _ in run.loop():                      # one generator iteration per step
         for _ in range(args.n_d):             # n_D discriminator updates, a fresh batch each

@@ -32,7 +32,8 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
 Choices where the paper is silent or sources differ (from martinarjovsky/WassersteinGAN):
   - Clipping covers every critic parameter, BatchNorm's scale and shift included, as the
     official code does; it clips *after* each update (Alg. 1), where the official code
-    clamps before each step (the same sequence of weights, shifted by one clamp).
+    clamps before each critic step, so there the generator update meets the critic's last,
+    still unclipped step.
   - Architectures: DCGAN with ngf = ndf = 64, 4x4 kernels, no biases, LeakyReLU 0.2, a final
     4x4 valid conv to one unbounded output (no sigmoid); the MLP generator has no output tanh;
     init N(0, 0.02) on convs, BN scale N(1, 0.02), PyTorch's default on the MLP's linears.
