@@ -378,7 +378,8 @@ class ImageData:
         loader = torch.utils.data.DataLoader(
             self._files, batch_size=batch_size, sampler=order[start * batch_size:].tolist(),
             num_workers=self._workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False, drop_last=True)
+            persistent_workers=False, drop_last=True,
+            generator=g)  # its workers' base seed comes from g, not the global RNG: exact resume
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True) if self.num_classes else None
@@ -395,6 +396,19 @@ class ImageData:
         index = torch.randint(self.n, (batch_size,), device=self.device if self.images is not None else "cpu")
         x, y = self._get(index)
         return self.to_float(x), y
+
+    def in_order(self, batch_size: int):
+        """Every image once, in index order (the last batch may be smaller), as (images, labels
+        or None): for evaluation and translation, where the order matters and nothing is random."""
+        for start in range(0, self.n, batch_size):
+            index = torch.arange(start, min(start + batch_size, self.n))
+            if self._files is None:
+                x, y = self._get(index)
+            else:
+                items = [self._files[i] for i in index.tolist()]
+                x = torch.stack([a for a, _ in items]).to(self.device)
+                y = torch.tensor([b for _, b in items], device=self.device) if self.num_classes else None
+            yield self.to_float(x), y
 
 
 _CACHE_BYTES = 4 * 2**30  # shapes larger than this are rendered per batch instead of held
@@ -849,6 +863,20 @@ class Run:
                     yield batch
 
         return endless()
+
+    def sampler(self, data: ImageData):
+        """For loops whose batch size changes during a run (progan.py): returns draw(batch_size),
+        a batch drawn uniformly at random (data.sample, torch's RNG, saved in checkpoints).
+        The run then counts images, not batches: an epoch is len(data) images drawn, and the
+        checkpoint's batches_drawn holds the images drawn so far."""
+        self._steps_per_epoch = len(data)
+
+        def draw(batch_size: int):
+            self.batches_drawn += batch_size
+            self._images += batch_size
+            return data.sample(batch_size)
+
+        return draw
 
     @property
     def epochs_done(self) -> int:
