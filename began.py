@@ -1,0 +1,365 @@
+"""BEGAN: Boundary Equilibrium Generative Adversarial Networks — Berthelot, Schumm, Metz (2017), arXiv:1703.10717
+
+The discriminator is an autoencoder. Its loss on an image is how badly it reconstructs it,
+L(v) = mean |v - D(v)|. D learns to reconstruct real images well and generated ones badly; G
+learns to make images D reconstructs well. Instead of matching the data distributions, BEGAN
+matches the distributions of these reconstruction losses (a lower bound of the Wasserstein
+distance between them). A proportional controller k_t holds the two players at the
+equilibrium E[L(G(z))] = γ E[L(x)]: γ, the diversity ratio, trades sample diversity (high γ)
+for quality (low γ). The same quantities give M_global, a convergence measure that falls as
+the samples improve, a learning curve most GANs lack.
+
+Paper -> code (section titles; the numbering differs between the arXiv versions):
+  Eq. (1), L(v) = |v - D(v)|^η with η = 1 (the pixel-wise L1 reconstruction loss) -> ae_loss
+  "Boundary Equilibrium GAN", the BEGAN objective:
+      L_D = L(x) - k_t L(G(z_D))   for D's parameters         -> d_loss, discriminator_step
+      L_G = L(G(z_G))              for G's parameters         -> generator_step
+      k_{t+1} = k_t + λ_k (γ L(x) - L(G(z_G))), k in [0, 1], k_0 = 0  -> update_k (host floats),
+                                                                 update_k_tensor (on the device)
+  "Convergence measure": M_global = L(x) + |γ L(x) - L(G(z_G))|  -> convergence_measure(_tensor)
+  "Model architecture", Fig. 1 (3x3 convs + ELU, no batch norm, filters growing linearly with
+      each down-sampling, stride-2 sub-sampling, nearest-neighbour up-sampling, FC layers with no
+      nonlinearity to and from h; G has the decoder's architecture, its own weights)
+                                                              -> Encoder, Decoder, Discriminator,
+                                                                 Generator
+  "Optional improvement: vanishing residuals" (h0 up-sampled and concatenated after each
+      up-sampling step)                                       -> Decoder(skip=True), --skip
+  Experiments: Adam, lr 1e-4 "decaying by a factor of 2 when the measure of convergence stalls",
+      N_h = N_z = 64, z ~ U(-1, 1)                            -> parse_args, stalled, lr_factor, train
+
+Deviations from the paper (each tagged `# DEVIATION:` below):
+  1. Images of any power-of-two size from 16 up (the paper trains 32 to 256, "adding or
+     removing convolution layers", always down to 8x8); the built-in shapes data replaces CelebA.
+Choices where the paper is silent or vague (the paper has no official code; the accepted port
+is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unless stated):
+  - A stall of M_global, which halves both learning rates (`--lr-decay stall`, the default):
+    every --lr-window steps (default 3750, one epoch of the built-in data at batch 16) the mean
+    M_global of those steps is compared with the mean of the previous window; if it is not at
+    least --stall-tol (1%) lower, the window stalled. The first window is never a stall. This
+    is the rule left commented out in the port's trainer.py; the port itself halves on a fixed
+    schedule, every 100,000 of its 500,000 steps (`--lr-decay fixed --lr-window 100000`). Five
+    windows per run is the port's ratio, five epochs here. The window's running sum and the
+    previous mean are method state, checkpointed with k_t; the lr is in the optimisers' state.
+  - Update order: one Adam step on D (real batch, z_D), then one on G with a fresh z_G through
+    the just-updated D, then k_t from that step's L(x) and L(G(z_G)), as the paper's separate
+    z_D and z_G suggest. The port draws one z and steps both networks from one forward pass.
+  - Encoder as the port: conv to n, then per stage two convs to n*(stage+1) and (but in the
+    last stage) a stride-2 conv keeping the channels, ELU after each; FC to N_h. Decoder: FC
+    to 8x8xn, per stage two convs at n channels, up-sampling between stages, a last conv to the
+    image channels. No output nonlinearity anywhere (no tanh): sample grids are clamped to
+    [-1, 1] when saved. Init: Xavier-uniform weights, zero biases (TF-slim's defaults, which
+    the port uses). Batch 16 and Adam's betas (0.5, 0.999) are the port's defaults.
+  - In a step, D sees the real and fake batches as one concatenated batch (no batch norm, so
+    this changes nothing but speed). Under --amp the L1 losses are computed in float32.
+  - A step is one D update and one G update on one real batch; an epoch is a pass over the
+    real data (60,000 shapes / 16 = 3,750 steps). The paper trains for hundreds of thousands
+    of steps (the port: 500,000); five epochs show the dynamics, not the paper's quality.
+
+Run:  python began.py --epochs 5                      (built-in shapes, 64 px, no download)
+      python began.py --gamma 0.7 --epochs 5          (more diversity, less quality)
+      python began.py --dataset celeba --data-root ./data
+      python began.py --generate 64 --resume runs/began-shapes-<time>
+"""
+import argparse
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="BEGAN (Berthelot et al., 2017)",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--gamma", type=common.positive_float, default=0.5,
+                   help="diversity ratio γ = E[L(G(z))] / E[L(x)] the controller holds (paper: 0.5; "
+                        "results shown for 0.3-0.7)")
+    p.add_argument("--lambda-k", type=common.positive_float, default=0.001,
+                   help="λ_k, the proportional gain of the k_t controller (paper: 0.001)")
+    p.add_argument("--k0", type=float, default=0.0, help="k_0, the initial k_t, in [0, 1] (paper: 0)")
+    p.add_argument("--n-filters", type=common.positive_int, default=128,
+                   help="n, the filters of the first stage; stage i of the encoder has n*(i+1) (paper: 128)")
+    p.add_argument("--nz", type=common.positive_int, default=64, help="N_z, the size of z ~ U(-1, 1) (paper: 64)")
+    p.add_argument("--nh", type=common.positive_int, default=64,
+                   help="N_h, the size of D's embedding h (paper: 64)")
+    p.add_argument("--skip", action="store_true",
+                   help="the paper's optional skip connections: h0 up-sampled and concatenated after each "
+                        "up-sampling step (vanishing residuals)")
+    p.add_argument("--lr", type=common.positive_float, default=1e-4,
+                   help="initial Adam learning rate of D and G (paper and port: 1e-4)")
+    p.add_argument("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (port: 0.5)")
+    p.add_argument("--beta2", type=common.unit_interval, default=0.999, help="Adam beta2 (port: 0.999)")
+    p.add_argument("--lr-decay", choices=("stall", "fixed", "none"), default="stall",
+                   help="halve both lrs when M_global stalls (paper), every --lr-window steps (port), or never")
+    p.add_argument("--lr-window", type=common.positive_int, default=3750,
+                   help="steps per window: M_global is averaged over each window and compared with the "
+                        "previous one (stall), or the halving period (fixed; port: 100000)")
+    p.add_argument("--stall-tol", type=common.unit_interval, default=0.01,
+                   help="a window stalled when its mean M_global is not this fraction below the previous "
+                        "window's (the port's commented-out rule: 1%%)")
+    common.add_run_args(p, batch_size=16)  # the port's default batch size
+    args = common.parse_args(p, argv, "began")
+    if args.image_size < 16 or args.image_size & (args.image_size - 1):
+        p.error(f"--image-size must be a power of two, 16 or more (got {args.image_size}): the "
+                f"autoencoder halves and doubles the side between 8x8 and the image size")
+    if not 0 <= args.k0 <= 1:
+        p.error(f"--k0 must be in [0, 1] (got {args.k0}): k_t is clipped to that interval")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# Networks ("Model architecture", Fig. 1; the port's models.py)
+# ---------------------------------------------------------------------------------------------
+def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, 3, stride, 1)
+
+
+def _stages(image_size: int) -> int:
+    # DEVIATION: any power-of-two size from 16 (deviation 1); 64 px gives 4 stages: 8, 16, 32, 64.
+    return int(math.log2(image_size)) - 2
+
+
+class Encoder(nn.Module):
+    """image (B, C, S, S) -> embedding h (B, N_h).
+
+    conv 3x3 to n, then per stage i = 0, 1, ...: two 3x3 convs to n*(i+1) and, but in the last
+    stage, a stride-2 3x3 conv (the paper's sub-sampling); ELU after every conv; at 8x8 an FC
+    layer to N_h with no nonlinearity. Filters grow linearly: n, 2n, 3n, 4n at 64 px."""
+
+    def __init__(self, nh=64, n=128, channels=3, image_size=64):
+        super().__init__()
+        stages = _stages(image_size)
+        layers, c = [_conv(channels, n), nn.ELU(inplace=True)], n
+        for i in range(stages):
+            c_out = n * (i + 1)
+            layers += [_conv(c, c_out), nn.ELU(inplace=True), _conv(c_out, c_out), nn.ELU(inplace=True)]
+            if i < stages - 1:
+                layers += [_conv(c_out, c_out, stride=2), nn.ELU(inplace=True)]  # halves the side
+            c = c_out
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(c * 8 * 8, nh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))  # (B, stages*n, 8, 8) -> (B, N_h)
+
+
+class Decoder(nn.Module):
+    """h (B, N_h) -> image (B, C, S, S).
+
+    FC to h0, an 8x8xn map (no nonlinearity), then per stage two 3x3 convs at n channels with
+    ELU, 2x nearest-neighbour up-sampling between stages, and a last 3x3 conv to the image
+    channels (no nonlinearity). With skip=True ("vanishing residuals"), after each up-sampling
+    h0 is up-sampled to the same side and concatenated, so that stage's first conv sees 2n."""
+
+    def __init__(self, nh=64, n=128, channels=3, image_size=64, skip=False):
+        super().__init__()
+        self.n, self.skip = n, skip
+        self.fc = nn.Linear(nh, 8 * 8 * n)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.stages = nn.ModuleList(
+            nn.Sequential(_conv(2 * n if skip and i > 0 else n, n), nn.ELU(inplace=True),
+                          _conv(n, n), nn.ELU(inplace=True))
+            for i in range(_stages(image_size)))
+        self.out = _conv(n, channels)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h0 = self.fc(h).view(-1, self.n, 8, 8)  # (B, n, 8, 8)
+        x = h0
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                x = self.up(x)                   # (B, n, 2s, 2s)
+                if self.skip:
+                    x = torch.cat([x, F.interpolate(h0, size=x.shape[-2:], mode="nearest")], 1)  # (B, 2n, 2s, 2s)
+            x = stage(x)
+        return self.out(x)                       # (B, C, S, S)
+
+
+class Generator(Decoder):
+    """z (B, N_z) -> image (B, C, S, S): the decoder's architecture with its own weights
+    ("The generator G uses the same architecture (though not the same weights) as the
+    discriminator decoder")."""
+
+
+class Discriminator(nn.Module):
+    """The autoencoder: image (B, C, S, S) -> its reconstruction (B, C, S, S)."""
+
+    def __init__(self, nh=64, n=128, channels=3, image_size=64, skip=False):
+        super().__init__()
+        self.encoder = Encoder(nh, n, channels, image_size)
+        self.decoder = Decoder(nh, n, channels, image_size, skip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def weights_init(m: nn.Module) -> None:
+    """TF-slim's defaults, as the port uses: Xavier-uniform weights, zero biases."""
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        nn.init.xavier_uniform_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def sample_z(batch_size: int, nz: int, device) -> torch.Tensor:
+    """z ~ U(-1, 1)^N_z."""
+    return torch.rand(batch_size, nz, device=device) * 2 - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses, the controller and the convergence measure (the paper is these functions)
+# ---------------------------------------------------------------------------------------------
+def ae_loss(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    # Eq. (1): L(v) = |v - D(v)|^η, η = 1, averaged over pixels, channels and the batch (the
+    # port's reduce_mean), in float32 whatever the autocast dtype. A loss, not a score: D
+    # lowers it on real images and (weighted by k_t) raises it on fakes; G lowers it on fakes.
+    return (x.float() - recon.float()).abs().mean()
+
+
+def d_loss(loss_real: torch.Tensor, loss_fake: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    # BEGAN objective: L_D = L(x) - k_t L(G(z_D)), minimised over D's parameters: reconstruct
+    # real images well and, weighted by k_t, fake ones badly. (L_G = L(G(z_G)) is ae_loss itself.)
+    return loss_real - k * loss_fake
+
+
+def update_k_tensor(k: torch.Tensor, gamma: float, loss_real, loss_fake, lambda_k: float) -> torch.Tensor:
+    # BEGAN objective: k_{t+1} = k_t + λ_k (γ L(x) - L(G(z_G))), with k_t ∈ [0, 1] (clipped,
+    # as the port does). On the training device: no host synchronisation in the loop.
+    return torch.clamp(k + lambda_k * (gamma * loss_real - loss_fake), 0.0, 1.0)
+
+
+def update_k(k, gamma, loss_real, loss_fake, lambda_k) -> float:
+    """k_{t+1} from Python numbers (or scalar tensors) as a float; update_k_tensor is the same
+    equation on device tensors."""
+    k = torch.tensor(float(k), dtype=torch.float64)
+    return float(update_k_tensor(k, gamma, float(loss_real), float(loss_fake), lambda_k))
+
+
+def convergence_measure_tensor(loss_real: torch.Tensor, loss_fake: torch.Tensor, gamma: float) -> torch.Tensor:
+    # "Convergence measure": M_global = L(x) + |γ L(x) - L(G(z_G))|: the reconstruction of real
+    # images plus the distance from the equilibrium. Falls as training converges.
+    return loss_real + (gamma * loss_real - loss_fake).abs()
+
+
+def convergence_measure(loss_real, loss_fake, gamma) -> float:
+    """M_global from Python numbers (or scalar tensors) as a float."""
+    loss_real = torch.tensor(float(loss_real), dtype=torch.float64)
+    return float(convergence_measure_tensor(loss_real, torch.tensor(float(loss_fake), dtype=torch.float64), gamma))
+
+
+def stalled(window_mean: float, previous_mean: float, tol: float) -> bool:
+    """Experiments: lr "decaying by a factor of 2 when the measure of convergence stalls". A
+    window stalled when its mean M_global is not at least `tol` (relative) below the previous
+    window's mean (the rule commented out in the port's trainer.py, with tol = 1%)."""
+    return window_mean > (1 - tol) * previous_mean
+
+
+def lr_factor(state: dict, decay: str, window: int, tol: float) -> float:
+    """At the end of a window of `window` steps: 0.5 to halve the learning rates, else 1.
+
+    stall: the window's mean M_global (state["window_sum"] / window) against the previous
+    window's (state["previous_mean"], inf at first); fixed: always 0.5 (the port's schedule);
+    none: always 1. Starts the next window. One host sync per window (stall only)."""
+    factor = 0.5 if decay == "fixed" else 1.0
+    if decay == "stall":
+        mean = (state["window_sum"] / window).item()
+        factor = 0.5 if stalled(mean, state["previous_mean"], tol) else 1.0
+        state["previous_mean"] = mean
+    state["window_sum"].zero_()
+    return factor
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def discriminator_step(D, opt_D, real, fake, k, amp=False):
+    """One Adam step on D for L_D = L(x) - k_t L(G(z_D)). `fake` is detached: G gets no
+    gradient. Returns (L_D, L(x)), detached."""
+    fake = fake.detach()                              # the target of L(G(z_D)) too
+    with common.autocast(real.device, amp):
+        recon = D(torch.cat([real, fake]))            # (2B, C, S, S): one pass, no batch norm
+        recon_real, recon_fake = recon.chunk(2)       # (B, C, S, S) each
+        loss_real = ae_loss(real, recon_real)
+        loss = d_loss(loss_real, ae_loss(fake, recon_fake), k)
+    opt_D.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_D.step()
+    return loss.detach(), loss_real.detach()
+
+
+def generator_step(G, D, opt_G, batch_size, nz, device, amp=False):
+    """One Adam step on G for L_G = L(G(z_G)), a fresh z_G, through the just-updated D. The
+    gradient reaches G along both paths, G(z) and D(G(z)); D's weights get none."""
+    D.requires_grad_(False)  # saves computing D's weight gradients, which nobody would use
+    with common.autocast(device, amp):
+        fake = G(sample_z(batch_size, nz, device))
+        loss = ae_loss(fake, D(fake))
+    opt_G.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_G.step()
+    D.requires_grad_(True)
+    return loss.detach()
+
+
+def build(args, channels: int, device):
+    G = Generator(args.nz, args.n_filters, channels, args.image_size, args.skip).to(device)
+    D = Discriminator(args.nh, args.n_filters, channels, args.image_size, args.skip).to(device)
+    G.apply(weights_init)
+    D.apply(weights_init)
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
+                             **common.optimizer_kwargs(device))
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
+                             **common.optimizer_kwargs(device))
+    return G, D, opt_G, opt_D
+
+
+def train(args) -> dict:
+    device = common.setup(args)
+    data = None
+    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
+        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                                   args.download, device, args.dataset_size, args.workers)
+        args.channels = data.channels  # saved with the checkpoint's flags
+    G, D, opt_G, opt_D = build(args, args.channels, device)
+    # Method state, saved in every checkpoint: k_t, and the lr-decay rule's running window.
+    state = {"fixed_z": sample_z(64, args.nz, device),           # one latent for every sample grid
+             "k_t": torch.tensor(args.k0, device=device),        # k_0
+             "window_sum": torch.zeros((), device=device),       # Σ M_global over the current window
+             "previous_mean": math.inf}                          # mean M_global of the previous window
+    run = common.Run("began", args, {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}, state,
+                     sample_fn=lambda: G(state["fixed_z"]), device=device)
+    if args.generate:
+        run.generate(lambda n: G(sample_z(n, args.nz, device)), args.generate)
+        return {}
+    common.maybe_compile(G, args.compile)
+    common.maybe_compile(D, args.compile)
+
+    batches = run.stream(data)
+    for step in run.loop():                   # one real batch per step
+        real, _ = next(batches)
+        with torch.no_grad(), common.autocast(device, args.amp):
+            fake = G(sample_z(real.size(0), args.nz, device))         # G(z_D), no graph to G
+        # 1. D: minimise L(x) - k_t L(G(z_D))
+        loss_D, loss_real = discriminator_step(D, opt_D, real, fake, state["k_t"], args.amp)
+        # 2. G: minimise L(G(z_G)) with a fresh z_G, through the D just updated
+        loss_G = generator_step(G, D, opt_G, real.size(0), args.nz, device, args.amp)
+        # 3. the convergence measure and the controller, from this step's losses (detached)
+        M_global = convergence_measure_tensor(loss_real, loss_G, args.gamma)
+        run.log(loss_D=loss_D, loss_G=loss_G, L_x=loss_real, k_t=state["k_t"], M_global=M_global,
+                lr=opt_G.param_groups[0]["lr"])         # k_t and lr: the values this step used
+        state["k_t"] = update_k_tensor(state["k_t"], args.gamma, loss_real, loss_G, args.lambda_k)
+        state["window_sum"] += M_global
+        # 4. at the end of a window: halve both learning rates if M_global stalled (--lr-decay)
+        if (step + 1) % args.lr_window == 0:
+            factor = lr_factor(state, args.lr_decay, args.lr_window, args.stall_tol)
+            for group in opt_G.param_groups + opt_D.param_groups:
+                group["lr"] *= factor
+    return run.finish()
+
+
+def main(argv=None) -> dict:
+    return train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    common.cli(main)

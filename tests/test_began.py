@@ -1,0 +1,300 @@
+"""began.py against ../shared/papers/began.md: the losses, the k_t controller, M_global, the
+autoencoder D, step isolation, the lr-decay rule, exact resume of k_t, the command line."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import TINY_RUN, read_metrics
+
+import began
+
+TINY_B = TINY_RUN + ["--n-filters", "8", "--nz", "8", "--nh", "8"]
+
+
+def _params(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _nets(skip=False, size=16):
+    torch.manual_seed(0)
+    args = began.parse_args(["--image-size", str(size), "--n-filters", "8", "--nz", "8", "--nh", "8"]
+                            + (["--skip"] if skip else []))
+    return began.build(args, 3, torch.device("cpu"))
+
+
+def test_paper_defaults():
+    args = began.parse_args([])
+    assert (args.gamma, args.lambda_k, args.k0) == (0.5, 0.001, 0.0)
+    assert (args.n_filters, args.nz, args.nh, args.skip) == (128, 64, 64, False)
+    assert (args.lr, args.beta1, args.beta2, args.batch_size, args.image_size) == (1e-4, 0.5, 0.999, 16, 64)
+    assert args.lr_decay == "stall" and args.dataset == "shapes"
+    _, _, opt_G, opt_D = _nets()
+    for opt in (opt_G, opt_D):
+        assert type(opt) is torch.optim.Adam and opt.defaults["betas"] == (0.5, 0.999)
+
+
+# --- the controller, the measure, the losses -------------------------------------------------
+def test_update_k_gives_the_spec_number():
+    k = began.update_k(0.5, 0.5, 0.2, 0.05, 0.001)   # 0.5 + 0.001 (0.5 * 0.2 - 0.05)
+    assert type(k) is float and k == pytest.approx(0.50005, abs=1e-12)
+    assert began.update_k(0.5, 0.5, 0.2, 0.2, 0.001) == pytest.approx(0.5 - 0.0001, abs=1e-12)  # G losing: k falls
+    assert began.update_k(0.3, 0.5, 0.2, 0.1, 0.001) == pytest.approx(0.3, abs=1e-12)  # at equilibrium: k stays
+
+
+@pytest.mark.parametrize("k, real, fake, lambda_k, expected", [
+    (0.5, 1e30, 0.0, 0.001, 1.0), (0.5, 0.0, 1e30, 0.001, 0.0),        # huge losses
+    (1.0, 10.0, 0.0, 1.0, 1.0), (0.0, 0.0, 10.0, 1.0, 0.0),            # already at the bounds
+    (0.999, 1.0, 0.0, 0.5, 1.0), (0.001, 0.0, 1.0, 0.5, 0.0),           # one step over the edge
+    (0.5, math.inf, 0.0, 0.001, 1.0), (0.5, 0.0, math.inf, 0.001, 0.0),  # infinite losses
+])
+def test_k_stays_in_the_unit_interval_under_extreme_inputs(k, real, fake, lambda_k, expected):
+    assert began.update_k(k, 0.5, real, fake, lambda_k) == expected
+    on_device = began.update_k_tensor(torch.tensor(k), 0.5, torch.tensor(real), torch.tensor(fake), lambda_k)
+    assert on_device.item() == expected
+
+
+def test_the_device_and_host_controllers_agree():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        k, real, fake = torch.rand(3, generator=g).tolist()
+        gamma = 0.3 + 0.4 * torch.rand(1, generator=g).item()
+        lambda_k = 10.0 ** -torch.randint(0, 4, (1,), generator=g).item()    # 1 down to 0.001
+        host = began.update_k(k, gamma, real, fake, lambda_k)
+        device = began.update_k_tensor(torch.tensor(k), gamma, torch.tensor(real), torch.tensor(fake), lambda_k)
+        assert 0 <= host <= 1 and device.dtype == torch.float32
+        assert device.item() == pytest.approx(host, abs=1e-6)
+        m = began.convergence_measure(real, fake, gamma)
+        assert began.convergence_measure_tensor(torch.tensor(real), torch.tensor(fake), gamma).item() == \
+            pytest.approx(m, abs=1e-6)
+
+
+def test_convergence_measure_closed_form_and_bounds():
+    assert began.convergence_measure(0.2, 0.05, 0.5) == pytest.approx(0.2 + 0.05)  # fake too good
+    assert began.convergence_measure(0.2, 0.15, 0.5) == pytest.approx(0.2 + 0.05)  # fake too bad
+    assert began.convergence_measure(0.2, 0.1, 0.5) == pytest.approx(0.2)          # at equilibrium
+    assert type(began.convergence_measure(0.2, 0.1, 0.5)) is float
+    g = torch.Generator().manual_seed(1)
+    for real, fake in (torch.rand(100, 2, generator=g) * 3).tolist():
+        assert began.convergence_measure(real, fake, 0.5) >= real >= 0
+
+
+def test_ae_loss_is_the_mean_absolute_pixel_error():
+    x = torch.randn(4, 3, 8, 8)
+    recon = torch.randn(4, 3, 8, 8)
+    loss = began.ae_loss(x, recon)
+    assert loss.shape == () and torch.allclose(loss, (x - recon).abs().mean())
+    assert began.ae_loss(x, x) == 0
+    assert began.ae_loss(x, x + 2) == pytest.approx(2.0)                 # L1 (η = 1), not L2: 4
+    assert began.ae_loss(x.bfloat16(), recon.bfloat16()).dtype == torch.float32
+
+
+def test_d_loss_sign():
+    real, fake = torch.tensor(0.3), torch.tensor(0.2)
+    assert began.d_loss(real, fake, torch.tensor(0.0)) == real           # k = 0: reconstruction only
+    assert began.d_loss(real, fake, torch.tensor(0.5)) == pytest.approx(0.3 - 0.5 * 0.2)
+
+
+def test_stall_rule():
+    assert not began.stalled(5.0, math.inf, 0.01)   # the first window has nothing to compare with
+    assert not began.stalled(0.98, 1.0, 0.01)       # 2% lower: progress
+    assert began.stalled(0.995, 1.0, 0.01)          # 0.5% lower: stalled
+    assert began.stalled(1.2, 1.0, 0.01)            # higher: stalled
+    assert not began.stalled(0.995, 1.0, 0.0)       # tol 0: any decrease is progress
+
+
+def test_lr_factor_at_the_end_of_each_window():
+    state = {"window_sum": torch.tensor(20.0), "previous_mean": math.inf}   # window 1: mean 2.0
+    assert began.lr_factor(state, "stall", 10, 0.01) == 1.0                 # nothing to compare with
+    assert state["previous_mean"] == 2.0 and state["window_sum"] == 0       # the next window starts
+    state["window_sum"] += 19.0                                             # mean 1.9: 5% better
+    assert began.lr_factor(state, "stall", 10, 0.01) == 1.0
+    state["window_sum"] += 18.9                                             # mean 1.89: 0.5% better
+    assert began.lr_factor(state, "stall", 10, 0.01) == 0.5 and state["previous_mean"] == pytest.approx(1.89)
+    state["window_sum"] += 100.0
+    assert began.lr_factor(state, "fixed", 10, 0.01) == 0.5 and state["window_sum"] == 0
+    state["window_sum"] += 100.0                                            # M_global way up
+    assert began.lr_factor(state, "none", 10, 0.01) == 1.0 and state["window_sum"] == 0
+
+
+# --- the networks ----------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [16, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_d_is_an_autoencoder_and_g_its_decoder(size, channels):
+    G = began.Generator(nh=8, n=8, channels=channels, image_size=size)
+    D = began.Discriminator(nh=8, n=8, channels=channels, image_size=size)
+    z = began.sample_z(5, 8, "cpu")
+    assert z.min() >= -1 and z.max() <= 1
+    x = G(z)
+    assert x.shape == (5, channels, size, size) and D(x).shape == x.shape
+    assert D.encoder(x).shape == (5, 8)
+    # G has the decoder's architecture, but its own weights
+    assert [p.shape for p in G.parameters()] == [p.shape for p in D.decoder.parameters()]
+    assert not set(map(id, G.parameters())) & set(map(id, D.parameters()))
+
+
+def test_no_normalisation_anywhere_and_elu_only():
+    for skip in (False, True):
+        G, D, _, _ = _nets(skip, size=32)
+        modules = list(G.modules()) + list(D.modules())
+        assert not any("Norm" in type(m).__name__ for m in modules)   # batch, instance, group, layer norm
+        acts = [m for m in modules if type(m).__module__ == "torch.nn.modules.activation"]
+        assert acts and all(isinstance(m, nn.ELU) for m in acts)
+        convs = sum(isinstance(m, nn.Conv2d) for m in modules)
+        assert sum(isinstance(m, nn.ELU) for m in modules) == convs - 2  # all but the two output convs
+
+
+def test_filters_grow_linearly_and_sampling_is_strided_down_nearest_up():
+    D = began.Discriminator(nh=8, n=8, image_size=64)
+    convs = [m for m in D.encoder.body if isinstance(m, nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [8, 8, 8, 8, 16, 16, 16, 24, 24, 24, 32, 32]
+    assert [m.stride[0] for m in convs] == [1, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1]  # stride-2 sub-sampling
+    assert all(m.kernel_size == (3, 3) for m in convs)
+    assert D.encoder.fc.in_features == 32 * 8 * 8                                # 4n at 8x8
+    assert all(m.out_channels == 8 for m in D.decoder.stages.modules() if isinstance(m, nn.Conv2d))
+    assert D.decoder.up.mode == "nearest" and D.decoder.up.scale_factor == 2
+    assert not any(isinstance(m, (nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d)) for m in D.modules())
+
+
+def test_skip_connections_concatenate_h0():
+    G = began.Generator(nh=8, n=8, image_size=32, skip=True)
+    assert [s[0].in_channels for s in G.stages] == [8, 16, 16]   # h0 joins after each up-sampling
+    assert G(torch.zeros(2, 8)).shape == (2, 3, 32, 32)
+    assert [s[0].in_channels for s in began.Generator(nh=8, n=8, image_size=32).stages] == [8, 8, 8]
+    # h0 reaches the last stage directly: with the earlier stages zeroed, the output still
+    # depends on h with skips, and does not without.
+    h = torch.randn(2, 8)
+    for skip in (True, False):
+        torch.manual_seed(0)
+        G = began.Generator(nh=8, n=8, image_size=32, skip=skip)
+        with torch.no_grad():
+            for p in list(G.stages[0].parameters()) + list(G.stages[1].parameters()):
+                p.zero_()
+        assert torch.allclose(G(h), G(torch.zeros(2, 8))) != skip
+
+
+def test_sizes_the_architecture_cannot_make_are_refused(capsys):
+    for bad in (["--image-size", "48"], ["--image-size", "8"], ["--k0", "1.5"]):
+        with pytest.raises(SystemExit) as e:
+            began.parse_args(bad)
+        assert e.value.code == 2
+    assert "power of two" in capsys.readouterr().err
+
+
+# --- the steps -------------------------------------------------------------------------------
+def test_with_k_zero_the_d_gradient_does_not_depend_on_the_fake_batch():
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    fakes = (torch.rand(4, 3, 16, 16) * 2 - 1, torch.zeros(4, 3, 16, 16))
+
+    def d_after_step(fake, k):
+        _, D, _, opt_D = _nets()
+        began.discriminator_step(D, opt_D, real, fake, torch.tensor(k))
+        return _params(D), [p.grad.clone() for p in D.parameters()]
+
+    (p1, g1), (p2, g2) = d_after_step(fakes[0], 0.0), d_after_step(fakes[1], 0.0)
+    assert _same(g1, g2) and _same(p1, p2)
+    (p1, g1), (p2, g2) = d_after_step(fakes[0], 0.5), d_after_step(fakes[1], 0.5)
+    assert not _same(g1, g2)                                     # k > 0: the fake term acts
+
+
+def test_d_step_touches_d_only_and_pushes_fake_reconstructions_away():
+    G, D, _, opt_D = _nets()
+    for group in opt_D.param_groups:
+        group["lr"] = 1e-3
+    real = torch.rand(8, 3, 16, 16) * 2 - 1
+    fake = G(began.sample_z(8, 8, "cpu"))                        # with a graph to G
+    g0 = _params(G)
+    real_before, fake_before = began.ae_loss(real, D(real)).item(), began.ae_loss(fake, D(fake)).item()
+    loss, loss_real = began.discriminator_step(D, opt_D, real, fake, torch.tensor(1.0))
+    assert _same(_params(G), g0) and all(p.grad is None for p in G.parameters())
+    assert loss_real.item() == pytest.approx(real_before, rel=1e-5)
+    assert loss.item() == pytest.approx(real_before - fake_before, rel=1e-5, abs=1e-6)  # L_D at k = 1
+    assert began.ae_loss(fake, D(fake)).item() > fake_before     # k = 1: D learns to reconstruct G badly
+    assert began.ae_loss(real, D(real)).item() < real_before     # and real images well
+
+
+def test_g_step_touches_g_only_and_lowers_the_reconstruction_of_new_samples():
+    G, D, opt_G, _ = _nets()
+    for group in opt_G.param_groups:
+        group["lr"] = 1e-3
+    torch.manual_seed(5)
+    z = began.sample_z(16, 8, "cpu")
+    before = began.ae_loss(G(z), D(G(z))).item()
+    d0, g0 = _params(D), _params(G)
+    torch.manual_seed(5)                                         # generator_step draws this z
+    loss = began.generator_step(G, D, opt_G, 16, 8, torch.device("cpu"))
+    assert loss.item() == pytest.approx(before, rel=1e-5)        # L_G = L(G(z_G)) through D
+    assert _same(_params(D), d0) and all(p.grad is None for p in D.parameters())
+    assert all(p.requires_grad for p in D.parameters()) and not _same(_params(G), g0)
+    assert began.ae_loss(G(z), D(G(z))).item() < before
+
+
+def test_g_loss_flows_through_both_g_z_and_d_g_z():
+    # L_G = mean |G(z) - D(G(z))|: detaching either side changes G's gradient.
+    G, D, _, _ = _nets()
+    z = began.sample_z(4, 8, "cpu")
+
+    def grad(loss_fn):
+        G.zero_grad()
+        loss_fn(G(z)).backward()
+        return torch.cat([p.grad.flatten() for p in G.parameters()])
+
+    full = grad(lambda x: began.ae_loss(x, D(x)))
+    assert not torch.allclose(full, grad(lambda x: began.ae_loss(x, D(x.detach()))))
+    assert not torch.allclose(full, grad(lambda x: began.ae_loss(x.detach(), D(x))))
+
+
+# --- the command line --------------------------------------------------------------------------
+def test_cli_logs_m_global_and_k_t_and_resumes_exactly(tmp_path):
+    # k_0 = 0.3 and a large λ_k make k_t move; windows of 2 steps with a 90% tolerance make
+    # almost every window a stall, so the lr is halved during the run; the split at step 3
+    # falls inside a window.
+    flags = TINY_B + ["--k0", "0.3", "--lambda-k", "0.05", "--lr-window", "2", "--stall-tol", "0.9"]
+    began.main(flags + ["--max-steps", "6", "--out", "straight"])
+    rows = read_metrics(tmp_path / "straight")
+    assert [r["step"] for r in rows] == [str(s) for s in range(1, 7)]
+    for col in ("loss_D", "loss_G", "L_x", "k_t", "M_global", "lr"):
+        assert all(r[col] for r in rows), col
+    k = [float(r["k_t"]) for r in rows]
+    assert all(0 <= v <= 1 for v in k) and len(set(k)) == 6
+    for r in rows:
+        assert float(r["M_global"]) >= float(r["L_x"]) >= 0
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[-1] < lrs[0]
+    assert float(rows[0]["k_t"]) == pytest.approx(0.3)            # k_0, the value step 1 used
+    last = {c: torch.tensor(float(rows[-1][c])) for c in ("k_t", "L_x", "loss_G")}
+    k_next = began.update_k_tensor(last["k_t"], 0.5, last["L_x"], last["loss_G"], 0.05)
+    ckpt = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    assert ckpt["state"]["k_t"].item() == k_next.item()           # k_t is checkpointed after its update
+    # step 6 ends a window, which stalls (tol 90%): the checkpoint holds the halved lr
+    assert ckpt["modules"]["opt_D"]["param_groups"][0]["lr"] == pytest.approx(lrs[-1] / 2)
+
+    began.main(flags + ["--max-steps", "3", "--out", "split"])   # stops inside a window
+    state = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["state"]
+    m = [float(r["M_global"]) for r in rows]
+    assert state["window_sum"].item() == m[2]                    # the open window: step 3 alone
+    assert state["previous_mean"] == pytest.approx((m[0] + m[1]) / 2, rel=1e-6)
+    began.main(["--resume", "split", "--max-steps", "6"])
+    split = read_metrics(tmp_path / "split")
+    assert len(split) == 6
+    for a, b in zip(rows, split):
+        for col in ("loss_D", "loss_G", "L_x", "k_t", "M_global", "lr"):
+            assert a[col] == b[col], (a["step"], col)
+
+
+def test_cli_fixed_schedule_epochs_plot_and_generate(tmp_path):
+    pytest.importorskip("matplotlib")
+    began.main(TINY_B + ["--epochs", "1", "--lr-decay", "fixed", "--lr-window", "3", "--skip", "--out", "run"])
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) == 8 and rows[-1]["epoch"] == "1.0"         # 256 images / 32 = 8 steps
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs == pytest.approx([1e-4] * 3 + [5e-5] * 3 + [2.5e-5] * 2)
+    run = tmp_path / "run"
+    for name in ("checkpoint.pt", "config.json", "losses.png", "samples/final.png", "samples/epoch-001.png"):
+        assert (run / name).exists(), name
+    began.main(["--generate", "5", "--resume", "run"])
+    assert len(list(run.glob("generated-*/0000*.png"))) == 5

@@ -1,0 +1,348 @@
+"""infogan.py against ../shared/papers/infogan.md: the bound, the Gaussian term, who owns which
+gradient, the step order, the Figure 2 layout, the toy recovery of the categorical code."""
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from conftest import TINY, read_metrics
+
+import common
+import infogan
+
+TINY_IG = TINY + ["--fc-units", "32", "--q-units", "16"]
+
+
+def _params(net):
+    return [p.detach().clone() for p in net.parameters()]
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def _nets(**flags):
+    torch.manual_seed(0)
+    argv = ["--image-size", "16", "--ngf", "8", "--ndf", "8", "--fc-units", "32", "--q-units", "16"]
+    for key, value in flags.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    args = infogan.parse_args(argv)
+    return (args, *infogan.build(args, 1, torch.device("cpu")))
+
+
+def _latent(args, n=8):
+    return infogan.sample_latent(n, args.nz, args.n_cat, args.cat_dim, args.n_cont)
+
+
+def test_paper_defaults_and_table_1_networks():
+    args = infogan.parse_args([])
+    assert (args.nz, args.n_cat, args.cat_dim, args.n_cont, args.info_weight) == (62, 1, 10, 2, 1.0)
+    assert (args.lr_d, args.lr_g, args.beta1, args.batch_size) == (2e-4, 1e-3, 0.5, 128)
+    assert (args.image_size, args.channels, args.dataset, args.learn_sigma) == (28, 1, "shapes", False)
+    G, D, opt_G, opt_D = infogan.build(args, 1, torch.device("cpu"))
+    linears = [m for m in G.fc if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(74, 1024), (1024, 7 * 7 * 128)]
+    assert [m.out_channels for m in G.deconv if isinstance(m, nn.ConvTranspose2d)] == [64, 1]
+    assert isinstance(G.deconv[-1], nn.Tanh)
+    assert [m.out_channels for m in D.body if isinstance(m, nn.Conv2d)] == [64, 128]
+    assert [m.out_features for m in D.body if isinstance(m, nn.Linear)] == [1024]
+    assert D.d_head.out_features == 1
+    assert [m.out_features for m in D.q_head if isinstance(m, nn.Linear)] == [128, 10 + 2 * 2]
+    slopes = {m.negative_slope for m in D.modules() if isinstance(m, nn.LeakyReLU)}
+    assert slopes == {0.1}                                     # the paper's 0.1, not the code's 0.01
+    assert not any(isinstance(m, (nn.Sigmoid, nn.Softmax, nn.LogSoftmax)) for m in D.modules())
+    x = G(infogan.sample_latent(3)[0])
+    assert x.shape == (3, 1, 28, 28) and x.abs().max() <= 1
+    d_logit, q = D(x)
+    assert d_logit.shape == (3,) and q["cat"].shape == (3, 1, 10)
+    assert q["mu"].shape == q["log_sigma"].shape == (3, 2)
+
+
+@pytest.mark.parametrize("size", [16, 28, 32])
+def test_every_multiple_of_four(size):
+    G = infogan.Generator(74, 1, size, ngf=8, fc_units=32)
+    D = infogan.Discriminator(1, size, ndf=8, fc_units=32, q_units=16, n_cat=2, cat_dim=3, n_cont=1)
+    x = G(torch.rand(4, 74) * 2 - 1)
+    assert x.shape == (4, 1, size, size)
+    d_logit, q = D(x)
+    assert d_logit.shape == (4,) and q["cat"].shape == (4, 2, 3) and q["mu"].shape == (4, 1)
+
+
+def test_bad_flags_are_refused(capsys):
+    for argv in (["--image-size", "30"], ["--image-size", "4"], ["--n-cat", "0", "--n-cont", "0"],
+                 ["--info-weight", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            infogan.parse_args(argv)
+        assert e.value.code == 2
+    assert "multiple of 4" in capsys.readouterr().err
+    assert infogan.parse_args(["--info-weight", "0"]).info_weight == 0
+
+
+def test_sample_latent_follows_app_c():
+    torch.manual_seed(0)
+    g_in, codes = infogan.sample_latent(5000, nz=62, n_cat=1, cat_dim=10, n_cont=2)
+    assert g_in.shape == (5000, 74)
+    z, onehot, cont = g_in[:, :62], g_in[:, 62:72], g_in[:, 72:]
+    assert z.min() >= -1 and z.max() <= 1 and abs(z.mean()) < 0.01          # U(-1, 1)
+    assert torch.equal(onehot, F.one_hot(codes["cat"][:, 0], 10).float())  # the one-hot of c1
+    assert torch.equal(cont, codes["cont"]) and cont.min() >= -1 and cont.max() <= 1
+    counts = torch.bincount(codes["cat"][:, 0], minlength=10)
+    assert counts.min() > 400 and counts.max() < 600                        # uniform over K
+
+
+def test_d_and_q_read_one_shared_body_tensor():
+    _, _, D, _, _ = _nets()
+    seen = {}
+    D.body.register_forward_hook(lambda m, i, o: seen.__setitem__("body", o))
+    D.d_head.register_forward_hook(lambda m, i, o: seen.__setitem__("d", i[0]))
+    D.q_head.register_forward_hook(lambda m, i, o: seen.__setitem__("q", i[0]))
+    D(torch.rand(4, 1, 16, 16))
+    assert seen["d"] is seen["body"] and seen["q"] is seen["body"]
+
+
+def test_l_i_alone_reaches_g_the_shared_body_and_the_q_head():
+    args, G, D, _, _ = _nets()
+    g_in, codes = _latent(args)
+    _, q = D(G(g_in))
+    discrete, continuous = infogan.info_loss(q, codes)
+    (discrete + continuous).backward()
+    for name, net in (("G", G), ("body", D.body), ("Q head", D.q_head)):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in net.parameters()), name
+    assert all(p.grad is None for p in D.d_head.parameters())  # L_I does not touch the D head
+
+
+def test_a_perfect_q_reaches_the_bound_h_c():
+    K = 10
+    c = torch.arange(20).view(10, 2) % K                         # two categorical codes, (B, 2)
+    perfect = 50.0 * F.one_hot(c, K).float()                     # (B, 2, K) logits
+    empty = torch.zeros(10, 0)
+    discrete, continuous = infogan.info_loss({"cat": perfect, "mu": empty, "log_sigma": empty},
+                                             {"cat": c, "cont": empty})
+    h_c = 2 * math.log(K)                                        # H(c) of two Cat(10) codes
+    assert abs((h_c - discrete).item() - h_c) < 1e-5 and continuous == 0
+    # a Q that knows nothing (uniform) gives L_I = 0
+    discrete, _ = infogan.info_loss({"cat": torch.zeros(10, 2, K), "mu": empty, "log_sigma": empty},
+                                    {"cat": c, "cont": empty})
+    assert abs(discrete.item() - h_c) < 1e-5
+    # a softmax before the cross-entropy (the common bug) would cap L_I well below the bound
+    double = F.cross_entropy(torch.softmax(perfect, -1).flatten(0, 1), c.flatten()) * 2
+    assert h_c - double < h_c - 2.0
+
+
+def test_the_discrete_term_is_cross_entropy_on_raw_logits():
+    torch.manual_seed(0)
+    logits, c = torch.randn(6, 1, 10) * 3, torch.randint(10, (6, 1))
+    empty = torch.zeros(6, 0)
+    d, _ = infogan.info_loss({"cat": logits, "mu": empty, "log_sigma": empty}, {"cat": c, "cont": empty})
+    expected = -torch.log_softmax(logits[:, 0], 1).gather(1, c).mean()   # -E log Q(c|x)
+    assert torch.allclose(d, expected)
+    assert not torch.allclose(d, F.cross_entropy(torch.softmax(logits[:, 0], 1), c[:, 0]))
+    d_shift, _ = infogan.info_loss({"cat": logits + 7.0, "mu": empty, "log_sigma": empty},
+                                   {"cat": c, "cont": empty})
+    assert torch.allclose(d, d_shift)                                    # logits, not probabilities
+
+
+def test_the_fixed_sigma_term_is_half_the_squared_error_plus_half_log_2_pi():
+    mu = torch.tensor([[0.5, -1.0], [0.0, 2.0]])
+    cont = torch.tensor([[0.1, 0.3], [-0.7, 1.0]])
+    q = {"cat": torch.zeros(2, 0, 10), "mu": mu, "log_sigma": torch.full((2, 2), 3.0)}  # ignored
+    codes = {"cat": torch.zeros(2, 0, dtype=torch.long), "cont": cont}
+    discrete, continuous = infogan.info_loss(q, codes)
+    per_code = 0.5 * (cont - mu) ** 2 + 0.5 * math.log(2 * math.pi)
+    assert discrete == 0 and torch.allclose(continuous, per_code.sum(1).mean())
+    one = infogan.info_loss({"cat": q["cat"], "mu": mu[:, :1], "log_sigma": mu[:, :1]},
+                            {"cat": codes["cat"], "cont": cont[:, :1]})[1]
+    assert torch.allclose(one, (0.5 * (cont[:, 0] - mu[:, 0]) ** 2).mean() + 0.5 * math.log(2 * math.pi))
+    # --learn-sigma: the Gaussian log-likelihood with σ = exp(output)
+    log_sigma = torch.tensor([[0.2, -0.5], [1.0, 0.0]])
+    q["log_sigma"] = log_sigma
+    _, learned = infogan.info_loss(q, codes, learn_sigma=True)
+    expected = -torch.distributions.Normal(mu, log_sigma.exp()).log_prob(cont).sum(1).mean()
+    assert torch.allclose(learned, expected)
+
+
+def test_one_optimiser_per_network_and_q_belongs_to_ds():
+    args, G, D, opt_G, opt_D = _nets()
+    ids = lambda opt: {id(p) for group in opt.param_groups for p in group["params"]}
+    assert ids(opt_G) == {id(p) for p in G.parameters()}
+    assert ids(opt_D) == {id(p) for p in D.parameters()}                # body + D head + Q head
+    assert {id(p) for p in D.q_head.parameters()} <= ids(opt_D)
+    assert not ids(opt_G) & ids(opt_D)
+    assert opt_G.defaults["lr"] == 1e-3 and opt_D.defaults["lr"] == 2e-4
+    assert opt_G.defaults["betas"][0] == opt_D.defaults["betas"][0] == 0.5
+
+
+def test_d_step_updates_d_and_q_only_and_g_step_updates_g_only():
+    args, G, D, opt_G, opt_D = _nets()
+    g0, q0, body0 = _params(G), _params(D.q_head), _params(D.body)
+    metrics, q_real = infogan.discriminator_step(G, D, opt_D, torch.rand(8, 1, 16, 16) * 2 - 1,
+                                                 _latent(args), 1.0)
+    assert _same(_params(G), g0) and all(p.grad is None for p in G.parameters())
+    assert not _same(_params(D.q_head), q0) and not _same(_params(D.body), body0)
+    assert q_real.shape == (8, 1, 10) and set(metrics) >= {"loss_D", "discrete", "continuous"}
+    d1, d_grads = _params(D), [p.grad.clone() for p in D.parameters()]
+    infogan.generator_step(G, D, opt_G, _latent(args), 1.0)
+    assert _same(_params(D), d1) and not _same(_params(G), g0)
+    assert _same([p.grad for p in D.parameters()], d_grads)            # no gradient added to D or Q
+    assert all(p.requires_grad for p in D.parameters())
+
+
+def test_with_lambda_zero_q_gets_no_update():
+    args, G, D, _, opt_D = _nets()
+    q0 = _params(D.q_head)
+    infogan.discriminator_step(G, D, opt_D, torch.rand(8, 1, 16, 16), _latent(args), 0.0)
+    assert _same(_params(D.q_head), q0)
+
+
+def test_every_backward_follows_a_fresh_forward_not_a_step(monkeypatch):
+    # The pitfall: computing L_D and L_G from one forward pass, stepping D, then calling
+    # backward on L_G through D's weights that the step modified in place.
+    args, G, D, opt_G, opt_D = _nets()
+    events = []
+    D.register_forward_hook(lambda *a: events.append("D forward"))
+    for name, opt in (("step D", opt_D), ("step G", opt_G)):
+        step = opt.step
+        monkeypatch.setattr(opt, "step", lambda *a, _s=step, _n=name, **k: (events.append(_n), _s(*a, **k))[1])
+    backward = torch.Tensor.backward
+    monkeypatch.setattr(torch.Tensor, "backward", lambda self, *a, **k: (events.append("backward"),
+                                                                         backward(self, *a, **k))[1])
+    for _ in range(3):
+        real = torch.rand(8, 1, 16, 16) * 2 - 1
+        infogan.discriminator_step(G, D, opt_D, real, _latent(args), 1.0)
+        infogan.generator_step(G, D, opt_G, _latent(args), 1.0)
+    assert events[:7] == ["D forward", "D forward", "backward", "step D", "D forward", "backward", "step G"]
+    for i, event in enumerate(events):
+        if event == "backward":
+            since_step = events[:i][::-1]
+            last_step = next((k for k, e in enumerate(since_step) if e.startswith("step")), len(since_step))
+            assert "D forward" in since_step[:last_step]   # the graph was built after the last step
+
+
+def test_matched_accuracy_is_the_best_one_to_one_matching():
+    assert infogan.matched_accuracy(torch.eye(4, dtype=torch.long)[[2, 0, 3, 1]] * 5) == 1.0
+    torch.manual_seed(0)
+    for rows, cols in ((5, 5), (3, 5), (5, 3)):
+        conf = torch.randint(0, 20, (rows, cols))
+        m = conf.tolist()
+        if rows <= cols:
+            best = max(sum(m[i][p[i]] for i in range(rows)) for p in itertools.permutations(range(cols), rows))
+        else:
+            best = max(sum(m[p[j]][j] for j in range(cols)) for p in itertools.permutations(range(rows), cols))
+        assert infogan.matched_accuracy(conf) == pytest.approx(best / conf.sum().item())
+
+
+def test_grid_latent_is_the_figure_2_layout():
+    torch.manual_seed(0)
+    nz, K = 5, 4
+    g = infogan.grid_latent(nz, 1, K, 2, sweep=1, n_cols=10).view(K, 10, -1)   # (rows, cols, ·)
+    z, onehot, cont = g[..., :nz], g[..., nz:nz + K], g[..., nz + K:]
+    assert torch.equal(z, z[:1, :1].expand_as(z))                              # one z for the grid
+    assert torch.equal(onehot.argmax(-1), torch.arange(K)[:, None].expand(K, 10))  # rows: c1 = 0..K-1
+    assert torch.allclose(cont[..., 1], torch.linspace(-2, 2, 10).expand(K, 10))   # columns: -2..2
+    assert torch.equal(cont[..., 0], torch.zeros(K, 10))                        # the other code fixed
+    g = infogan.grid_latent(nz, 1, K, 2, sweep=None, n_cols=6).view(K, 6, -1)    # Fig. 2a
+    assert torch.equal(g[..., :nz], g[:1, :, :nz].expand(K, 6, nz))              # z per column
+    assert len({tuple(v) for v in g[0, :, :nz].tolist()}) == 6
+    assert torch.equal(g[..., nz:nz + K].argmax(-1), torch.arange(K)[:, None].expand(K, 6))
+
+
+class _ToyD(nn.Module):
+    """A shared MLP body with a D head and a Q head, returning what infogan.Discriminator returns."""
+
+    def __init__(self, k, h=64):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(2, h), nn.LeakyReLU(0.1), nn.Linear(h, h), nn.LeakyReLU(0.1))
+        self.d_head, self.q_head, self.k = nn.Linear(h, 1), nn.Linear(h, k), k
+
+    def forward(self, x):
+        h = self.body(x)
+        q = self.q_head(h)
+        return self.d_head(h).squeeze(1), {"cat": q.view(-1, 1, self.k), "mu": q[:, :0], "log_sigma": q[:, :0]}
+
+
+def _toy_code_recovery(info_weight, seed, steps=300, nz=4):
+    """InfoGAN with MLPs on four 2-D Gaussians at (±1, ±1), a Cat(4) code, through
+    infogan's own steps. Returns (how well c predicts the mode of G(z, c), how well Q's code
+    classifies real points), each as accuracy after the best one-to-one matching; chance 0.25."""
+    K, n = 4, 4000
+    centres = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+    torch.manual_seed(seed)
+    G = nn.Sequential(nn.Linear(nz + K, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 2))
+    D = _ToyD(K)
+    opt_G = torch.optim.Adam(G.parameters(), 1e-3, betas=(0.5, 0.999))
+    opt_D = torch.optim.Adam(D.parameters(), 1e-3, betas=(0.5, 0.999))
+    for _ in range(steps):
+        real = centres[torch.randint(K, (128,))] + 0.1 * torch.randn(128, 2)
+        infogan.discriminator_step(G, D, opt_D, real, infogan.sample_latent(128, nz, 1, K, 0), info_weight)
+        infogan.generator_step(G, D, opt_G, infogan.sample_latent(128, nz, 1, K, 0), info_weight)
+
+    def accuracy(pred, target):
+        conf = torch.zeros(K, K, dtype=torch.long)
+        conf.view(-1).index_add_(0, pred * K + target, torch.ones_like(pred))
+        return infogan.matched_accuracy(conf)
+
+    with torch.no_grad():
+        g_in, codes = infogan.sample_latent(n, nz, 1, K, 0)
+        mode = torch.cdist(G(g_in), centres).argmin(1)           # the Gaussian each sample lands in
+        label = torch.randint(K, (n,))
+        real = centres[label] + 0.1 * torch.randn(n, 2)
+        return accuracy(codes["cat"][:, 0], mode), accuracy(D(real)[1]["cat"][:, 0].argmax(1), label)
+
+
+def test_toy_categorical_code_is_recovered_with_lambda_1_and_not_with_0():
+    torch.set_num_threads(1)  # tiny matmuls: one thread is faster, and steady on a shared CPU
+    with_info = [_toy_code_recovery(1.0, seed) for seed in (0, 1)]
+    without = [_toy_code_recovery(0.0, seed) for seed in (0, 1)]
+    for g_acc, q_acc in with_info:
+        assert g_acc > 0.9 and q_acc > 0.9, with_info         # c picks the mode; Q classifies real data
+    for g_acc, _ in without:
+        assert g_acc < 0.45, without                          # near chance (0.25): G ignores c
+
+
+def test_cli_logs_l_i_next_to_its_bound_and_resumes_exactly(tmp_path):
+    flags = TINY_IG + ["--dataset-size", "128"]                          # 4 steps an epoch
+    infogan.main(flags + ["--epochs", "2", "--out", "straight"])
+    rows = read_metrics(tmp_path / "straight")
+    header = list(rows[0])
+    assert header.index("H_c") == header.index("L_I") + 1
+    assert len(rows) == 8 and all(float(r["H_c"]) == pytest.approx(math.log(10)) for r in rows)
+    assert all(float(r["L_I"]) <= math.log(10) for r in rows)
+    assert all(float(r["nll_cont"]) > 0 for r in rows)
+    accs = [r["code_acc"] for r in rows]
+    assert [bool(a) for a in accs] == [i % 4 == 3 for i in range(8)]   # once an epoch
+    assert all(0 <= float(a) <= 1 for a in accs if a)
+    infogan.main(flags + ["--max-steps", "3", "--out", "split"])       # stops mid-epoch
+    infogan.main(["--resume", "split", "--max-steps", "8"])
+    split = read_metrics(tmp_path / "split")
+    assert len(split) == 8
+    for a, b in zip(rows, split):
+        assert {k: v for k, v in a.items() if k != "images_per_s"} == \
+               {k: v for k, v in b.items() if k != "images_per_s"}, a["step"]
+
+
+def test_generate_writes_samples_and_the_figure_2_traversals(tmp_path):
+    from PIL import Image
+
+    infogan.main(TINY_IG + ["--cat-dim", "4", "--max-steps", "2", "--out", "run"])
+    infogan.main(["--generate", "6", "--resume", "run"])
+    (out,) = (tmp_path / "run").glob("generated-*")
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"{i:05d}.png" for i in range(6)] + ["grid.png", "traversal-c1.png",
+                                                          "traversal-c2.png", "traversal-c3.png"]
+    for name in ("traversal-c1.png", "traversal-c2.png", "traversal-c3.png"):
+        with Image.open(out / name) as im:  # rows: c1 = 0..3; 10 columns; 16 px tiles, 2 px padding
+            assert im.size == (2 + 10 * 18, 2 + 4 * 18), name
+    with Image.open(tmp_path / "run" / "samples" / "final.png") as im:  # Fig. 2a: K x K
+        assert im.size == (2 + 4 * 18, 2 + 4 * 18)
+
+
+def test_learn_sigma_and_lambda_zero_from_the_command_line(tmp_path):
+    infogan.main(TINY_IG + ["--learn-sigma", "--max-steps", "1", "--out", "a"])
+    infogan.main(TINY_IG + ["--info-weight", "0", "--n-cont", "0", "--max-steps", "1", "--out", "b"])
+    assert read_metrics(tmp_path / "a")[-1]["nll_cont"]
+    assert "nll_cont" not in read_metrics(tmp_path / "b")[0]
+    with pytest.raises(common.UserError):
+        infogan.main(["--resume", "a", "--learn-sigma", "--info-weight", "0.5"])
