@@ -636,7 +636,7 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> None:
     vutils.save_image(images.detach().float().cpu().add(1).div(2).clamp(0, 1), path, nrow=nrow, padding=2)
 
 
-class _StopFlag:
+class StopFlag:
     """First Ctrl-C asks the loop to stop at the end of the step; a second one aborts at once."""
 
     def __init__(self):
@@ -878,6 +878,11 @@ class Run:
 
         return draw
 
+    def count(self, n: int) -> None:
+        """Count n more items (images, sequences) shown to D, for the images_per_s column of
+        loops that draw their data themselves (seqgan.py)."""
+        self._images += n
+
     @property
     def epochs_done(self) -> int:
         return self.batches_drawn // self._steps_per_epoch
@@ -900,7 +905,7 @@ class Run:
                         dynamic_ncols=True)
 
         bar, drawn = new_bar(), self.batches_drawn
-        with _StopFlag() as stop:
+        with StopFlag() as stop:
             while self.epochs_done < args.epochs and self.step < (args.max_steps or math.inf):
                 yield self.step
                 self.step += 1

@@ -517,17 +517,17 @@ def train(args) -> dict:
         loss_D, acc = d_epochs(D, opt_D, train_set, G.sample(len(train_set), T), bs, args.k_epochs,
                                args.d_l2, args.amp)
         run.log(loss_D=loss_D, D_acc=acc)
-        run._images += per_d_round                                       # images_per_s: sequences/s
+        run.count(per_d_round)                                       # images_per_s: sequences/s
 
     if run.step == 0:
         run.log(**evaluate())                                            # the untrained G
         run.flush()
-    with common._StopFlag() as stop:
+    with common.StopFlag() as stop:
         while run.step < end:
             u = run.step
             if u < P or args.mle_only:                                   # Alg. 1 line 2: MLE epoch
                 run.log(loss_mle=mle_epoch(G, opt_mle, train_set, bs, args.grad_clip))
-                run._images += len(train_set) // bs * bs
+                run.count(len(train_set) // bs * bs)
             elif u < P + R:                                              # D pretraining round
                 d_round()
             else:                                                        # one adversarial epoch
@@ -537,7 +537,7 @@ def train(args) -> dict:
                     loss_pg, reward = pg_step(G, G_beta, D, opt_pg, bs, T, args.rollout_num, args.grad_clip,
                                               args.amp)
                     run.log(loss_pg=loss_pg, reward=reward)
-                    run._images += bs
+                    run.count(bs)
                 update_rollout(G_beta, G, args.rollout_update_rate)      # β ← θ (D's rounds leave G alone)
                 for _ in range(args.d_steps):                            # lines 10-13, d-steps times
                     d_round()
