@@ -109,6 +109,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def add_run_args(parser: argparse.ArgumentParser, **defaults) -> None:
     """The flags every script shares, spelled the same in all ten; `defaults` overrides ours."""
     g = parser.add_argument_group("run (shared by all scripts)")

@@ -76,13 +76,6 @@ EVAL_BATCH = 32   # images per batch when translating test images (also rows per
 FIXED = 6         # test images of each domain in every sample grid
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="CycleGAN (Zhu et al., 2017)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -100,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Adam beta2 (official code: Adam's default 0.999)")
     p.add_argument("--lambda-cyc", type=common.positive_float, default=10.0,
                    help="weight λ of the cycle loss (Sec. 4: λ = 10 in Eq. 3)")
-    p.add_argument("--lambda-idt", type=_non_negative_float, default=0.5,
+    p.add_argument("--lambda-idt", type=common.non_negative_float, default=0.5,
                    help="identity loss weight as a fraction of λ (Sec. 5.2, used there for painting->photo; "
                         "official default 0.5, i.e. 5); 0 turns it off, as in the paper's other experiments")
     p.add_argument("--no-cycle", action="store_true",

@@ -67,13 +67,6 @@ import torch.nn.functional as F
 import common
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="InfoGAN (Chen et al., 2016)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -85,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="categories K of each categorical code (App. C, MNIST: Cat(K = 10))")
     p.add_argument("--n-cont", type=common.non_negative_int, default=2,
                    help="number of continuous codes c ~ U(-1, 1) (App. C, MNIST: two, c2 and c3)")
-    p.add_argument("--info-weight", type=_non_negative_float, default=1.0,
+    p.add_argument("--info-weight", type=common.non_negative_float, default=1.0,
                    help="λ, the weight of the mutual-information term (App. C: λ = 1 for MNIST)")
     p.add_argument("--learn-sigma", action="store_true",
                    help="learn σ = exp(Q output) for the continuous codes (appendix); default σ = 1 "
