@@ -161,8 +161,11 @@ _MAY_CHANGE_ON_RESUME = _PER_INVOCATION | {"epochs", "max_steps", "log_every", "
                                            "device", "data_root", "amp", "compile"}
 
 
-def parse_args(parser: argparse.ArgumentParser, argv, script: str) -> argparse.Namespace:
-    """Parse argv. With --resume, the run's saved flags fill in every flag not given again."""
+def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocation=()) -> argparse.Namespace:
+    """Parse argv. With --resume, the run's saved flags fill in every flag not given again.
+
+    `per_invocation` names a script's own flags that describe one command rather than the run
+    (sagan.py's --class for --generate): never taken from, nor compared with, the checkpoint."""
     args = parser.parse_args(argv)
     if args.resume is None:
         if args.generate is not None:
@@ -175,7 +178,7 @@ def parse_args(parser: argparse.ArgumentParser, argv, script: str) -> argparse.N
     explicit = set(vars(explicit_parser.parse_args(argv)))
     saved = read_checkpoint(args.resume, script)["args"]
     for key, value in saved.items():
-        if not hasattr(args, key) or key in _PER_INVOCATION:
+        if not hasattr(args, key) or key in _PER_INVOCATION or key in per_invocation:
             continue
         if key not in explicit:
             setattr(args, key, value)

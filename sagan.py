@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="with --generate: draw every sample from class K")
     p.add_argument("--num-classes", type=int, default=None, help=argparse.SUPPRESS)  # set from the data
     common.add_run_args(p, batch_size=64)
-    args = common.parse_args(p, argv, "sagan")
+    args = common.parse_args(p, argv, "sagan", per_invocation=("sample_class",))
     S = args.image_size
     if S < 16 or S & (S - 1):
         p.error(f"--image-size must be a power of two, 16 or more (got {S}): each residual block "
@@ -369,7 +369,7 @@ def attention_figure(G: Generator, z: torch.Tensor, y: torch.Tensor | None) -> t
 
 def train(args) -> dict:
     device = common.setup(args)
-    sample_class = vars(args).pop("sample_class")  # per invocation: kept out of the saved flags
+    sample_class = args.sample_class  # --generate only; never taken from the checkpoint
     data = None
     if not args.generate:  # (to generate, the checkpoint's flags say what to build)
         data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,

@@ -216,7 +216,7 @@ def test_cli_conditional_run_generates_by_class_and_resumes_exactly(tmp_path, ca
     assert all(r[k] for r in rows for k in ("loss_D", "loss_G", "D_real", "D_fake", "gamma_G", "gamma_D"))
     assert (tmp_path / "straight" / "samples" / "final.png").exists()
     ckpt = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
-    assert ckpt["args"]["num_classes"] == 10 and "sample_class" not in ckpt["args"]
+    assert ckpt["args"]["num_classes"] == 10 and ckpt["args"]["sample_class"] is None
     assert ckpt["state"]["fixed_y"].tolist() == [i // 10 for i in range(100)]
     # stop after 2 steps and resume: the same losses, weights and power-iteration vectors
     sagan.main(TINY_SAGAN + ["--max-steps", "2", "--out", "split"])
