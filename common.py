@@ -116,8 +116,10 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def add_run_args(parser: argparse.ArgumentParser, **defaults) -> None:
-    """The flags every script shares, spelled the same in all ten; `defaults` overrides ours."""
+def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide=(), **defaults) -> None:
+    """The flags every script shares, spelled the same in all ten; `defaults` overrides ours,
+    `help` rewrites a flag's help text where it means something particular in a script, and
+    `hide` keeps flags that do not apply out of --help (seqgan.py's image flags)."""
     g = parser.add_argument_group("run (shared by all scripts)")
     g.add_argument("--dataset", choices=DATASETS, default="shapes",
                    help="training data; 'shapes' is built in (no files, no network)")
@@ -152,6 +154,11 @@ def add_run_args(parser: argparse.ArgumentParser, **defaults) -> None:
     g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; faster, less exact)")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
     parser.set_defaults(**defaults)
+    for action in g._group_actions:
+        if action.dest in hide:
+            action.help = argparse.SUPPRESS
+        elif help and action.dest in help:
+            action.help = help[action.dest]
 
 
 # Flags that describe this invocation rather than the run; never taken from a checkpoint.

@@ -112,17 +112,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--load-size", type=common.positive_int, default=None,
                    help="side of the training images before the random crop; None: --image-size x 286/256")
     # Sec. 4: batch size 1. About 1,000 images per domain, the size of the paper's datasets.
-    common.add_run_args(p, batch_size=1, epochs=None)
-    for action in p._actions:  # three shared flags mean something particular here
-        if action.dest == "epochs":
-            action.help = ("epochs (passes over domain A) to train in this run; None: --n-epochs + "
-                           "--n-epochs-decay, the whole schedule. Fewer stop early at the lr reached "
-                           "then; --resume RUN --epochs N continues the same schedule")
-        elif action.dest == "generate":
-            action.help = ("translate the first N test images of each domain with the --resume checkpoint "
-                           "(side-by-side grids; on the shapes, the paired error too) instead of training")
-        elif action.dest == "dataset_size":
-            action.help = "images per domain (shapes: how many to render, None: 1000; folder: the first N, None: all)"
+    common.add_run_args(p, batch_size=1, epochs=None, help={  # three shared flags mean more here
+        "epochs": "epochs (passes over domain A) to train in this run; None: --n-epochs + --n-epochs-decay, "
+                  "the whole schedule. Fewer stop early at the lr reached then; --resume RUN --epochs N "
+                  "continues the same schedule",
+        "generate": "translate the first N test images of each domain with the --resume checkpoint "
+                    "(side-by-side grids; on the shapes, the paired error too) instead of training",
+        "dataset_size": "images per domain (shapes: how many to render, None: 1000; folder: the first N, "
+                        "None: all)"})
     args = common.parse_args(p, argv, "cyclegan")
     if args.dataset not in ("shapes", "folder"):
         p.error(f"CycleGAN needs two domains: --dataset shapes or --dataset folder (DIR/trainA, "

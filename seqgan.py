@@ -86,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--oracle", metavar="FILE.npz", default=None,
-                   help="fixed oracle parameters (format: ../shared/seqgan/README.md); default: a fresh "
+                   help="fixed oracle parameters (named arrays, see Oracle.from_npz; the paper's oracle is "
+                        "the official code's save/target_params_py3.pkl converted to them); default: a fresh "
                         "oracle with N(0, 1) parameters drawn from --seed (official target_lstm.py)")
     d.add_argument("--text", metavar="FILE", default=None, help="train on your text: one sequence per line")
     d.add_argument("--tokens", choices=("word", "char"), default="word",
@@ -131,17 +132,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     s.add_argument("--mle-only", action="store_true",
                    help="the MLE baseline: after pretraining, --epochs MLE epochs instead of adversarial ones")
     # DEVIATION: 10 D-pretraining rounds and 20 adversarial epochs by default (deviation 1).
-    common.add_run_args(p, batch_size=64, epochs=20, log_every=1, dataset="oracle")
-    for action in p._actions:  # the image flags of the other scripts do not apply here
-        if action.dest in IMAGE_FLAGS + ("dataset", "workers"):
-            action.help = argparse.SUPPRESS
-    p._option_string_actions["--epochs"].help = "adversarial epochs (Alg. 1's outer loop; --mle-only: MLE ones) [200]"
-    p._option_string_actions["--amp"].help = "bf16 autocast for D, the heavy network (CUDA); G stays fp32"
-    p._option_string_actions["--max-steps"].help = ("stop after N steps in all; a step is an MLE epoch, a D "
-                                                    "pretraining round or an adversarial epoch")
-    p._option_string_actions["--log-every"].help = "write a metrics.csv row every N steps"
-    p._option_string_actions["--batch-size"].help = "sequences per batch of G and D (official: 64)"
-    p._option_string_actions["--seed"].help = "seed for the fresh oracle, its samples, weights and sampling"
+    common.add_run_args(
+        p, batch_size=64, epochs=20, log_every=1, dataset="oracle",
+        hide=IMAGE_FLAGS + ("dataset", "workers"),  # the image flags of the other scripts do not apply
+        help={"epochs": "adversarial epochs (Alg. 1's outer loop; --mle-only: MLE ones) [200]",
+              "amp": "bf16 autocast for D, the heavy network (CUDA); G stays fp32",
+              "max_steps": "stop after N steps in all; a step is an MLE epoch, a D pretraining round or an "
+                           "adversarial epoch",
+              "log_every": "write a metrics.csv row every N steps",
+              "batch_size": "sequences per batch of G and D (official: 64)",
+              "seed": "seed for the fresh oracle, its samples, weights and sampling"})
     args = common.parse_args(p, argv, "seqgan")
     used = [f for f in IMAGE_FLAGS if getattr(args, f) != p.get_default(f)]
     if used or args.dataset not in ("oracle", "text"):
@@ -214,7 +214,7 @@ class Oracle(Generator):
 
     @classmethod
     def from_npz(cls, path) -> Oracle:
-        """The format of ../shared/seqgan/README.md: embedding (V, E); W_g (E, H), U_g (H, H), b_g
+        """Named float32 arrays: embedding (V, E); W_g (E, H), U_g (H, H), b_g
         (H,) for the gates g = i, f, o, c (gate = x W_g + h U_g + b_g); W_out (H, V), b_out (V,)."""
         try:
             with np.load(path) as f:
