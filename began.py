@@ -334,15 +334,20 @@ def train(args) -> dict:
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
 
-    batches = run.stream(data)
-    for step in run.loop():                   # one real batch per step
-        real, _ = next(batches)
+    def train_step(real, k_t):
         with torch.no_grad(), common.autocast(device, args.amp):
             fake = G(sample_z(real.size(0), args.nz, device))         # G(z_D), no graph to G
         # 1. D: minimise L(x) - k_t L(G(z_D))
-        loss_D, loss_real = discriminator_step(D, opt_D, real, fake, state["k_t"], args.amp)
+        loss_D, loss_real = discriminator_step(D, opt_D, real, fake, k_t, args.amp)
         # 2. G: minimise L(G(z_G)) with a fresh z_G, through the D just updated
         loss_G = generator_step(G, D, opt_G, real.size(0), args.nz, device, args.amp)
+        return loss_D, loss_real, loss_G
+
+    updates = run.graphed(train_step)  # --fast: both updates as one CUDA graph; else train_step
+    batches = run.stream(data)
+    for step in run.loop():                   # one real batch per step
+        real, _ = next(batches)
+        loss_D, loss_real, loss_G = updates(real, state["k_t"])
         # 3. the convergence measure and the controller, from this step's losses (detached)
         M_global = convergence_measure_tensor(loss_real, loss_G, args.gamma)
         run.log(loss_D=loss_D, loss_G=loss_G, L_x=loss_real, k_t=state["k_t"], M_global=M_global,
@@ -354,6 +359,8 @@ def train(args) -> dict:
             factor = lr_factor(state, args.lr_decay, args.lr_window, args.stall_tol)
             for group in opt_G.param_groups + opt_D.param_groups:
                 group["lr"] *= factor
+            if factor != 1:
+                updates.reset()  # --fast: the graph holds the old learning rate; capture anew
     return run.finish()
 
 

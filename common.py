@@ -3,8 +3,8 @@
 Nothing in here is a network, a loss or an idea from a paper; each script holds its paper
 whole. Read a script first; come here when you want to know what `run.batches(data)` does.
 
-Sections:  errors and the command line | flags | device and seeding | the built-in shapes data |
-           datasets | the run (folder, metrics, samples, checkpoints, resume, progress)
+Sections:  errors and the command line | flags | device, seeding and the fast paths |
+           the built-in shapes data | datasets | the run (folder, metrics, samples, checkpoints, resume, progress)
 """
 from __future__ import annotations
 
@@ -153,6 +153,9 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
                    help="DataLoader worker processes for datasets read from disk")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; faster, less exact)")
     g.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    g.add_argument("--fast", action="store_true",
+                   help="run each training step as one captured CUDA graph (CUDA only: the same "
+                        "step with a fraction of the kernel-launch overhead; README 'Speed')")
     parser.set_defaults(**defaults)
     for action in g._group_actions:
         if action.dest in hide:
@@ -165,7 +168,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
 _PER_INVOCATION = {"resume", "generate", "out", "workers", "download"}
 # Flags a resumed run may change; any other flag is the run's own (its network, optimiser, data).
 _MAY_CHANGE_ON_RESUME = _PER_INVOCATION | {"epochs", "max_steps", "log_every", "sample_every",
-                                           "device", "data_root", "amp", "compile"}
+                                           "device", "data_root", "amp", "compile", "fast"}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocation=()) -> argparse.Namespace:
@@ -197,7 +200,7 @@ def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocatio
 
 
 # ----------------------------------------------------------------------------------------------
-# Device and seeding
+# Device, seeding and the fast paths
 # ----------------------------------------------------------------------------------------------
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
@@ -245,6 +248,106 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     if enabled:
         module.compile()
     return module
+
+
+class Graphed:
+    """`--fast`: a training step `fn(*inputs) -> tensors` replayed as one captured CUDA graph.
+
+    A GAN step at these sizes is a few hundred small kernels, and the GPU idles while Python
+    launches them one by one. Captured once, the whole step (forward passes, backward passes,
+    optimiser updates, the latents drawn inside it) is launched with a single call. What the step
+    computes does not change; only how its kernels are launched. The step must keep all its
+    work on the GPU: no `.item()`, no Python decision on a tensor's value, tensors of fixed
+    shapes, and optimisers with `capturable=True` (Run.graphed sets that). A learning rate
+    changed between steps is baked into the graph: call `reset()` after changing one.
+
+    Tensor inputs are copied into static buffers, the step runs on those, and the outputs are
+    returned as fresh copies, so a caller sees what an eager call returns. The first `warmup`
+    calls run eagerly on a side stream (cudnn picks its algorithms, the optimisers create their
+    state), as torch.cuda.graphs requires; the next one is captured. With capture=False (not on
+    CUDA) the step runs eagerly through the same buffers (the plumbing the CPU tests check).
+    """
+
+    def __init__(self, fn, enabled: bool = True, capture: bool = False, warmup: int = 3):
+        self.fn, self.enabled, self.capture, self.warmup = fn, enabled, capture, warmup
+        self.calls, self.graph, self.inputs, self.outputs = 0, None, None, None
+
+    def reset(self) -> None:
+        """Warm up and capture again (after a learning rate or another baked-in value changed,
+        or the optimisers' state was replaced)."""
+        self.graph, self.calls = None, 0
+
+    def __call__(self, *inputs):
+        if not self.enabled:  # without --fast: a plain call
+            return self.fn(*inputs)
+        if self.inputs is None or any(not _same_layout(a, b) for a, b in zip(self.inputs, inputs)):
+            self.inputs = [x.clone() if torch.is_tensor(x) else x for x in inputs]  # static buffers
+            self.reset()
+        else:
+            for static, x in zip(self.inputs, inputs):
+                if torch.is_tensor(x):
+                    static.copy_(x)
+        if not self.capture:
+            out = self.fn(*self.inputs)
+        elif self.calls < self.warmup:
+            out = self._warm_up()
+        else:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+            out = self.outputs
+        self.calls += 1
+        return _tree_map(lambda t: t.detach().clone(), out)
+
+    def _warm_up(self):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "capturable=True ... uncaptured": expected here
+            out = self.fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        return out
+
+    def _capture(self) -> None:
+        self.graph = torch.cuda.CUDAGraph()
+        try:
+            # thread_local: a DataLoader's pin-memory thread may use CUDA while we capture
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.outputs = self.fn(*self.inputs)
+        except RuntimeError as e:
+            self.graph = None
+            raise TrainingError(f"--fast: this training step cannot be captured as a CUDA graph "
+                                f"({_one_line(e)}); run without --fast.") from None
+
+
+def _same_layout(a, b) -> bool:
+    if torch.is_tensor(a) != torch.is_tensor(b):
+        return False
+    if not torch.is_tensor(a):
+        return a is b or a == b
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+
+
+def _tree_map(fn, x):
+    if torch.is_tensor(x):
+        return fn(x)
+    if isinstance(x, (tuple, list)):
+        return type(x)(_tree_map(fn, v) for v in x)
+    if isinstance(x, dict):
+        return {k: _tree_map(fn, v) for k, v in x.items()}
+    return x
+
+
+def make_capturable(optimizer: torch.optim.Optimizer, enabled: bool = True) -> None:
+    """Switch an optimiser's capturable flag (CUDA graphs need its step count on the GPU); also
+    after loading a checkpoint, whose param_groups carry the flag the run was saved with."""
+    for group in optimizer.param_groups:
+        group["capturable"] = enabled
+    for state in optimizer.state.values():
+        step = state.get("step")
+        if torch.is_tensor(step) and enabled:
+            param_device = next(v.device for v in state.values() if torch.is_tensor(v) and v.dim())
+            state["step"] = step.to(param_device, torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -706,6 +809,14 @@ class Run:
         if args.generate is None:
             self._write_config()
             self._trim_metrics()
+        # --fast on CUDA: optimisers must be capturable (and a resumed one from a run without
+        # --fast, or one saved on a GPU and resumed elsewhere, must be switched the other way)
+        self.fast = bool(getattr(args, "fast", False)) and torch.device(device or "cpu").type == "cuda"
+        for m in modules.values():
+            if isinstance(m, torch.optim.Optimizer):
+                make_capturable(m, self.fast)
+        if getattr(args, "fast", False) and not self.fast and args.generate is None:
+            print(f"--fast: CUDA graphs need a CUDA device; on {device} each step runs eagerly.")
 
     # -- folder -------------------------------------------------------------------------------
     def _new_folder(self) -> Path:
@@ -863,6 +974,12 @@ class Run:
         return out
 
     # -- the loop -------------------------------------------------------------------------------
+    def graphed(self, fn, warmup: int = 3) -> Graphed:
+        """`fn` (one training step: tensors in, tensors out) as a Graphed step: with --fast
+        captured as a CUDA graph on a GPU (eager through static buffers elsewhere); without
+        --fast a plain call of fn."""
+        return Graphed(fn, enabled=bool(getattr(self.args, "fast", False)), capture=self.fast, warmup=warmup)
+
     def stream(self, data: ImageData, batch_size: int | None = None):
         """An endless iterator of (images, labels) batches, epoch after epoch.
 

@@ -451,22 +451,27 @@ def train(args) -> dict:
               f"{args.lr:g}, then {args.n_epochs_decay} decaying to 0); --resume the run with --epochs "
               f"{total} to finish it.")
 
+    # --fast: each of the two updates replayed as one CUDA graph (the pools stay on the host side)
+    g_update = run.graphed(lambda real_A, real_B: generator_step(
+        G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, args.lambda_cyc, args.lambda_idt, not args.no_cycle, args.amp))
+    d_update = run.graphed(lambda real_A, real_B, fake_A, fake_B: discriminator_step(
+        D_A, D_B, opt_D, real_A, real_B, fake_A, fake_B, args.amp))
     batches = run.stream(A)  # DEVIATION: an epoch is a pass over A (deviation 4)
     for _ in run.loop():     # one step: one image of each domain at batch size 1
         real_A, _ = next(batches)
         real_B, _ = B.sample(real_A.size(0))  # unpaired: a random B image (official code)
         if augment:
             real_A, real_B = random_crop_flip(real_A, args.image_size), random_crop_flip(real_B, args.image_size)
-        # 1. both generators, with D_A and D_B frozen
-        fake_A, fake_B, terms = generator_step(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, args.lambda_cyc,
-                                               args.lambda_idt, not args.no_cycle, args.amp)
-        # 2. both discriminators, on fakes drawn through the image histories
-        loss_D_A, loss_D_B = discriminator_step(D_A, D_B, opt_D, real_A, real_B, pool_A.query(fake_A),
-                                                pool_B.query(fake_B), args.amp)
+        # 1. both generators, with D_A and D_B frozen (generator_step)
+        fake_A, fake_B, terms = g_update(real_A, real_B)
+        # 2. both discriminators, on fakes drawn through the image histories (discriminator_step)
+        loss_D_A, loss_D_B = d_update(real_A, real_B, pool_A.query(fake_A), pool_B.query(fake_B))
         run.log(**terms, loss_D_A=loss_D_A, loss_D_B=loss_D_B, lr=opt_G.param_groups[0]["lr"])
         if run.epochs_done > sched_G.last_epoch:  # this step ended an epoch
             sched_G.step()
             sched_D.step()
+            g_update.reset()  # --fast: the graphs hold the old learning rate; capture anew
+            d_update.reset()
             if args.dataset == "shapes":  # the exact translation error on the paired test split
                 err = paired_errors(G_AB, G_BA, test_A, test_B, args.amp)
                 run.log(test_err_AB=err[0], test_err_BA=err[1])

@@ -227,13 +227,18 @@ def train(args) -> dict:
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
 
-    for real, _ in run.batches(data):
+    def train_step(real):
         with common.autocast(device, args.amp):
             fake = G(sample_z(real.size(0), args.nz, device, args.z_dist))
         # 1. update D: maximise log D(x) + log(1 - D(G(z)))
         loss_D, D_x, D_G_z = discriminator_step(D, opt_D, real, fake, args.amp)
         # 2. update G on the same z, through the D just updated: maximise log D(G(z))
         loss_G = generator_step(D, opt_G, fake, args.amp)
+        return loss_D, loss_G, D_x, D_G_z
+
+    step = run.graphed(train_step)  # --fast: the whole step as one CUDA graph; else train_step
+    for real, _ in run.batches(data):
+        loss_D, loss_G, D_x, D_G_z = step(real)
         run.log(loss_D=loss_D, loss_G=loss_G, D_x=D_x, D_G_z=D_G_z)
     return run.finish()
 

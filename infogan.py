@@ -368,13 +368,18 @@ def train(args) -> dict:
 
     h_c = args.n_cat * math.log(args.cat_dim)  # H(c) of the categorical codes: L_I's upper bound
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
-    for real, labels in run.batches(data):
+    def train_step(real):
         # 1. D and Q: minimise L_D - λ L_I on a fresh latent (the fake detached)
         metrics, q_real = discriminator_step(G, D, opt_D, real, sample_latent(real.size(0), *dims),
                                              args.info_weight, args.learn_sigma, args.amp)
         # 2. G: minimise L_G - λ L_I on another fresh latent, through the updated D (official code)
         loss_G = generator_step(G, D, opt_G, sample_latent(real.size(0), *dims),
                                 args.info_weight, args.learn_sigma, args.amp)
+        return metrics, q_real, loss_G
+
+    step = run.graphed(train_step)  # --fast: the whole step as one CUDA graph; else train_step
+    for real, labels in run.batches(data):
+        metrics, q_real, loss_G = step(real)
         run.log(loss_D=metrics["loss_D"], loss_G=loss_G, D_x=metrics["D_x"], D_G_z=metrics["D_G_z"])
         if args.n_cat:
             run.log(L_I=h_c - metrics["discrete"], H_c=h_c)

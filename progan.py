@@ -412,6 +412,16 @@ def train(args) -> dict:
           f"{args.image_size} px faded in after {full:,} images (epoch {full / len(data):.2f}); this run: "
           f"{args.epochs * len(data):,} images (--epochs {args.epochs} of {len(data):,})", flush=True)
 
+    def train_step(real, depth, alpha):
+        # 1. one D step (n_critic = 1), 2. one G step through the D just updated, 3. G's average
+        loss_D, W, penalty = discriminator_step(G, D, opt_D, real, depth, alpha, args)
+        loss_G = generator_step(G, D, opt_G, real.size(0), depth, alpha, args, device)
+        update_ema(G_ema, G, args.ema)
+        return loss_D, loss_G, W, penalty
+
+    # --fast: the steps of a stabilise phase as one CUDA graph, captured anew at every phase (a
+    # fade-in's alpha changes every step, so fade-in steps run as plain calls)
+    stable_step = run.graphed(train_step)
     draw = run.sampler(data)  # real batches of any size; the run counts epochs in images
     for _ in run.loop():
         phase = phase_of(state["images_seen"], per_phase, max_depth)
@@ -421,6 +431,7 @@ def train(args) -> dict:
             # official reset_opt_for_new_lod: fresh Adam moments at every new phase
             opt_G.state.clear()
             opt_D.state.clear()
+            stable_step.reset()  # a new network and new optimiser state: capture anew
             state["phase"] = phase
             run.save_checkpoint()
             size = 4 * 2 ** ((phase + 1) // 2)
@@ -434,10 +445,7 @@ def train(args) -> dict:
         if res < args.image_size:
             real = F.avg_pool2d(real, args.image_size // res)  # (B, C, res, res)
         real = fade_reals(real, alpha)
-        # 1. one D step (n_critic = 1), 2. one G step through the D just updated, 3. G's average
-        loss_D, W, penalty = discriminator_step(G, D, opt_D, real, depth, alpha, args)
-        loss_G = generator_step(G, D, opt_G, batch_size, depth, alpha, args, device)
-        update_ema(G_ema, G, args.ema)
+        loss_D, loss_G, W, penalty = (train_step if alpha < 1 else stable_step)(real, depth, alpha)
         run.log(loss_D=loss_D, loss_G=loss_G, W_estimate=W, gp=penalty, resolution=res, alpha=alpha)
         state["images_seen"] += batch_size
     # the grid of the resolution the run stops at, if that resolution is done or the last one

@@ -416,14 +416,18 @@ def train(args) -> dict:
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
 
-    for real, labels in run.batches(data):
-        # y ~ p_data for the fake batch: the real batch's labels (None when unconditional)
-        y = labels if K else None
+    def train_step(real, y):
         with common.autocast(device, args.amp):
             fake = G(torch.randn(real.size(0), args.nz, device=device), y)
         # 1. D step on L_D (lr 4e-4), then 2. G step on L_G (lr 1e-4) through the updated D
         loss_D, D_real, D_fake = discriminator_step(D, opt_D, real, fake, y, args.amp)
         loss_G = generator_step(D, opt_G, fake, y, args.amp)
+        return loss_D, loss_G, D_real, D_fake
+
+    step = run.graphed(train_step)  # --fast: the whole step as one CUDA graph; else train_step
+    for real, labels in run.batches(data):
+        # y ~ p_data for the fake batch: the real batch's labels (None when unconditional)
+        loss_D, loss_G, D_real, D_fake = step(real, labels if K else None)
         gammas = {} if G.attention is None else {"gamma_G": G.attention.gamma.detach(),
                                                  "gamma_D": D.attention.gamma.detach()}
         run.log(loss_D=loss_D, loss_G=loss_G, D_real=D_real, D_fake=D_fake, **gammas)

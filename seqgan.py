@@ -134,7 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # DEVIATION: 10 D-pretraining rounds and 20 adversarial epochs by default (deviation 1).
     common.add_run_args(
         p, batch_size=64, epochs=20, log_every=1, dataset="oracle",
-        hide=IMAGE_FLAGS + ("dataset", "workers"),  # the image flags of the other scripts do not apply
+        hide=IMAGE_FLAGS + ("dataset", "workers", "fast"),  # the image flags of the other scripts do not apply
         help={"epochs": "adversarial epochs (Alg. 1's outer loop; --mle-only: MLE ones) [200]",
               "amp": "bf16 autocast for D, the heavy network (CUDA); G stays fp32",
               "max_steps": "stop after N steps in all; a step is an MLE epoch, a D pretraining round or an "
@@ -147,6 +147,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if used or args.dataset not in ("oracle", "text"):
         p.error(f"--{(used or ['dataset'])[0].replace('_', '-')} is for the image scripts; seqgan.py "
                 f"trains on an oracle (--oracle FILE) or on --text FILE")
+    if args.fast:
+        p.error("--fast captures the fixed training step of the image scripts as a CUDA graph; seqgan.py's "
+                "phases and rollouts are not one such step (use --amp or --compile)")
     if args.oracle and args.text:
         p.error("--oracle and --text exclude each other: one is synthetic data, the other yours")
     if args.seq_len < 2:

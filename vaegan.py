@@ -358,23 +358,30 @@ def train(args) -> dict:
     for net in nets.values():
         common.maybe_compile(net, args.compile)
 
-    for real, _ in run.batches(data):
+    def train_step(real):
         with common.autocast(device, args.amp):
             out = forward(E, Dec, D, real, args)       # Alg. 1: all losses from one forward pass
         set_gradients(out, E, Dec, D)                  # each network: its own loss's gradient only
         update = {"Enc": True, "Dec": True, "Dis": D is not None}
-        if D is not None and args.gate:
+        metrics = {"L_prior": out["L_prior"], "L_llike": out["L_llike"], "recon_mse": out["recon_mse"]}
+        if D is not None and args.gate:                # (a host decision: never captured, see below)
             real_l, recon_l, prior_l = out["logits"]
             fake_l = prior_l if args.no_recon_fakes else torch.cat([recon_l, prior_l])
             update["Dec"], update["Dis"] = gate(real_l, fake_l, args.equilibrium, args.margin)
-            run.log(Dec_updated=float(update["Dec"]), Dis_updated=float(update["Dis"]))
+            metrics.update(Dec_updated=float(update["Dec"]), Dis_updated=float(update["Dis"]))
         for name, opt in opts.items():                 # the three updates of Alg. 1, from the same pass
             if update[name]:
                 opt.step()
-        run.log(L_prior=out["L_prior"], L_llike=out["L_llike"], recon_mse=out["recon_mse"])
         if D is not None:
             real_l, recon_l, prior_l = (torch.sigmoid(t).mean() for t in out["logits"])
-            run.log(L_GAN=out["L_GAN"], loss_Dec=out["loss_Dec"], D_x=real_l, D_x_tilde=recon_l, D_x_p=prior_l)
+            metrics.update(L_GAN=out["L_GAN"], loss_Dec=out["loss_Dec"], D_x=real_l, D_x_tilde=recon_l,
+                           D_x_p=prior_l)
+        return metrics
+
+    # --fast: the whole step as one CUDA graph; not with --gate, whose decisions are made on the host
+    step = train_step if args.gate else run.graphed(train_step)
+    for real, _ in run.batches(data):
+        run.log(**step(real))
     result = run.finish()
     mse = save_reconstructions(E, Dec, held_out(args, 64, device), run.dir / "samples" / "reconstructions.png")
     print(f"held-out reconstructions: {run.dir}/samples/reconstructions.png (pixel MSE {mse.item():.4f})")

@@ -1,0 +1,164 @@
+"""--fast (common.Graphed, Run.graphed, make_capturable): the fast path must not change what a
+training step computes. On the CPU the step runs eagerly through Graphed's static buffers
+(the plumbing a CUDA graph replays from), so a --fast run must end with exactly the weights
+and losses of a default run. The CUDA tests (graph capture itself) run on a GPU machine."""
+import importlib
+
+import pytest
+import torch
+import torch.nn as nn
+from conftest import TINY, TINY_RUN, read_metrics
+
+import common
+
+# script -> tiny flags (each script's own test file uses the same sizes)
+SCRIPTS = {
+    "dcgan": TINY,
+    "wgan": TINY + ["--critic-schedule", "constant"],
+    "relativistic_gan": TINY_RUN + ["--width", "8"],
+    "infogan": TINY + ["--fc-units", "32", "--q-units", "16"],
+    "began": TINY_RUN + ["--n-filters", "8", "--nz", "8", "--nh", "8", "--lr-window", "2",
+                         "--lr-decay", "fixed"],  # the learning rate halves every 2 steps: reset()
+    "vaegan": TINY_RUN + ["--width", "4", "--batch-size", "16", "--dataset-size", "64"],
+    "sagan": TINY_RUN + ["--ch", "8", "--nz", "16"],
+    "progan": ["--final-size", "16", "--dataset-size", "32", "--batch-size", "8", "--device", "cpu",
+               "--log-every", "1", "--nz", "8", "--fmap-base", "64", "--fmap-max", "8",
+               "--images-per-phase", "16"],  # fade-in and stabilise phases, 4x4 to 16x16
+    "cyclegan": ["--dataset-size", "4", "--image-size", "32", "--batch-size", "1", "--device", "cpu",
+                 "--log-every", "1", "--ngf", "8", "--ndf", "8", "--n-blocks", "1",
+                 "--n-epochs", "1", "--n-epochs-decay", "2"],  # the lr changes each epoch: reset()
+}
+STEPS = {"progan": 10, "cyclegan": 8}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Nets this small run many times faster on one thread than on two when the CPU is shared.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _weights(run_dir):
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    return {(name, k): v for name, sd in ckpt["modules"].items() if "opt" not in name and "sched" not in name
+            and "pool" not in name for k, v in sd.items() if torch.is_tensor(v)}
+
+
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_fast_path_on_cpu_changes_nothing_a_step_computes(script, tmp_path, capsys):
+    module = importlib.import_module(script)
+    flags = SCRIPTS[script] + ["--max-steps", str(STEPS.get(script, 6))]
+    module.main(flags + ["--out", str(tmp_path / "plain")])
+    module.main(flags + ["--fast", "--out", str(tmp_path / "fast")])
+    assert "--fast: CUDA graphs need a CUDA device" in capsys.readouterr().out
+    plain, fast = _weights(tmp_path / "plain"), _weights(tmp_path / "fast")
+    assert plain.keys() == fast.keys() and plain
+    for key in plain:
+        assert torch.equal(plain[key], fast[key]), key
+    rows_plain, rows_fast = read_metrics(tmp_path / "plain"), read_metrics(tmp_path / "fast")
+    assert len(rows_plain) == len(rows_fast) > 0
+    for a, b in zip(rows_plain, rows_fast):
+        a.pop("images_per_s"), b.pop("images_per_s")
+        assert a == b
+
+
+def test_graphed_without_fast_is_a_plain_call():
+    seen = []
+    step = common.Graphed(lambda x: seen.append(x) or x, enabled=False)
+    x = torch.ones(2)
+    assert step(x) is x and seen[0] is x
+
+
+def test_graphed_steps_run_on_static_buffers_and_return_copies():
+    calls = []
+
+    def fn(x, scale):
+        calls.append(x)
+        return {"same": x, "scaled": x * scale}  # "same" is the static buffer itself
+
+    step = common.Graphed(fn, enabled=True, capture=False)
+    a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
+    out_a = step(a, 2.0)
+    out_b = step(b, 2.0)
+    assert calls[0] is calls[1] and calls[0] is not a       # one static buffer, refilled
+    assert torch.equal(out_a["same"], a) and torch.equal(out_b["same"], b)  # copies: not overwritten
+    assert torch.equal(out_b["scaled"], 2 * b)
+    step(torch.zeros(3), 2.0)                                # a new shape: new buffers
+    assert calls[2] is not calls[0] and calls[2].shape == (3,)
+    assert step.calls == 1                                   # ... and warm-up starts again
+
+
+def test_make_capturable_switches_flag_and_moves_step_count():
+    p = nn.Parameter(torch.ones(3))
+    opt = torch.optim.RMSprop([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    common.make_capturable(opt, True)
+    assert opt.param_groups[0]["capturable"] and opt.state[p]["step"].dtype == torch.float32
+    common.make_capturable(opt, False)
+    assert not opt.param_groups[0]["capturable"]
+
+
+def test_a_checkpoint_of_a_gpu_fast_run_resumes_on_the_cpu(tmp_path):
+    """A --fast run on a GPU saves optimisers with capturable=True; resumed on a CPU (where a
+    capturable optimiser cannot step) the run switches them back instead of failing."""
+    dcgan = importlib.import_module("dcgan")
+    dcgan.main(TINY + ["--max-steps", "2", "--out", str(tmp_path / "run")])
+    path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for name in ("opt_G", "opt_D"):
+        for group in ckpt["modules"][name]["param_groups"]:
+            group["capturable"] = True
+    torch.save(ckpt, path)
+    result = dcgan.main(["--resume", str(tmp_path / "run"), "--max-steps", "4"])
+    assert result["step"] == 4
+
+
+def test_seqgan_refuses_fast(capsys):
+    seqgan = importlib.import_module("seqgan")
+    with pytest.raises(SystemExit):
+        seqgan.main(["--fast", "--device", "cpu"])
+    assert "--fast" in capsys.readouterr().err
+
+
+# -- on a GPU: the capture itself ----------------------------------------------------------------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_captured_step_matches_eager_steps_on_cuda():
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 1)).cuda()
+            for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [torch.optim.Adam(n.parameters(), lr=1e-2, fused=True) for n in nets]
+    common.make_capturable(opts[1], True)
+
+    def step(net, opt, x):
+        loss = net(x).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    graphed = common.Graphed(lambda x: step(nets[1], opts[1], x), enabled=True, capture=True, warmup=2)
+    for _ in range(8):  # 2 warm-up calls, a capture, 5 replays
+        x = torch.randn(32, 8, device="cuda")
+        eager, replayed = step(nets[0], opts[0], x), graphed(x)
+        torch.testing.assert_close(replayed, eager, rtol=1e-4, atol=1e-5)
+    assert graphed.graph is not None
+    for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()):
+        torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("script", list(SCRIPTS))
+def test_every_script_trains_with_fast_on_cuda(script, tmp_path):
+    module = importlib.import_module(script)
+    flags = [f if f != "cpu" else "cuda" for f in SCRIPTS[script]]
+    result = module.main(flags + ["--max-steps", "12", "--fast", "--out", str(tmp_path / "run")])
+    losses = {k: v for k, v in result.items() if k.startswith("loss")}
+    assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    module.main(["--resume", str(tmp_path / "run"), "--max-steps", "14", "--fast"])  # resumes a graphed run
