@@ -445,6 +445,9 @@ def train(args) -> dict:
         return generate(args, run, G_AB, G_BA, device)
     for net in (G_AB, G_BA, D_A, D_B):
         common.maybe_compile(net, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); the generators' step
+    # calls the plain discriminators. The image pools stay each process's own (see the README).
+    G_AB_train, G_BA_train, D_A_train, D_B_train = (common.distribute(net, args) for net in (G_AB, G_BA, D_A, D_B))
     total = args.n_epochs + args.n_epochs_decay
     if args.epochs < total:
         print(f"note: training to epoch {args.epochs} of the {total}-epoch schedule ({args.n_epochs} at lr "
@@ -458,10 +461,10 @@ def train(args) -> dict:
         if augment:
             real_A, real_B = random_crop_flip(real_A, args.image_size), random_crop_flip(real_B, args.image_size)
         # 1. both generators, with D_A and D_B frozen
-        fake_A, fake_B, terms = generator_step(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, args.lambda_cyc,
-                                               args.lambda_idt, not args.no_cycle, args.amp)
+        fake_A, fake_B, terms = generator_step(G_AB_train, G_BA_train, D_A, D_B, opt_G, real_A, real_B,
+                                               args.lambda_cyc, args.lambda_idt, not args.no_cycle, args.amp)
         # 2. both discriminators, on fakes drawn through the image histories
-        loss_D_A, loss_D_B = discriminator_step(D_A, D_B, opt_D, real_A, real_B, pool_A.query(fake_A),
+        loss_D_A, loss_D_B = discriminator_step(D_A_train, D_B_train, opt_D, real_A, real_B, pool_A.query(fake_A),
                                                 pool_B.query(fake_B), args.amp)
         run.log(**terms, loss_D_A=loss_D_A, loss_D_B=loss_D_B, lr=opt_G.param_groups[0]["lr"])
         if run.epochs_done > sched_G.last_epoch:  # this step ended an epoch

@@ -287,17 +287,19 @@ def train(args) -> dict:
         return {}
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
+    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     # DEVIATION: batches come in seeded epochs (deviation 4); the official code draws each at random.
     batches = run.stream(data)
     for _ in run.loop():                      # one generator iteration per step
         for _ in range(args.n_d):             # n_D discriminator updates, a fresh batch each
             real, _ = next(batches)
-            loss_D, gap = discriminator_step(G, D, opt_D, real, args)
+            loss_D, gap = discriminator_step(G_train, D_train, opt_D, real, args)
             run.log(loss_D=loss_D, C_gap=gap)
         # the G update; a relativistic G loss also needs C(x_r): a fresh real batch
         real = next(batches)[0] if args.loss in RELATIVISTIC else None
-        loss_G = generator_step(G, D, opt_G, real, args, args.batch_size, device)
+        loss_G = generator_step(G_train, D, opt_G, real, args, common.per_rank(args.batch_size), device)
         run.log(loss_G=loss_G)
     return run.finish()
 

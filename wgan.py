@@ -233,6 +233,9 @@ def train(args) -> dict:
         return {}
     common.maybe_compile(G, args.compile)
     common.maybe_compile(critic, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); the clip acts on the
+    # same parameters, identical on every process. G's step calls the plain critic.
+    G_train, critic_train = common.distribute(G, args), common.distribute(critic, args)
 
     batches = run.stream(data)                  # a fresh real batch for every critic iteration
     for gen_iteration in run.loop():            # Alg. 1: "while θ has not converged do"
@@ -240,10 +243,11 @@ def train(args) -> dict:
                     else args.n_critic)
         for _ in range(n_critic):               # lines 2-8: train the critic n_critic times
             real, _ = next(batches)
-            W = critic_step(G, critic, opt_C, real, args.nz, args.clip, args.amp)
+            W = critic_step(G_train, critic_train, opt_C, real, args.nz, args.clip, args.amp)
             run.log(W_estimate=W)               # the EM estimate: the paper's learning curve
         # lines 9-11: one generator update against the critic just trained
-        loss_G = generator_step(G, critic, opt_G, args.batch_size, args.nz, device, args.amp)
+        loss_G = generator_step(G_train, critic, opt_G, common.per_rank(args.batch_size), args.nz, device,
+                                args.amp)
         run.log(loss_G=loss_G)
     return run.finish()
 
