@@ -20,6 +20,7 @@ import dcgan
 import seqgan
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY_D = TINY + ["--dataset-size", "128"]  # dcgan.py, 4 steps an epoch
 TINY_B = TINY_RUN + ["--n-filters", "8", "--nz", "8", "--nh", "8"]  # began.py's tiny networks
 
 
@@ -49,10 +50,24 @@ def files(folder: Path) -> set:
     return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
 
 
+OTHERS = {  # every other image script, tiny, 3 steps (or progan's whole 16 px schedule) under torchrun
+    "wgan": TINY + ["--critic-schedule", "constant", "--max-steps", "3"],
+    "relativistic_gan": TINY_RUN + ["--width", "8", "--gp", "--d-norm", "batch", "--max-steps", "3"],
+    "infogan": TINY + ["--fc-units", "32", "--q-units", "16", "--max-steps", "3"],
+    "vaegan": TINY_RUN + ["--width", "4", "--batch-size", "16", "--dataset-size", "64", "--gate", "--max-steps", "3"],
+    "sagan": TINY_RUN + ["--ch", "8", "--nz", "16", "--max-steps", "3"],
+    "progan": ["--final-size", "16", "--dataset-size", "32", "--batch-size", "8", "--device", "cpu", "--log-every",
+               "1", "--nz", "8", "--fmap-base", "64", "--fmap-max", "8", "--images-per-phase", "16", "--epochs", "3"],
+    "cyclegan": ["--dataset-size", "4", "--image-size", "32", "--batch-size", "2", "--device", "cpu", "--log-every",
+                 "1", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--max-steps", "3"],
+}
+
+
 @pytest.fixture(scope="module")
 def core(tmp_path_factory):
     """dcgan: 2 epochs straight, 1 epoch then a resume to 2, an indivisible batch, a Ctrl-C on
-    rank 1 alone; began: 6 steps, and a single-process run of 4 steps resumed to 8 under torchrun."""
+    rank 1 alone; began: 6 steps, and a single-process run of 4 steps resumed to 8 under torchrun;
+    the seven other image scripts: a few steps each. All in one torchrun launch."""
     folder = tmp_path_factory.mktemp("ddp")
     (folder / "work").mkdir()
     cwd = os.getcwd()
@@ -62,13 +77,14 @@ def core(tmp_path_factory):
     finally:
         os.chdir(cwd)
     dumps = torchrun([
-        ["full", "dcgan", TINY + ["--epochs", "2", "--out", "full"]],
-        ["half", "dcgan", TINY + ["--epochs", "1", "--out", "split"]],
+        ["full", "dcgan", TINY_D + ["--epochs", "2", "--out", "full"]],
+        ["half", "dcgan", TINY_D + ["--epochs", "1", "--out", "split"]],
         ["rest", "dcgan", ["--resume", "split", "--epochs", "2"]],
-        ["odd", "dcgan", TINY + ["--batch-size", "31", "--out", "odd"]],
-        ["ctrl_c", "dcgan", TINY + ["--log-every", "3", "--out", "stopped"], [1, 4]],
+        ["odd", "dcgan", TINY_D + ["--batch-size", "31", "--out", "odd"]],
+        ["ctrl_c", "dcgan", TINY_D + ["--log-every", "3", "--out", "stopped"], [1, 4]],
         ["began", "began", TINY_B + ["--max-steps", "6", "--out", "began"]],
         ["resumed", "began", ["--resume", "single", "--max-steps", "8"]],
+        *([name, name, argv + ["--out", name]] for name, argv in OTHERS.items()),
     ], folder)
     return folder / "work", dumps
 
@@ -78,7 +94,7 @@ def test_the_processes_hold_identical_networks(core):
     for name in ("full", "half", "rest", "began", "resumed"):
         assert dumps[name, 0]["step"] == dumps[name, 1]["step"]
         assert same_modules(dumps[name, 0]["modules"], dumps[name, 1]["modules"]), name
-    assert dumps["full", 0]["step"] == 16 and dumps["began", 0]["step"] == 6
+    assert dumps["full", 0]["step"] == 8 and dumps["began", 0]["step"] == 6
 
 
 def test_begans_k_t_and_lr_rule_agree_across_processes(core):
@@ -92,10 +108,10 @@ def test_begans_k_t_and_lr_rule_agree_across_processes(core):
 
 def test_only_rank_0_writes_files(core):
     work, dumps = core
-    assert {p.name for p in work.iterdir()} == {"full", "split", "began", "single", "stopped"}  # no "odd"
+    assert {p.name for p in work.iterdir()} == {"full", "split", "began", "single", "stopped", *OTHERS}  # no "odd"
     assert files(work / "full") == {"config.json", "metrics.csv", "checkpoint.pt", "losses.png",
                                     "samples/epoch-001.png", "samples/epoch-002.png", "samples/final.png"}
-    assert [int(r["step"]) for r in read_metrics(work / "full")] == list(range(1, 17))  # one writer
+    assert [int(r["step"]) for r in read_metrics(work / "full")] == list(range(1, 9))  # one writer
     assert json.loads((work / "full" / "config.json").read_text())["processes"] == 2
     ckpt = torch.load(work / "full" / "checkpoint.pt", weights_only=True)
     assert len(ckpt["rng_ranks"]) == 2 and not torch.equal(ckpt["rng_ranks"][0]["torch"], ckpt["rng_ranks"][1]["torch"])
@@ -124,9 +140,9 @@ def test_a_distributed_checkpoint_resumes_in_one_process(core, monkeypatch):
     assert "rng_ranks" in torch.load(work / "split" / "checkpoint.pt", weights_only=True)
     dcgan.main(["--resume", "split", "--epochs", "3"])  # (split: 2 epochs, the 2nd under torchrun)
     rows = read_metrics(work / "split")
-    assert [int(r["step"]) for r in rows] == list(range(1, 25))
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
     ckpt = torch.load(work / "split" / "checkpoint.pt", weights_only=True)
-    assert ckpt["step"] == 24 and "rng_ranks" not in ckpt
+    assert ckpt["step"] == 12 and "rng_ranks" not in ckpt
 
 
 def test_a_single_process_checkpoint_resumes_under_torchrun(core):
@@ -150,7 +166,7 @@ def test_an_indivisible_batch_size_is_refused(core, monkeypatch):
         assert "--batch-size 31 does not split evenly over 2 processes" in dumps["odd", r]["error"]
     monkeypatch.setenv("WORLD_SIZE", "2")  # (in this process: refused before joining any group)
     with pytest.raises(common.UserError, match="does not split evenly over 2"):
-        dcgan.main(TINY + ["--batch-size", "33"])
+        dcgan.main(TINY_D + ["--batch-size", "33"])
     assert not Path("runs").exists()
 
 
@@ -161,7 +177,7 @@ def test_what_runs_in_one_process_says_so_under_torchrun(monkeypatch):
     with pytest.raises(common.UserError, match="--generate runs in one process"):
         common.setup(argparse.Namespace(seed=0, generate=4, batch_size=32, device="cpu", sync_bn=False))
     with pytest.raises(common.UserError, match="--sync-bn needs CUDA"):
-        dcgan.main(TINY + ["--sync-bn"])
+        dcgan.main(TINY_D + ["--sync-bn"])
     assert not Path("runs").exists()
 
 
@@ -173,24 +189,8 @@ def test_one_process_is_untouched_by_the_distributed_code():
     assert common.all_reduce(t) is t and t.tolist() == [1.0, 3.0]
 
 
-OTHERS = {  # every other image script, tiny, 3 steps (or progan's whole 16 px schedule) under torchrun
-    "wgan": TINY + ["--critic-schedule", "constant", "--max-steps", "3"],
-    "relativistic_gan": TINY_RUN + ["--width", "8", "--gp", "--d-norm", "batch", "--max-steps", "3"],
-    "infogan": TINY + ["--fc-units", "32", "--q-units", "16", "--max-steps", "3"],
-    "vaegan": TINY_RUN + ["--width", "4", "--batch-size", "16", "--dataset-size", "64", "--gate", "--max-steps", "3"],
-    "sagan": TINY_RUN + ["--ch", "8", "--nz", "16", "--max-steps", "3"],
-    "progan": ["--final-size", "16", "--dataset-size", "32", "--batch-size", "8", "--device", "cpu", "--log-every",
-               "1", "--nz", "8", "--fmap-base", "64", "--fmap-max", "8", "--images-per-phase", "16", "--epochs", "3"],
-    "cyclegan": ["--dataset-size", "4", "--image-size", "32", "--batch-size", "2", "--device", "cpu", "--log-every",
-                 "1", "--ngf", "8", "--ndf", "8", "--n-blocks", "1", "--max-steps", "3"],
-}
-
-
-@pytest.mark.slow
-def test_every_other_image_script_trains_alike_on_both_processes(tmp_path):
-    dumps = torchrun([[name, name, argv + ["--out", name]] for name, argv in OTHERS.items()], tmp_path)
-    work = tmp_path / "work"
-    assert {p.name for p in work.iterdir()} == set(OTHERS)
+def test_every_other_image_script_trains_alike_on_both_processes(core):
+    work, dumps = core
     for name in OTHERS:
         assert "error" not in dumps[name, 0], dumps[name, 0].get("error")
         assert dumps[name, 0]["step"] == dumps[name, 1]["step"] > 0
