@@ -63,8 +63,8 @@ def cli(main) -> None:
     try:
         main(sys.argv[1:])
         return
-    except UserError as e:
-        message, code = f"error: {_one_line(e)}", 2
+    except UserError as e:  # (bad flags or data: the same on every process of a node)
+        message, code, shared = f"error: {_one_line(e)}", 2, os.environ.get("LOCAL_RANK", "0") != "0"
     except TrainingError as e:
         message, code, shared = _one_line(e), 1, True
     except Interrupted as e:
@@ -75,7 +75,8 @@ def cli(main) -> None:
         message, code, shared = "aborted (no checkpoint written since the last one).", 130, True
     finally:
         shutdown()
-    # Under torchrun, `shared` errors happen on every process at the same step: rank 0 says it.
+    # Under torchrun, `shared` errors happen on every process alike: rank 0 (or a node's first
+    # process, for a UserError) says it.
     if _env_rank() == 0:
         print(f"{prog}: {message}", file=sys.stderr)
     elif not shared:
