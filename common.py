@@ -254,8 +254,9 @@ def setup(args, single_process: bool = False) -> torch.device:
 # the global batch), DistributedDataParallel averages the gradients in backward(), and rank 0
 # alone writes the run folder. Without torchrun all of this reduces to nothing.
 def launched() -> bool:
-    """True when a launcher (torchrun) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """True when a launcher (torchrun) started this process, even as the only one (torchrun
+    --nproc_per_node=1 runs every collective of a distributed run, on one GPU)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def _env_rank() -> int:
@@ -327,7 +328,7 @@ def distribute(module: torch.nn.Module, args, find_unused: bool = False) -> torc
     Train through what this returns; keep the plain module for checkpoints, samples and for
     forwards whose weight gradients nobody uses (D in G's step). `find_unused`: parameters that
     get no gradient in some steps (progan.py's layers of resolutions not yet reached)."""
-    if world_size() == 1:
+    if not _dist():
         return module
     device = next(module.parameters()).device
     if args.sync_bn:  # (CUDA only: checked in setup)
@@ -345,7 +346,7 @@ def distribute(module: torch.nn.Module, args, find_unused: bool = False) -> torc
 def all_reduce(tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
     """The mean (or "sum") of `tensor` over all processes, in place; returns it. For method
     state that must agree (BEGAN's k_t is updated from the global batch's losses)."""
-    if world_size() > 1:
+    if _dist():
         torch.distributed.all_reduce(tensor)
         if op == "mean":
             tensor /= world_size()
@@ -357,7 +358,7 @@ def average_gradients(*modules: torch.nn.Module) -> None:
     gradients DistributedDataParallel never sees: those assigned from torch.autograd.grad
     (vaegan.py), where DDP's hooks, which run in backward(), do not fire."""
     grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
-    if world_size() == 1 or not grads:
+    if not _dist() or not grads:
         return
     flat = all_reduce(torch.cat([g.flatten() for g in grads]))
     for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
@@ -366,7 +367,7 @@ def average_gradients(*modules: torch.nn.Module) -> None:
 
 def _on_main(fn):
     """fn() on rank 0 alone; its result, or its UserError, reaches every process."""
-    if world_size() == 1:
+    if not _dist():
         return fn()
     box = [None]
     if is_main():
@@ -901,7 +902,7 @@ class Run:
         self.flush()  # never save a state whose losses we have not checked
         path = self.dir / "checkpoint.pt"
         rng = _rng_state()
-        if world_size() > 1:
+        if _dist():
             # every process goes on from rank 0's BN statistics, as saved (see distribute)
             for m in self.modules.values():
                 for buffer in m.buffers() if isinstance(m, torch.nn.Module) else ():
@@ -913,12 +914,12 @@ class Run:
                 "script": self.script, "format": CHECKPOINT_FORMAT, "args": vars(self.args),
                 "step": self.step, "batches_drawn": self.batches_drawn,
                 "modules": {k: m.state_dict() for k, m in self.modules.items()},
-                "state": self.state, "rng": rng, **({"rng_ranks": ranks} if world_size() > 1 else {}),
+                "state": self.state, "rng": rng, **({"rng_ranks": ranks} if _dist() else {}),
             }
             tmp = path.with_suffix(".pt.tmp")
             torch.save(ckpt, tmp)
             os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
-        if world_size() > 1:
+        if _dist():
             torch.distributed.barrier()  # no process runs on (or stops) before the file is whole
         self._saved_step = self.step
         return path
@@ -958,7 +959,7 @@ class Run:
         if not self._sums:
             return self.last_metrics
         keys = list(self._sums)
-        device = self.device if world_size() > 1 else next(iter(self._sums.values())).device
+        device = self.device if _dist() else next(iter(self._sums.values())).device
         values = torch.stack([self._sums[k].to(device) / self._counts[k] for k in keys])
         values = all_reduce(values).tolist()  # 1 sync; under torchrun the mean over processes
         self._sums, self._counts = {}, {}
@@ -1132,12 +1133,12 @@ class Run:
                     self.save_samples(f"epoch-{epoch:03d}")
                     self.save_checkpoint()
                     bar = new_bar()
-                if stop.requested if world_size() == 1 else synced and self._anyone(stop.requested):
+                if (synced and self._anyone(stop.requested)) if _dist() else stop.requested:
                     bar.close()
                     path = self.save_checkpoint()
                     raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to "
                                       f"{path}. Resume with: python {self.script}.py --resume {self.dir}"
-                                      + (" (or the same under torchrun)" if world_size() > 1 else ""))
+                                      + (" (or the same under torchrun)" if _dist() else ""))
         bar.close()
 
     def _anyone(self, flag: bool) -> bool:

@@ -164,13 +164,15 @@ def test_an_indivisible_batch_size_is_refused(core, monkeypatch):
     _, dumps = core
     for r in (0, 1):
         assert "--batch-size 31 does not split evenly over 2 processes" in dumps["odd", r]["error"]
-    monkeypatch.setenv("WORLD_SIZE", "2")  # (in this process: refused before joining any group)
+    monkeypatch.setenv("RANK", "0")  # (in this process: refused before joining any group)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(common.UserError, match="does not split evenly over 2"):
         dcgan.main(TINY_D + ["--batch-size", "33"])
     assert not Path("runs").exists()
 
 
 def test_what_runs_in_one_process_says_so_under_torchrun(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(common.UserError, match="this script runs in one process"):
         seqgan.main(["--device", "cpu", "--max-steps", "1"])
@@ -179,6 +181,35 @@ def test_what_runs_in_one_process_says_so_under_torchrun(monkeypatch):
     with pytest.raises(common.UserError, match="--sync-bn needs CUDA"):
         dcgan.main(TINY_D + ["--sync-bn"])
     assert not Path("runs").exists()
+
+
+def test_torchrun_with_one_process_runs_the_distributed_path(monkeypatch):
+    # (what a one-GPU machine can check of the NCCL path: torchrun --nproc_per_node=1)
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    wrapped = []
+
+    def spy(module, args, **kw):
+        wrapped.append(distribute(module, args, **kw))
+        return wrapped[-1]
+
+    monkeypatch.setattr(common, "distribute", spy)
+    try:
+        dcgan.main(TINY_D + ["--max-steps", "2", "--out", "one"])
+        assert common.world_size() == 1 and common.is_main()
+        assert [type(m).__name__ for m in wrapped] == ["DistributedDataParallel"] * 2
+    finally:
+        common.shutdown()
+    assert len(torch.load("one/checkpoint.pt", weights_only=True)["rng_ranks"]) == 1
+    assert [int(r["step"]) for r in read_metrics("one")] == [1, 2]
+
+
+distribute = common.distribute
 
 
 def test_one_process_is_untouched_by_the_distributed_code():
