@@ -333,14 +333,16 @@ def train(args) -> dict:
         return {}
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
+    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     def train_step(real, k_t):
         with torch.no_grad(), common.autocast(device, args.amp):
-            fake = G(sample_z(real.size(0), args.nz, device))         # G(z_D), no graph to G
+            fake = G_train(sample_z(real.size(0), args.nz, device))   # G(z_D), no graph to G
         # 1. D: minimise L(x) - k_t L(G(z_D))
-        loss_D, loss_real = discriminator_step(D, opt_D, real, fake, k_t, args.amp)
+        loss_D, loss_real = discriminator_step(D_train, opt_D, real, fake, k_t, args.amp)
         # 2. G: minimise L(G(z_G)) with a fresh z_G, through the D just updated
-        loss_G = generator_step(G, D, opt_G, real.size(0), args.nz, device, args.amp)
+        loss_G = generator_step(G_train, D, opt_G, real.size(0), args.nz, device, args.amp)
         return loss_D, loss_real, loss_G
 
     updates = run.graphed(train_step)  # --fast: both updates as one CUDA graph; else train_step
@@ -348,6 +350,9 @@ def train(args) -> dict:
     for step in run.loop():                   # one real batch per step
         real, _ = next(batches)
         loss_D, loss_real, loss_G = updates(real, state["k_t"])
+        # under torchrun: the global batch's losses (the mean over the processes), so that k_t,
+        # M_global and the lr rule agree on every process
+        loss_real, loss_G = common.all_reduce(torch.stack([loss_real, loss_G])).unbind()
         # 3. the convergence measure and the controller, from this step's losses (detached)
         M_global = convergence_measure_tensor(loss_real, loss_G, args.gamma)
         run.log(loss_D=loss_D, loss_G=loss_G, L_x=loss_real, k_t=state["k_t"], M_global=M_global,

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import inspect
 import io
 import json
 import math
@@ -56,22 +57,30 @@ def _one_line(error: BaseException) -> str:
 
 
 def cli(main) -> None:
-    """Run `main(sys.argv[1:])` as a command: known failures become one sentence and an exit code."""
-    prog = Path(sys.argv[0]).name
+    """Run `main(sys.argv[1:])` as a command: known failures become one sentence and an exit code.
+    Under torchrun, the process group is shut down however main ends."""
+    prog, shared = Path(sys.argv[0]).name, False
     try:
         main(sys.argv[1:])
         return
-    except UserError as e:
-        message, code = f"error: {_one_line(e)}", 2
+    except UserError as e:  # (bad flags or data: the same on every process of a node)
+        message, code, shared = f"error: {_one_line(e)}", 2, os.environ.get("LOCAL_RANK", "0") != "0"
     except TrainingError as e:
-        message, code = _one_line(e), 1
+        message, code, shared = _one_line(e), 1, True
     except Interrupted as e:
-        message, code = str(e), 130
+        message, code, shared = str(e), 130, True
     except torch.cuda.OutOfMemoryError:
         message, code = "error: out of GPU memory; try a smaller --batch-size or --image-size.", 1
     except KeyboardInterrupt:
-        message, code = "aborted (no checkpoint written since the last one).", 130
-    print(f"{prog}: {message}", file=sys.stderr)
+        message, code, shared = "aborted (no checkpoint written since the last one).", 130, True
+    finally:
+        shutdown()
+    # Under torchrun, `shared` errors happen on every process alike: rank 0 (or a node's first
+    # process, for a UserError) says it.
+    if _env_rank() == 0:
+        print(f"{prog}: {message}", file=sys.stderr)
+    elif not shared:
+        print(f"{prog} [rank {_env_rank()}]: {message}", file=sys.stderr)
     sys.exit(code)
 
 
@@ -156,6 +165,9 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     g.add_argument("--fast", action="store_true",
                    help="run each training step as one captured CUDA graph (CUDA only: the same "
                         "step with a fraction of the kernel-launch overhead; README 'Speed')")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the whole global batch "
+                        "(SyncBatchNorm, CUDA only; one collective per BN layer per forward)")
     parser.set_defaults(**defaults)
     for action in g._group_actions:
         if action.dest in hide:
@@ -168,7 +180,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
 _PER_INVOCATION = {"resume", "generate", "out", "workers", "download"}
 # Flags a resumed run may change; any other flag is the run's own (its network, optimiser, data).
 _MAY_CHANGE_ON_RESUME = _PER_INVOCATION | {"epochs", "max_steps", "log_every", "sample_every",
-                                           "device", "data_root", "amp", "compile", "fast"}
+                                           "device", "data_root", "amp", "compile", "fast", "sync_bn"}
 
 
 def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocation=()) -> argparse.Namespace:
@@ -222,15 +234,159 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-def setup(args) -> torch.device:
-    """Seed, pick the device and switch on the fast paths that do not change the method."""
-    seed_everything(args.seed)
-    device = select_device(args.device)
+def setup(args, single_process: bool = False) -> torch.device:
+    """Seed, pick the device and switch on the fast paths that do not change the method.
+    Under torchrun, also join the process group (see `launched`); `single_process` refuses."""
+    seed_everything(args.seed)  # the same on every process: the networks start identical
+    if launched():
+        device = _join(args, single_process)
+    else:
+        device = select_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True        # pick the fastest conv algorithms once
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs on Ampere and later
         torch.backends.cudnn.allow_tf32 = True
     return device
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes: torchrun and DistributedDataParallel
+# ----------------------------------------------------------------------------------------------
+# `torchrun --nproc_per_node=N script.py ...` starts N copies of the script with RANK,
+# LOCAL_RANK and WORLD_SIZE set. Each copy trains on its share of every batch (--batch-size is
+# the global batch), DistributedDataParallel averages the gradients in backward(), and rank 0
+# alone writes the run folder. Without torchrun all of this reduces to nothing.
+def launched() -> bool:
+    """True when a launcher (torchrun) started this process, even as the only one (torchrun
+    --nproc_per_node=1 runs every collective of a distributed run, on one GPU)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _env_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if launched() else 0
+
+
+def _dist() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if _dist() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if _dist() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the process that writes files and prints."""
+    return rank() == 0
+
+
+def per_rank(batch_size: int, flag: str | None = None) -> int:
+    """This process's share of a global batch of `batch_size` (given as `flag`)."""
+    n = int(os.environ.get("WORLD_SIZE", "1")) if launched() else 1
+    if batch_size % n:
+        raise UserError(f"{flag or f'--batch-size {batch_size}'} does not split evenly over {n} "
+                        f"processes: it is the global batch, shared by all of them; pass a multiple of {n}.")
+    return batch_size // n
+
+
+def _join(args, single_process: bool) -> torch.device:
+    if single_process:
+        raise UserError("this script runs in one process; start it with python, not torchrun.")
+    if getattr(args, "generate", None):
+        raise UserError("--generate runs in one process; start it with python, not torchrun.")
+    per_rank(args.batch_size)
+    device = select_device(args.device)
+    if device.type == "mps":
+        raise UserError("torchrun needs CUDA GPUs or the CPU; --device mps runs in one process.")
+    if getattr(args, "sync_bn", False) and device.type != "cuda":
+        raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel).")
+    if device.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise UserError(f"--nproc_per_node asks for {local + 1} or more processes on this node, "
+                            f"but it has {torch.cuda.device_count()} GPU(s).")
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    if not _dist():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if rank() > 0:  # one copy of every message: rank 0's (errors still reach stderr)
+        sys.stdout = open(os.devnull, "w")
+    return device
+
+
+def shutdown() -> None:
+    """Leave the process group (at the end of a torchrun run, or on an error)."""
+    if _dist():
+        torch.distributed.destroy_process_group()
+
+
+def distribute(module: torch.nn.Module, args, find_unused: bool = False) -> torch.nn.Module:
+    """Under torchrun: `module` in DistributedDataParallel (its gradients averaged over all
+    processes in backward()), with --sync-bn its BatchNorm layers made SyncBatchNorm (in place:
+    the same parameters and state_dict keys). Without torchrun: `module` itself.
+
+    Train through what this returns; keep the plain module for checkpoints, samples and for
+    forwards whose weight gradients nobody uses (D in G's step). `find_unused`: parameters that
+    get no gradient in some steps (progan.py's layers of resolutions not yet reached)."""
+    if not _dist():
+        return module
+    device = next(module.parameters()).device
+    if args.sync_bn:  # (CUDA only: checked in setup)
+        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    # No buffer broadcast before each forward: each process keeps its own BN running statistics
+    # between checkpoints (Run.save_checkpoint gives every process rank 0's); the broadcast would
+    # also modify, in place, tensors that D's first forward saved for backward (two D forwards).
+    ddp = torch.nn.parallel.DistributedDataParallel
+    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
+               else "broadcast_buffers")  # (newer torch; older: broadcast_buffers)
+    return ddp(module, device_ids=[device.index] if device.type == "cuda" else None,
+               find_unused_parameters=find_unused, **{no_sync: False})
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+    """The mean (or "sum") of `tensor` over all processes, in place; returns it. For method
+    state that must agree (BEGAN's k_t is updated from the global batch's losses)."""
+    if _dist():
+        torch.distributed.all_reduce(tensor)
+        if op == "mean":
+            tensor /= world_size()
+    return tensor
+
+
+def average_gradients(*modules: torch.nn.Module) -> None:
+    """Average the .grad of every parameter over the processes, in one collective. For the
+    gradients DistributedDataParallel never sees: those assigned from torch.autograd.grad
+    (vaegan.py), where DDP's hooks, which run in backward(), do not fire."""
+    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+    if not _dist() or not grads:
+        return
+    flat = all_reduce(torch.cat([g.flatten() for g in grads]))
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(mean.view_as(g))
+
+
+def _on_main(fn):
+    """fn() on rank 0 alone; its result, or its UserError, reaches every process."""
+    if not _dist():
+        return fn()
+    box = [None]
+    if is_main():
+        try:
+            box[0] = (True, fn())
+        except UserError as e:
+            box[0] = (False, str(e))
+    torch.distributed.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise UserError(value)
+    return value
+
+
+def _rank_seed(seed: int, *more: int) -> int:
+    return int(np.random.SeedSequence([seed, *more]).generate_state(1)[0])
 
 
 def optimizer_kwargs(device: torch.device) -> dict:
@@ -484,11 +640,15 @@ class ImageData:
     def to_float(x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]
 
-    def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0):
-        """Yield (images, labels or None) for one epoch, from batch `start` on."""
+    def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        """Yield (images, labels or None) for one epoch, from batch `start` on. With `world`
+        processes, each yields its `rank`-th share (batch_size / world) of every global batch."""
         steps = self.steps_per_epoch(batch_size)
         g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
         order = torch.randperm(self.n, generator=g)[: steps * batch_size]
+        if world > 1:  # every process draws the same order and keeps its slice of each batch
+            order = order.view(steps, world, -1)[:, rank].reshape(-1)
+            batch_size //= world
         if self._files is None:
             order = order.to(self.device) if self.images is not None else order
             for k in range(start, steps):
@@ -770,10 +930,13 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         if self.requested:
+            if launched() and time.monotonic() - self._first < 2:
+                return  # torchrun passes the Ctrl-C on to its workers: the same one, twice
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping after this step to save a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        self.requested, self._first = True, time.monotonic()
+        if _env_rank() == 0:
+            when = "at the next --log-every step or epoch end" if launched() else "after this step"
+            print(f"\nstopping {when} to save a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._old is not None:
@@ -800,23 +963,28 @@ class Run:
         self._images, self._steps_per_epoch, self._saved_step = 0, 1, None
         self._last_log = (time.perf_counter(), 0)
         self.last_metrics: dict = {}
+        if rank() > 0:  # after the networks were built alike: other latents, crops, pool coins
+            seed_everything(_rank_seed(args.seed, rank()))
         if args.resume:
             ckpt = read_checkpoint(args.resume, script)
             self.dir = (Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent)
             self._restore(ckpt)
         elif args.generate is None:
-            self.dir = self._new_folder()
+            self.dir = _on_main(self._new_folder)  # rank 0 makes it; every process learns its path
         if args.generate is None:
-            self._write_config()
-            self._trim_metrics()
+            _on_main(self._write_config)
+            _on_main(self._trim_metrics)
         # --fast on CUDA: optimisers must be capturable (and a resumed one from a run without
         # --fast, or one saved on a GPU and resumed elsewhere, must be switched the other way)
-        self.fast = bool(getattr(args, "fast", False)) and torch.device(device or "cpu").type == "cuda"
+        # (not under torchrun: DDP's gradient all-reduce is not captured here)
+        wanted = bool(getattr(args, "fast", False)) and args.generate is None
+        self.fast = wanted and torch.device(device or "cpu").type == "cuda" and not launched()
         for m in modules.values():
             if isinstance(m, torch.optim.Optimizer):
                 make_capturable(m, self.fast)
-        if getattr(args, "fast", False) and not self.fast and args.generate is None:
-            print(f"--fast: CUDA graphs need a CUDA device; on {device} each step runs eagerly.")
+        if wanted and not self.fast and is_main():
+            print("--fast: CUDA graphs are not used under torchrun; each step runs eagerly." if launched() else
+                  f"--fast: CUDA graphs need a CUDA device; on {device} each step runs eagerly.")
 
     # -- folder -------------------------------------------------------------------------------
     def _new_folder(self) -> Path:
@@ -836,24 +1004,37 @@ class Run:
 
     def _write_config(self) -> None:
         config = {"script": f"{self.script}.py", "args": vars(self.args), "argv": sys.argv,
-                  "device": str(self.device), "started": datetime.now().isoformat(timespec="seconds"),
+                  "device": str(self.device), "processes": world_size(),
+                  "started": datetime.now().isoformat(timespec="seconds"),
                   "resumed_from_step": self.step or None, "versions": _versions(self.device)}
         name = "config.json" if not self.args.resume else f"config-resume-{self.step}.json"
         (self.dir / name).write_text(json.dumps(config, indent=2, default=str))
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """Called by every process under torchrun: rank 0 writes, the others wait for it."""
         self.flush()  # never save a state whose losses we have not checked
-        ckpt = {
-            "script": self.script, "format": CHECKPOINT_FORMAT, "args": vars(self.args),
-            "step": self.step, "batches_drawn": self.batches_drawn,
-            "modules": {k: m.state_dict() for k, m in self.modules.items()},
-            "state": self.state, "rng": _rng_state(),
-        }
         path = self.dir / "checkpoint.pt"
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+        rng = _rng_state()
+        if _dist():
+            # every process goes on from rank 0's BN statistics, as saved (see distribute)
+            for m in self.modules.values():
+                for buffer in m.buffers() if isinstance(m, torch.nn.Module) else ():
+                    torch.distributed.broadcast(buffer, 0)
+            ranks = [None] * world_size()
+            torch.distributed.all_gather_object(ranks, rng)  # each process's RNG: exact resume
+        if is_main():
+            ckpt = {
+                "script": self.script, "format": CHECKPOINT_FORMAT, "args": vars(self.args),
+                "step": self.step, "batches_drawn": self.batches_drawn,
+                "modules": {k: m.state_dict() for k, m in self.modules.items()},
+                "state": self.state, "rng": rng, **({"rng_ranks": ranks} if _dist() else {}),
+            }
+            tmp = path.with_suffix(".pt.tmp")
+            torch.save(ckpt, tmp)
+            os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+        if _dist():
+            torch.distributed.barrier()  # no process runs on (or stops) before the file is whole
         self._saved_step = self.step
         return path
 
@@ -869,7 +1050,13 @@ class Run:
             self.state[key] = value.to(self.device) if torch.is_tensor(value) else value
         self.step, self.batches_drawn = ckpt["step"], ckpt["batches_drawn"]
         if self.args.generate is None:
-            _set_rng_state(ckpt["rng"])
+            ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]  # one per process of the saved run
+            if len(ranks) == world_size():
+                _set_rng_state(ranks[rank()])
+            elif rank() == 0:  # another number of processes: rank 0 goes on as the saved rank 0
+                _set_rng_state(ranks[0])
+            else:
+                seed_everything(_rank_seed(self.args.seed, rank(), self.step))
 
     # -- metrics --------------------------------------------------------------------------------
     def log(self, **metrics) -> None:
@@ -886,8 +1073,9 @@ class Run:
         if not self._sums:
             return self.last_metrics
         keys = list(self._sums)
-        device = next(iter(self._sums.values())).device
-        values = torch.stack([self._sums[k].to(device) / self._counts[k] for k in keys]).tolist()  # 1 sync
+        device = self.device if _dist() else next(iter(self._sums.values())).device
+        values = torch.stack([self._sums[k].to(device) / self._counts[k] for k in keys])
+        values = all_reduce(values).tolist()  # 1 sync; under torchrun the mean over processes
         self._sums, self._counts = {}, {}
         bad = [k for k, v in zip(keys, values) if not math.isfinite(v)]
         if bad:
@@ -900,6 +1088,8 @@ class Run:
         row = {"step": self.step, "epoch": round(self.batches_drawn / self._steps_per_epoch, 3),
                "images_per_s": round(images / max(seconds, 1e-9), 1), **dict(zip(keys, values))}
         self.last_metrics = row
+        if not is_main():
+            return row
         path = self.dir / "metrics.csv"
         if self._header is None or not set(row) <= set(self._header):  # first row, or a new metric
             old = []
@@ -943,7 +1133,7 @@ class Run:
                 m.train(mode)
 
     def save_samples(self, name: str) -> Path | None:
-        if self.sample_fn is None:
+        if self.sample_fn is None or not is_main():  # (plain modules: no collective on rank 0 alone)
             return None
         with self._eval():
             images = self.sample_fn()
@@ -987,11 +1177,12 @@ class Run:
         draws exactly the batches the uninterrupted run would have drawn next."""
         batch_size = batch_size or self.args.batch_size
         self._steps_per_epoch = data.steps_per_epoch(batch_size)
+        per_rank(batch_size)  # under torchrun each process yields its share of each batch
 
         def endless():
             while True:
                 epoch, start = divmod(self.batches_drawn, self._steps_per_epoch)
-                for batch in data.batches(batch_size, epoch, self.args.seed, start):
+                for batch in data.batches(batch_size, epoch, self.args.seed, start, rank(), world_size()):
                     self.batches_drawn += 1
                     self._images += batch_size
                     yield batch
@@ -1002,13 +1193,14 @@ class Run:
         """For loops whose batch size changes during a run (progan.py): returns draw(batch_size),
         a batch drawn uniformly at random (data.sample, torch's RNG, saved in checkpoints).
         The run then counts images, not batches: an epoch is len(data) images drawn, and the
-        checkpoint's batches_drawn holds the images drawn so far."""
+        checkpoint's batches_drawn holds the images drawn so far. Under torchrun batch_size is
+        the global batch: each process draws its share, with its own RNG stream."""
         self._steps_per_epoch = len(data)
 
         def draw(batch_size: int):
             self.batches_drawn += batch_size
             self._images += batch_size
-            return data.sample(batch_size)
+            return data.sample(per_rank(batch_size))
 
         return draw
 
@@ -1035,7 +1227,8 @@ class Run:
 
         def new_bar():
             return tqdm(total=self._steps_per_epoch, initial=self.batches_drawn % self._steps_per_epoch,
-                        desc=f"epoch {self.epochs_done + 1}/{args.epochs}", leave=False, disable=None,
+                        desc=f"epoch {self.epochs_done + 1}/{args.epochs}", leave=False,
+                        disable=None if is_main() else True,
                         dynamic_ncols=True)
 
         bar, drawn = new_bar(), self.batches_drawn
@@ -1045,6 +1238,7 @@ class Run:
                 self.step += 1
                 bar.update(self.batches_drawn - drawn)
                 drawn = self.batches_drawn
+                synced = self.step % args.log_every == 0 or self.epochs_done > epoch
                 if self.step % args.log_every == 0:
                     bar.set_postfix(_short(self.flush()), refresh=False)
                 if args.sample_every and self.step % args.sample_every == 0:
@@ -1059,12 +1253,20 @@ class Run:
                     self.save_samples(f"epoch-{epoch:03d}")
                     self.save_checkpoint()
                     bar = new_bar()
-                if stop.requested:
+                if (synced and self._anyone(stop.requested)) if _dist() else stop.requested:
                     bar.close()
                     path = self.save_checkpoint()
                     raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to "
-                                      f"{path}. Resume with: python {self.script}.py --resume {self.dir}")
+                                      f"{path}. Resume with: python {self.script}.py --resume {self.dir}"
+                                      + (" (or the same under torchrun)" if _dist() else ""))
         bar.close()
+
+    def _anyone(self, flag: bool) -> bool:
+        # Under torchrun, Ctrl-C reaches each process at its own step; they agree to stop at
+        # the next --log-every step or epoch end, so all save and stop at the same step.
+        t = torch.tensor([float(flag)], device=self.device)
+        torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
 
     def batches(self, data: ImageData, batch_size: int | None = None):
         """The simplest loop: one batch per step (`for real, labels in run.batches(data):`)."""
@@ -1078,7 +1280,8 @@ class Run:
         if self._saved_step != self.step:
             self.save_checkpoint()
         final = self.save_samples("final")
-        plot_metrics(self.dir / "metrics.csv", self.dir / "losses.png")
+        if is_main():
+            plot_metrics(self.dir / "metrics.csv", self.dir / "losses.png")
         print(f"done: {self.step} steps. Run folder: {self.dir}" + (f"  (samples: {final})" if final else ""))
         return dict(self.last_metrics)
 

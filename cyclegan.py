@@ -445,6 +445,9 @@ def train(args) -> dict:
         return generate(args, run, G_AB, G_BA, device)
     for net in (G_AB, G_BA, D_A, D_B):
         common.maybe_compile(net, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); the generators' step
+    # calls the plain discriminators. The image pools stay each process's own (see the README).
+    G_AB_train, G_BA_train, D_A_train, D_B_train = (common.distribute(net, args) for net in (G_AB, G_BA, D_A, D_B))
     total = args.n_epochs + args.n_epochs_decay
     if args.epochs < total:
         print(f"note: training to epoch {args.epochs} of the {total}-epoch schedule ({args.n_epochs} at lr "
@@ -453,9 +456,10 @@ def train(args) -> dict:
 
     # --fast: each of the two updates replayed as one CUDA graph (the pools stay on the host side)
     g_update = run.graphed(lambda real_A, real_B: generator_step(
-        G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, args.lambda_cyc, args.lambda_idt, not args.no_cycle, args.amp))
+        G_AB_train, G_BA_train, D_A, D_B, opt_G, real_A, real_B, args.lambda_cyc, args.lambda_idt, not args.no_cycle,
+        args.amp))
     d_update = run.graphed(lambda real_A, real_B, fake_A, fake_B: discriminator_step(
-        D_A, D_B, opt_D, real_A, real_B, fake_A, fake_B, args.amp))
+        D_A_train, D_B_train, opt_D, real_A, real_B, fake_A, fake_B, args.amp))
     batches = run.stream(A)  # DEVIATION: an epoch is a pass over A (deviation 4)
     for _ in run.loop():     # one step: one image of each domain at batch size 1
         real_A, _ = next(batches)

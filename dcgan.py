@@ -226,12 +226,15 @@ def train(args) -> dict:
         return {}
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
+    # Under torchrun: DDP wrappers that average the gradients over the processes (one process:
+    # G and D themselves). G's step calls the plain D: its weight gradients are not used.
+    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     def train_step(real):
         with common.autocast(device, args.amp):
-            fake = G(sample_z(real.size(0), args.nz, device, args.z_dist))
+            fake = G_train(sample_z(real.size(0), args.nz, device, args.z_dist))
         # 1. update D: maximise log D(x) + log(1 - D(G(z)))
-        loss_D, D_x, D_G_z = discriminator_step(D, opt_D, real, fake, args.amp)
+        loss_D, D_x, D_G_z = discriminator_step(D_train, opt_D, real, fake, args.amp)
         # 2. update G on the same z, through the D just updated: maximise log D(G(z))
         loss_G = generator_step(D, opt_G, fake, args.amp)
         return loss_D, loss_G, D_x, D_G_z

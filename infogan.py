@@ -365,15 +365,17 @@ def train(args) -> dict:
         return {}
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
+    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     h_c = args.n_cat * math.log(args.cat_dim)  # H(c) of the categorical codes: L_I's upper bound
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
     def train_step(real):
         # 1. D and Q: minimise L_D - λ L_I on a fresh latent (the fake detached)
-        metrics, q_real = discriminator_step(G, D, opt_D, real, sample_latent(real.size(0), *dims),
+        metrics, q_real = discriminator_step(G_train, D_train, opt_D, real, sample_latent(real.size(0), *dims),
                                              args.info_weight, args.learn_sigma, args.amp)
         # 2. G: minimise L_G - λ L_I on another fresh latent, through the updated D (official code)
-        loss_G = generator_step(G, D, opt_G, sample_latent(real.size(0), *dims),
+        loss_G = generator_step(G_train, D, opt_G, sample_latent(real.size(0), *dims),
                                 args.info_weight, args.learn_sigma, args.amp)
         return metrics, q_real, loss_G
 
@@ -386,9 +388,12 @@ def train(args) -> dict:
         if args.n_cont:
             run.log(nll_cont=metrics["continuous"])
         if n_classes and args.n_cat and labels is not None:
-            # counts of (Q's code on the real image, true class), on the device: no host sync
+            # counts of (Q's code on the real image, true class), on the device: no host sync;
+            # under torchrun summed over the processes, so every process holds the global counts
             pred = q_real[:, 0].argmax(1)
-            state["confusion"].view(-1).index_add_(0, pred * n_classes + labels.long(), torch.ones_like(pred))
+            counts = torch.zeros_like(state["confusion"])
+            counts.view(-1).index_add_(0, pred * n_classes + labels.long(), torch.ones_like(pred))
+            state["confusion"] += common.all_reduce(counts, "sum")
             if run.batches_drawn % steps_per_epoch == 0:  # the epoch's last batch: one sync
                 run.log(code_acc=matched_accuracy(state["confusion"]))
                 state["confusion"].zero_()

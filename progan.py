@@ -390,6 +390,9 @@ def train(args) -> dict:
     G_ema = copy.deepcopy(G).requires_grad_(False)
     max_depth, per_phase = depth_of(args.image_size), args.images_per_phase
     batch_sizes = parse_batch_sizes(args.batch_sizes)
+    for res in (4 * 2 ** d for d in range(max_depth + 1)):  # under torchrun, each batch this run
+        n = batch_sizes.get(res, args.batch_size)            # uses must split over the processes
+        common.per_rank(n, f"--batch-sizes {res}:{n}" if res in batch_sizes else None)
     # Method state, saved in every checkpoint: images seen (the schedule's clock), the phase of
     # the last step (to notice a new one) and the depth and alpha of the last step (for samples).
     state = {"fixed_z": torch.randn(64, args.nz, device=device), "images_seen": 0, "phase": 0,
@@ -407,6 +410,9 @@ def train(args) -> dict:
         return {}
     for stage in G.blocks:  # G only: torch.compile cannot double-backward D for the penalty
         common.maybe_compile(stage, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the
+    # plain D. Layers of the resolutions not in use get no gradient: find_unused.
+    G_train, D_train = (common.distribute(net, args, find_unused=True) for net in (G, D))
     full = 2 * max_depth * per_phase
     print(f"schedule: 4x4 -> {args.image_size}x{args.image_size}, {per_phase:,} images per phase, "
           f"{args.image_size} px faded in after {full:,} images (epoch {full / len(data):.2f}); this run: "
@@ -414,8 +420,8 @@ def train(args) -> dict:
 
     def train_step(real, depth, alpha):
         # 1. one D step (n_critic = 1), 2. one G step through the D just updated, 3. G's average
-        loss_D, W, penalty = discriminator_step(G, D, opt_D, real, depth, alpha, args)
-        loss_G = generator_step(G, D, opt_G, real.size(0), depth, alpha, args, device)
+        loss_D, W, penalty = discriminator_step(G_train, D_train, opt_D, real, depth, alpha, args)
+        loss_G = generator_step(G_train, D, opt_G, real.size(0), depth, alpha, args, device)
         update_ema(G_ema, G, args.ema)
         return loss_D, loss_G, W, penalty
 

@@ -287,11 +287,14 @@ def train(args) -> dict:
         return {}
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
+    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     # DEVIATION: batches come in seeded epochs (deviation 4); the official code draws each at random.
     # --fast: each update replayed as one CUDA graph (plain calls without it)
-    d_update = run.graphed(lambda real: discriminator_step(G, D, opt_D, real, args))
-    g_update = run.graphed(lambda real: generator_step(G, D, opt_G, real, args, args.batch_size, device))
+    d_update = run.graphed(lambda real: discriminator_step(G_train, D_train, opt_D, real, args))
+    g_update = run.graphed(lambda real: generator_step(G_train, D, opt_G, real, args, common.per_rank(args.batch_size),
+                                                       device))
     batches = run.stream(data)
     for _ in run.loop():                      # one generator iteration per step
         for _ in range(args.n_d):             # n_D discriminator updates, a fresh batch each

@@ -415,12 +415,14 @@ def train(args) -> dict:
         return {}
     common.maybe_compile(G, args.compile)
     common.maybe_compile(D, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
+    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     def train_step(real, y):
         with common.autocast(device, args.amp):
-            fake = G(torch.randn(real.size(0), args.nz, device=device), y)
+            fake = G_train(torch.randn(real.size(0), args.nz, device=device), y)
         # 1. D step on L_D (lr 4e-4), then 2. G step on L_G (lr 1e-4) through the updated D
-        loss_D, D_real, D_fake = discriminator_step(D, opt_D, real, fake, y, args.amp)
+        loss_D, D_real, D_fake = discriminator_step(D_train, opt_D, real, fake, y, args.amp)
         loss_G = generator_step(D, opt_G, fake, y, args.amp)
         return loss_D, loss_G, D_real, D_fake
 

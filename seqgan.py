@@ -456,7 +456,7 @@ def decode(tokens: torch.Tensor, vocab=None, char=False) -> list[str]:
 # Training (Alg. 1)
 # ---------------------------------------------------------------------------------------------
 def train(args) -> dict:
-    device = common.setup(args)
+    device = common.setup(args, single_process=True)  # (under torchrun: a clear refusal)
     state = {"oracle": None, "vocab": None, "train": None, "test": None}  # the data, saved with the run
     if args.resume is None:  # a new run; a resumed one takes its data from the checkpoint
         if args.text:

@@ -286,6 +286,8 @@ def gate(real_logits, fake_logits, equilibrium: float, margin: float):
     """The official code's update gating: (update Dec?, update Dis?). Reads two numbers from
     the device, so --gate costs one host sync per step."""
     real_cost, fake_cost = F.softplus(-real_logits).mean(), F.softplus(fake_logits).mean()
+    # under torchrun: the costs of the global batch, so that every process gates alike
+    real_cost, fake_cost = common.all_reduce(torch.stack([real_cost, fake_cost])).unbind()
     lo, hi = torch.stack([torch.minimum(real_cost, fake_cost), torch.maximum(real_cost, fake_cost)]).tolist()
     update_dis = lo >= equilibrium - margin   # Dis too far ahead: a cost near 0
     update_dec = hi <= equilibrium + margin   # Dis too far behind: a cost far above ln 2
@@ -362,6 +364,9 @@ def train(args) -> dict:
         with common.autocast(device, args.amp):
             out = forward(E, Dec, D, real, args)       # Alg. 1: all losses from one forward pass
         set_gradients(out, E, Dec, D)                  # each network: its own loss's gradient only
+        # Under torchrun: averaged over the processes here, as DDP would in backward(); the
+        # gradients come from torch.autograd.grad, which DDP's hooks never see.
+        common.average_gradients(*nets.values())
         update = {"Enc": True, "Dec": True, "Dis": D is not None}
         metrics = {"L_prior": out["L_prior"], "L_llike": out["L_llike"], "recon_mse": out["recon_mse"]}
         if D is not None and args.gate:                # (a host decision: never captured, see below)
@@ -383,6 +388,8 @@ def train(args) -> dict:
     for real, _ in run.batches(data):
         run.log(**step(real))
     result = run.finish()
+    if not common.is_main():  # (under torchrun, rank 0 writes the reconstructions)
+        return result
     mse = save_reconstructions(E, Dec, held_out(args, 64, device), run.dir / "samples" / "reconstructions.png")
     print(f"held-out reconstructions: {run.dir}/samples/reconstructions.png (pixel MSE {mse.item():.4f})")
     return {**result, "heldout_recon_mse": mse.item()}

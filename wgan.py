@@ -233,11 +233,15 @@ def train(args) -> dict:
         return {}
     common.maybe_compile(G, args.compile)
     common.maybe_compile(critic, args.compile)
+    # Under torchrun: DDP wrappers (gradients averaged over the processes); the clip acts on the
+    # same parameters, identical on every process. G's step calls the plain critic.
+    G_train, critic_train = common.distribute(G, args), common.distribute(critic, args)
 
     # --fast: each update replayed as one CUDA graph (plain calls without it)
-    critic_update = run.graphed(lambda real: critic_step(G, critic, opt_C, real, args.nz, args.clip, args.amp))
-    generator_update = run.graphed(lambda: generator_step(G, critic, opt_G, args.batch_size, args.nz, device,
-                                                          args.amp))
+    critic_update = run.graphed(lambda real: critic_step(G_train, critic_train, opt_C, real, args.nz, args.clip,
+                                                         args.amp))
+    generator_update = run.graphed(lambda: generator_step(G_train, critic, opt_G, common.per_rank(args.batch_size),
+                                                          args.nz, device, args.amp))
     batches = run.stream(data)                  # a fresh real batch for every critic iteration
     for gen_iteration in run.loop():            # Alg. 1: "while θ has not converged do"
         n_critic = (critic_iters(gen_iteration, args.n_critic) if args.critic_schedule == "official"
