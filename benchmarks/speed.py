@@ -53,8 +53,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import common  # noqa: E402
 import plain_loops  # noqa: E402
+
+import common  # noqa: E402
 
 SCRIPTS = plain_loops.SCRIPTS
 
