@@ -118,6 +118,8 @@ def measure_plain(script: str, script_args: list, device, warmup: int, steps: in
     result = {"mode": "plain", "flags": "", **timer.result(), "peak_gpu_memory_MiB": _memory_peak(device),
               "setup_seconds": round(setup_s, 1), "workers": loop.workers, "batch_size": loop.B,
               "last_losses": {k: round(v, 5) for k, v in loop.last.items()}}
+    if script == "progan":  # the one phase the plain loop trains
+        result["resolution"], result["alpha"] = loop.args.image_size, loop.alpha
     del loop, batches
     return result
 
@@ -154,7 +156,8 @@ def measure_script(script: str, script_args: list, flags: list, device, warmup: 
         with contextlib.redirect_stderr(usage):
             module.parse_args(argv)  # bad flags (e.g. --fast where the script has none): its message
     except SystemExit:
-        raise common.UserError(usage.getvalue().strip().splitlines()[-1]) from None
+        message = (usage.getvalue().strip().splitlines() or ["bad flags"])[-1]
+        raise common.UserError(message.split("error: ", 1)[-1]) from None
     _memory_start(device)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
@@ -196,9 +199,12 @@ def measure(script: str, args, device) -> dict:
               + (f"{r['images_per_s']:10,.1f} images/s" if "error" not in r else f"error: {r['error']}"),
               file=sys.stderr, flush=True)
     plain = next((m for m in modes if m["mode"] == "plain" and "error" not in m), None)
+    ratios = {}
     for m in modes:
         if plain and "error" not in m:
             m["vs_plain"] = round(m["images_per_s"] / plain["images_per_s"], 2)
+            if m["mode"] != "plain":
+                ratios[f"{m['mode']}{' [' + m['flags'] + ']' if m['mode'] == 'fast' else ''}/plain"] = m["vs_plain"]
     return {"script": script, "device": device_name(device), "torch": torch.__version__,
             "date": datetime.now().isoformat(timespec="seconds"),
             "batch_size": next((m["batch_size"] for m in modes if "batch_size" in m), None),
@@ -206,7 +212,7 @@ def measure(script: str, args, device) -> dict:
             "warmup_steps": args.warmup, "timed_steps": args.steps, "chunk": args.chunk,
             "protocol": "images shown to D per second: median over chunks of timed steps after warm-up, "
                         "device synchronised at each chunk boundary (benchmarks/speed.py)",
-            "modes": modes}
+            "ratios": ratios, "modes": modes}
 
 
 def summary(result: dict) -> str:

@@ -198,7 +198,7 @@ def test_speed_writes_every_field_and_the_table(tmp_path, capsys):
     assert speed.main(argv) == 0
     result = json.loads((tmp_path / "speed-dcgan.json").read_text())
     for key in ("script", "device", "torch", "date", "batch_size", "script_args", "warmup_steps", "timed_steps",
-                "chunk", "protocol", "modes"):
+                "chunk", "protocol", "ratios", "modes"):
         assert key in result, key
     assert result["device"].startswith("cpu") and result["batch_size"] == 8
     plain, default, fast = result["modes"]
@@ -210,7 +210,8 @@ def test_speed_writes_every_field_and_the_table(tmp_path, capsys):
         assert m["spread"][0] <= m["images_per_s"] <= m["spread"][1]
     assert plain["vs_plain"] == 1.0 and default["vs_plain"] == round(default["images_per_s"] / plain["images_per_s"], 2)
     assert plain["workers"] == 0 and set(plain["last_losses"]) == {"loss_D", "loss_G", "D_x", "D_G_z"}
-    assert fast["flags"] == "--no-such-flag" and "unrecognized arguments" in fast["error"]  # recorded, not raised
+    assert result["ratios"] == {"default/plain": default["vs_plain"]}
+    assert fast["flags"] == "--no-such-flag" and fast["error"].startswith("unrecognized arguments")  # recorded
     out = capsys.readouterr().out
     assert out.startswith("SPEED dcgan batch 8 on cpu") and "default" in out
 
@@ -235,3 +236,13 @@ def test_timer_takes_the_median_over_chunks(monkeypatch):
     short.points = [(2, 0.0, 0), (4, 1.0, 10)]  # the run ended at step 4 of 8
     with pytest.raises(common.UserError):  # a run that stopped early is an error, not a number
         short.result()
+
+
+def test_progan_script_modes_reach_the_plain_loops_phase_during_warm_up():
+    # one step per phase (a batch per phase): 4x4, then fade-in and stabilise of 8 and 16 px, i.e.
+    # the final phase from step 4, where the plain loop trains (final size, alpha 1)
+    assert speed.bench_flags("progan", TINY_ARGS["progan"]) == ["--images-per-phase", "8"]
+    assert speed.bench_flags("progan", []) == ["--images-per-phase", "16"]  # 64 px, batch 16: from step 8
+    assert speed.bench_flags("dcgan", TINY_ARGS["dcgan"]) == []
+    loop = plain_loops.make("progan", TINY_ARGS["progan"], "cpu", workers=0)
+    assert (loop.depth, loop.alpha, loop.B) == (2, 1.0, 8)
