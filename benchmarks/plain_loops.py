@@ -12,6 +12,9 @@ PyTorch-GAN, the papers' official PyTorch ports):
   - the script's optimiser built the default way (torch.optim.Adam(params, lr, betas), no
     fused/foreach flag), `zero_grad()` / `backward()` / `step()`;
   - `.item()` on every logged loss, every step (the usual per-step logging).
+Flags passed to a plain loop set its networks and hyperparameters; --amp and --compile are
+ignored (the plain loop is fp32 and eager by definition), and the two flags a plain loop does
+not mirror (vaegan's --gate, cyclegan's --augment on) are refused.
 What stays the script's: networks, init, losses (imported where they are pure functions),
 the order of the updates, what each update sees, the latent distributions. The tests in
 tests/test_speed.py check one plain step against the script's step functions.
@@ -363,6 +366,8 @@ class VAEGAN(Plain):
 
     def build(self):
         a = self.args
+        if a.gate:
+            raise common.UserError("the plain vaegan loop has no --gate (the official code's update gating).")
         self.E, self.Dec, self.D, _ = self.m.build(a, self.C, self.device)
         nets = {"Enc": self.E, "Dec": self.Dec, "Dis": self.D}
         self.opts = {k: torch.optim.RMSprop(n.parameters(), lr=a.lr, alpha=a.alpha)
@@ -490,6 +495,8 @@ class CycleGAN(Plain):
 
     def build(self):
         a = self.args
+        if a.augment == "on":
+            raise common.UserError("the plain cyclegan loop trains without --augment (as the script on the shapes).")
         self.G_AB, self.G_BA, self.D_A, self.D_B, _, _ = self.m.build(a, self.C, self.device)
         self.opt_G = adam(itertools.chain(self.G_AB.parameters(), self.G_BA.parameters()), a.lr, (a.beta1, a.beta2))
         self.opt_D = adam(itertools.chain(self.D_A.parameters(), self.D_B.parameters()), a.lr, (a.beta1, a.beta2))

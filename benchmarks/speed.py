@@ -1,6 +1,6 @@
 """Training speed of each image script against a plain loop: images shown to D per second, peak GPU memory.
 
-    python benchmarks/speed.py --script dcgan [--device auto] [--warmup 30] [--steps 200]
+    python benchmarks/speed.py --script dcgan [--device auto] [--warmup 30] [--steps 150] [--chunk 25]
     python benchmarks/speed.py --all --out-dir $OUT              (the nine image scripts)
     python benchmarks/speed.py --script wgan --fast-flags=--fast --fast-flags="--fast --amp"
     python benchmarks/speed.py --table benchmarks/results/speed-*.json   (the README table)
@@ -45,6 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from datetime import datetime
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def measure_plain(script: str, script_args: list, device, warmup: int, steps: in
     loop = plain_loops.make(script, script_args, device, workers)
     batches = loop.batches()
     setup_s = time.perf_counter() - t
+    _memory_start(device)  # (the dataset was rendered on the device, then moved to host memory)
     timer, images = Timer(device, warmup, steps, chunk), 0
     for step in range(warmup + steps + 1):
         timer.at(step, images)
@@ -192,8 +194,12 @@ def measure(script: str, args, device) -> dict:
                 r = measure_plain(script, script_args, device, args.warmup, args.steps, args.chunk, args.workers)
             else:
                 r = measure_script(script, script_args, flags, device, args.warmup, args.steps, args.chunk, mode)
-        except (common.UserError, common.TrainingError, torch.cuda.OutOfMemoryError) as e:
+        except (common.UserError, common.TrainingError) as e:
             r = {"mode": mode, "flags": " ".join(flags or []), "error": common._one_line(e)}
+        except Exception as e:  # noqa: BLE001 (a mode that crashes, e.g. out of memory or a compiler
+            # error, is recorded and the other modes and scripts still run; its traceback goes to stderr)
+            traceback.print_exc()
+            r = {"mode": mode, "flags": " ".join(flags or []), "error": f"{type(e).__name__}: {common._one_line(e)}"}
         modes.append(r)
         print(f"  {script:17s} {mode:8s} {r.get('flags', ''):16s} "
               + (f"{r['images_per_s']:10,.1f} images/s" if "error" not in r else f"error: {r['error']}"),
@@ -274,7 +280,7 @@ def main(argv=None) -> int:
                         "write --script-args='--image-size 32'")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--warmup", type=common.non_negative_int, default=30, help="untimed steps first")
-    p.add_argument("--steps", type=common.positive_int, default=200, help="timed steps")
+    p.add_argument("--steps", type=common.positive_int, default=150, help="timed steps")
     p.add_argument("--chunk", type=common.positive_int, default=25, help="steps between two timing points")
     p.add_argument("--workers", type=common.non_negative_int, default=None,
                    help="the plain loop's DataLoader workers (default: 4, or the CPU count if smaller)")
