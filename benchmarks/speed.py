@@ -243,7 +243,9 @@ def table(paths: list) -> str:
             if m["mode"] == "fast" and m["flags"] not in fast_sets:
                 fast_sets.append(m["flags"])
     head = ["script", "device", "batch", "plain images/s", "default images/s (x plain)"]
-    head += [f"`{f}` images/s (x plain)" for f in fast_sets] + ["peak GPU MiB (plain / default / fast)"]
+    gpu = any(m.get("peak_gpu_memory_MiB") is not None for r in results for m in r["modes"])
+    head += [f"`{f}` images/s (x plain)" for f in fast_sets]
+    head += ["peak GPU MiB (plain / default / fast)"] if gpu else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def cell(m):
@@ -257,11 +259,11 @@ def table(paths: list) -> str:
     for r in sorted(results, key=lambda r: (SCRIPTS.index(r["script"]) if r["script"] in SCRIPTS else 99,
                                             r["device"])):
         by = {(m["mode"], m["flags"] if m["mode"] == "fast" else ""): m for m in r["modes"]}
-        row = [f"`{r['script']}.py`", r["device"], str(r["batch_size"]), cell(by.get(("plain", ""))),
+        row = [f"`{r['script']}.py`", r["device"], str(r["batch_size"] or "-"), cell(by.get(("plain", ""))),
                cell(by.get(("default", "")))] + [cell(by.get(("fast", f))) for f in fast_sets]
         mems = [by.get(k, {}).get("peak_gpu_memory_MiB") for k in (("plain", ""), ("default", ""))]
         mems.append(by.get(("fast", fast_sets[0]), {}).get("peak_gpu_memory_MiB") if fast_sets else None)
-        row.append(" / ".join("-" if v is None else f"{v:,}" for v in mems))
+        row += [" / ".join("-" if v is None else f"{v:,}" for v in mems)] if gpu else []
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
