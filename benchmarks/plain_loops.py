@@ -17,7 +17,15 @@ ignored (the plain loop is fp32 and eager by definition), and the two flags a pl
 not mirror (vaegan's --gate, cyclegan's --augment on) are refused.
 What stays the script's: networks, init, losses (imported where they are pure functions),
 the order of the updates, what each update sees, the latent distributions. The tests in
-tests/test_speed.py check one plain step against the script's step functions.
+tests/test_speed.py check one plain step against the script's step functions. Where a typical
+port would change the method, the plain loop keeps the script's meaning: sagan.py's D sees
+real and fake in one batch and is in eval mode for G's step (one spectral-norm power iteration
+per D step, as the official code); vaegan.py gives each network its own loss's gradient with
+backward(inputs=...); cyclegan.py's image history is the script's ImagePool. Where the script
+differs from the usual port without changing the function, the plain loop is the usual port:
+began.py's D sees real and fake in two passes; relativistic_gan.py's G loss takes C(x_r) with
+its graph (official code); progan.py's weight average is a per-parameter loop; wgan.py's fakes
+for the critic are G(z).detach() rather than computed under no_grad.
 
 `make(script, argv, device, workers)` returns a loop object with
   .batches()       an endless iterator over the DataLoader (epoch after epoch)
