@@ -558,17 +558,19 @@ def score_run(script: str, job: dict, a, nets_cache: dict, device) -> dict:
     out = {}
     if script == "cyclegan":
         out.update(score_cyclegan(module, args, nets, clf, cfg, n, device, real))
-        untrained = load_models(script, run_dir, device, untrained=True)[2]
-        gen_untrained = translate(untrained["G_AB"], args, n, device)[0]
     else:
         images = draw(sampler(script, run_dir, device), n)
         out.update(image_scores(embed(clf, images, cfg, device), real))
         out["_grid"] = images[:64]
-        gen_untrained = draw(sampler(script, run_dir, device, untrained=True), n)
-    if job["run"] == "main":  # the anchors on the same scale, for this seed
-        out["fd_ceiling"] = frechet_distance(embed(clf, gen_untrained, cfg, device)["features"], real["features"])
-        u = coverage(embed(clf, gen_untrained, cfg, device)["probs"])
-        out["confident_rate_untrained"] = u["confident_rate"]
+    if job["run"] == "main":  # the ceiling on the same scale, for this seed: G at initialisation
+        if script == "cyclegan":
+            gen_untrained = translate(load_models(script, run_dir, device, untrained=True)[2]["G_AB"], args, n,
+                                      device)[0]
+        else:
+            gen_untrained = draw(sampler(script, run_dir, device, untrained=True), n)
+        u = embed(clf, gen_untrained, cfg, device)
+        out["fd_ceiling"] = frechet_distance(u["features"], real["features"])
+        out["confident_rate_untrained"] = coverage(u["probs"])["confident_rate"]
     if script == "infogan":
         out.update(score_infogan(module, args, nets, clf, cfg, n, device))
     if script == "vaegan":
