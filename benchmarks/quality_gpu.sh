@@ -16,8 +16,9 @@
 # that finished. What comes back (the device tool returns at most 8 files):
 #   $OUT/log.txt        the device, versions, quality.py's output and each run's last lines
 #   $OUT/quality.tgz    quality-NAME.json and quality-NAME.png: untar into benchmarks/results/
-# Carry the classifier trained on the CPU (benchmarks/.cache; the same feature network in every
-# session) and, for g5, the paper's oracle:
+#   $OUT/classifier-*.pt the feature networks used (benchmarks/.cache): keep them and carry
+#                        "benchmarks/.cache" in later sessions, so every session scores with the same one
+# For g5, the paper's oracle:
 #   mkdir -p .oracle && cp ../shared/seqgan/oracle_params.npz .oracle/    (carry ".oracle")
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -49,4 +50,5 @@ for f in "$T"/work/*/*.log; do  # the last lines of every run (epoch summaries, 
 done
 mkdir -p "$T/results"
 tar czf "$OUT/quality.tgz" -C "$T/results" .
+cp benchmarks/.cache/classifier-*.pt "$OUT/" 2>/dev/null
 grep -E "^(==|trained|[a-z_]+: wrote)" "$OUT/log.txt"
