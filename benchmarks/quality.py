@@ -1,0 +1,863 @@
+"""Quality benchmark: does each script do what its paper says, on the built-in shapes data?
+
+    python benchmarks/quality.py --script dcgan [wgan ...] [--budget IMAGES] [--seeds K] [--jobs J]
+                                 [--n-eval N] [--results-dir benchmarks/results] [--tiny]
+
+For each named script: train it through its own main() on the built-in data for a fixed
+budget (images shown to D: `--epochs E` over `--dataset-size N` gives E x N; default the
+README's quick run, `--epochs 5` on the 60,000 shapes), once per seed, plus the runs of the
+paper's own comparison (RaSGAN vs SGAN vs RaLSGAN, attention on/off, ...); then score the
+samples and write `quality-NAME.json` and a sample grid `quality-NAME.png` to --results-dir.
+
+No Inception weights can be downloaded here, so the feature space is a small CNN trained by
+this file on the shapes factors (class, size, rotation, brightness), deterministically, and
+cached under benchmarks/.cache/ keyed by its configuration (`ShapesNet`, `classifier`):
+  FD-shapes   Fréchet distance between real and generated features (its penultimate layer);
+              an exact matrix square root (eigh), float64. Not FID: another network.
+  KID-shapes  unbiased MMD² with the cubic polynomial kernel, mean and std over subsets.
+  coverage    classes present among the confident samples (max p > 0.9), of 10;
+  confident   the share of samples the classifier assigns to a class with p > 0.9.
+  anchors     the floor: real vs real (two disjoint real sets, streams 1 and 0, as many as
+              the generated set); the ceiling: the script's generator at initialisation
+              (the same seed and build() as the script). fd_position = (FD - floor) /
+              (ceiling - floor): 0 at the floor, 1 at the ceiling.
+plus each paper's own measure (PAPER_MEASURES below). seqgan.py has no images: its measure is
+NLL_oracle of SeqGAN and of the MLE baseline on the same oracle (`--oracle FILE.npz`).
+
+Runs can share one GPU: `--jobs J` trains J runs at a time in worker processes (spawned),
+each writing its log to its run folder; the JSON of a script is written as soon as its runs
+are scored. `--tiny` (CPU-sized networks, 16 px, a few hundred images) checks the whole path
+in seconds; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import csv
+import hashlib
+import importlib
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import common  # noqa: E402
+
+CACHE = ROOT / "benchmarks" / ".cache"
+IMAGE_SCRIPTS = ("dcgan", "wgan", "relativistic_gan", "infogan", "began", "vaegan", "sagan", "progan",
+                 "cyclegan")
+SCRIPTS = IMAGE_SCRIPTS + ("seqgan",)
+NUM_CLASSES = len(common.SHAPE_NAMES)
+CONFIDENT = 0.9      # a confident sample: the classifier's top class has p > 0.9
+WIDE_MARGIN = 0.2    # "closer to the floor than to the ceiling by a wide margin": fd_position <= 0.2
+PROTOCOL = ("Each run trains through the script's own main() on the built-in shapes for the budget in its "
+            "flags; samples are drawn from its checkpoint as --generate draws them (eval mode), quantised to "
+            "uint8 like a PNG, resized to 32 px and embedded by ShapesNet (penultimate layer, 128-d). Real "
+            "reference: n_eval images of the shapes test stream (1); floor: that set against n_eval images of "
+            "the training stream (0); ceiling: the script's generator at initialisation (same seed, build()). "
+            "fd_position = (FD - floor) / (ceiling - floor). KID: 10 subsets of min(1000, n_eval).")
+
+
+# ----------------------------------------------------------------------------------------------
+# The feature network: a small CNN trained on the shapes factors
+# ----------------------------------------------------------------------------------------------
+CLASSIFIER = {"version": 1, "input_size": 32, "width": 32, "features": 128, "n_train": 24000,
+              "n_test": 2000, "render_sizes": [28, 32, 64], "styles": ["filled", "outline"],
+              "epochs": 4, "batch_size": 128, "lr": 2e-3, "seed": 0, "noise_fraction": 0.125}
+
+
+class ShapesNet(nn.Module):
+    """image (B, C, 32, 32) in [-1, 1] -> (features (B, F), class logits (B, 10), factors (B, 4)).
+
+    Four 3x3/4x4 convs with ReLU down to 4x4, one FC layer to F features (the FD/KID space),
+    then a class head and a regression head for (size, cos kθ, sin kθ, brightness), kθ the
+    rotation times the class's symmetry order (a rotation the image can show)."""
+
+    def __init__(self, channels=3, width=32, features=128):
+        super().__init__()
+        w = width
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, w, 3, 1, 1), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 4, 2, 1), nn.ReLU(),          # (B, 2w, 16, 16)
+            nn.Conv2d(2 * w, 2 * w, 3, 1, 1), nn.ReLU(),
+            nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.ReLU(),      # (B, 4w, 8, 8)
+            nn.Conv2d(4 * w, 4 * w, 4, 2, 1), nn.ReLU(),      # (B, 4w, 4, 4)
+            nn.Flatten(), nn.Linear(4 * w * 16, features), nn.ReLU())
+        self.cls = nn.Linear(features, NUM_CLASSES)
+        self.reg = nn.Linear(features, 4)
+
+    def forward(self, x):
+        h = self.body(x)
+        return h, self.cls(h), self.reg(h)
+
+
+def to_input(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
+    """uint8 (N, c, s, s) -> float (N, channels, size, size) in [-1, 1]: grey <-> RGB by
+    mean / repeat, bilinear resize (antialiased when shrinking)."""
+    x = images.float().div(127.5).sub(1)
+    if x.shape[1] != channels:
+        x = x.mean(1, keepdim=True) if channels == 1 else x.expand(-1, 3, -1, -1)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=x.shape[-1] > size,
+                          align_corners=False)
+    return x
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> uint8, as a PNG of them would hold (what --generate writes)."""
+    return x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+def factor_targets(factors: dict, channels: int) -> torch.Tensor:
+    """(N, 4): size (normalised), cos kθ, sin kθ (0, 0 for fully symmetric classes), brightness."""
+    order = torch.tensor(common.SYMMETRY, dtype=torch.float32)[factors["class"]]
+    angle = factors["rotation"] * order
+    symmetric = order == 0
+    lo, hi = common.SIZE_RANGE
+    bright = factors["intensity"] if channels == 1 else factors["color"].amax(1)
+    return torch.stack([(factors["size"] - (lo + hi) / 2) / ((hi - lo) / 2),
+                        torch.where(symmetric, 0.0, torch.cos(angle)),
+                        torch.where(symmetric, 0.0, torch.sin(angle)),
+                        (bright - 0.7) / 0.3], 1)
+
+
+def classifier_set(n: int, stream: int, channels: int, cfg: dict, device) -> tuple:
+    """n shapes of `stream`, image i rendered at render_sizes[i % k] in styles[(i // k) % 2],
+    resized to the input size: (images uint8, class, factor targets, order)."""
+    f = common.shape_factors(n, seed=0, stream=stream)
+    k, styles = len(cfg["render_sizes"]), cfg["styles"]
+    images = torch.empty(n, channels, cfg["input_size"], cfg["input_size"], dtype=torch.uint8, device=device)
+    i = torch.arange(n)
+    for a, size in enumerate(cfg["render_sizes"]):
+        for b, style in enumerate(styles):
+            idx = i[(i % k == a) & ((i // k) % len(styles) == b)]
+            sub = {key: v[idx] for key, v in f.items()}
+            x = common.render_shapes(sub, size, channels, style, device)
+            images[idx.to(device)] = to_uint8(to_input(x, channels, cfg["input_size"]))
+    return images, f["class"].to(device), factor_targets(f, channels).to(device), f
+
+
+def _noise_batch(n: int, channels: int, size: int, g: torch.Generator, device) -> torch.Tensor:
+    """Images that are no shape (uniform noise, blurred noise, flat colour): trained towards
+    the uniform class distribution, so that confidence means 'a shape' (outlier exposure)."""
+    x = torch.rand(n, channels, size, size, generator=g) * 2 - 1
+    kind = torch.randint(3, (n,), generator=g)
+    blurred = F.avg_pool2d(x, 5, 1, 2) * 2.5
+    flat = torch.rand(n, channels, 1, 1, generator=g).mul(2).sub(1).expand_as(x)
+    x = torch.where((kind == 1)[:, None, None, None], blurred.clamp(-1, 1), x)
+    x = torch.where((kind == 2)[:, None, None, None], flat, x)
+    return x.to(device)
+
+
+def train_classifier(channels: int, cfg: dict, device, log=print) -> tuple:
+    """Train ShapesNet deterministically (fixed seed, stream 0 data); test on stream 1."""
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(cfg["seed"])
+        net = ShapesNet(channels, cfg["width"], cfg["features"]).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+        x, y, t, _ = classifier_set(cfg["n_train"], 0, channels, cfg, device)
+        g = torch.Generator().manual_seed(cfg["seed"])
+        bs, n = cfg["batch_size"], cfg["n_train"]
+        steps = cfg["epochs"] * (n // bs)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=steps)
+        n_noise = max(1, round(bs * cfg["noise_fraction"]))
+        t0 = time.perf_counter()
+        for epoch in range(cfg["epochs"]):
+            order = torch.randperm(n, generator=g).to(device)
+            for k in range(n // bs):
+                idx = order[k * bs:(k + 1) * bs]
+                noise = _noise_batch(n_noise, channels, cfg["input_size"], g, device)
+                _, logits, reg = net(torch.cat([to_input(x[idx], channels, cfg["input_size"]), noise]))
+                target = t[idx]
+                mask = torch.ones_like(target)
+                mask[:, 1:3] = (target[:, 1:3] != 0).float()  # no rotation target for symmetric classes
+                loss = (F.cross_entropy(logits[:bs], y[idx])
+                        - logits[bs:].log_softmax(1).mean()           # the noise: towards uniform
+                        + ((reg[:bs] - target) ** 2 * mask).mean())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+            log(f"classifier ({channels} ch) epoch {epoch + 1}/{cfg['epochs']}: loss {loss.item():.4f} "
+                f"({time.perf_counter() - t0:.0f} s)")
+        net.eval()
+        report = evaluate_classifier(net, channels, cfg, device)
+        report["trained_on"] = str(device)
+        report["train_seconds"] = round(time.perf_counter() - t0, 1)
+    return net, report
+
+
+@torch.no_grad()
+def evaluate_classifier(net, channels, cfg, device) -> dict:
+    """Held-out (stream 1) class accuracy, per style, and how well the factor heads track."""
+    x, y, t, f = classifier_set(cfg["n_test"], 1, channels, cfg, device)
+    _, logits, reg = net(to_input(x, channels, cfg["input_size"]))
+    correct = (logits.argmax(1) == y).float().cpu()
+    style = (torch.arange(len(y)) // len(cfg["render_sizes"])) % len(cfg["styles"])
+    noise = _noise_batch(500, channels, cfg["input_size"], torch.Generator().manual_seed(1), device)
+    noise_conf = (net(noise)[1].softmax(1).amax(1) > CONFIDENT).float().mean()
+    ordered = t[:, 1:3].abs().sum(1) > 0
+    return {"heldout_accuracy": round(correct.mean().item(), 4),
+            **{f"heldout_accuracy_{s}": round(correct[style == i].mean().item(), 4)
+               for i, s in enumerate(cfg["styles"])},
+            "heldout_confident_rate": round((logits.softmax(1).amax(1) > CONFIDENT).float().mean().item(), 4),
+            "noise_confident_rate": round(noise_conf.item(), 4),
+            "size_correlation": round(_pearson(reg[:, 0], t[:, 0]), 4),
+            "brightness_correlation": round(_pearson(reg[:, 3], t[:, 3]), 4),
+            "rotation_mean_cos_error": round(torch.cos(torch.atan2(reg[ordered, 2], reg[ordered, 1])
+                                                       - torch.atan2(t[ordered, 2], t[ordered, 1])).mean().item(), 4),
+            "n_test": cfg["n_test"]}
+
+
+def classifier(channels: int, device, cfg: dict | None = None, cache: Path | None = CACHE, log=print):
+    """The feature network for `channels`, from the cache if it holds one of this config."""
+    cfg = {**CLASSIFIER, **(cfg or {}), "channels": channels}
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    path = None if cache is None else Path(cache) / f"classifier-{channels}ch-{key}.pt"
+    if path is not None and path.exists():
+        saved = torch.load(path, map_location=device, weights_only=True)
+        net = ShapesNet(channels, cfg["width"], cfg["features"]).to(device)
+        net.load_state_dict(saved["state_dict"])
+        net.eval()
+        return net, {**json.loads(saved["report"]), "cache": path.name}, cfg
+    net, report = train_classifier(channels, cfg, device, log)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"state_dict": net.state_dict(), "report": json.dumps(report), "config": json.dumps(cfg)}, tmp)
+        tmp.replace(path)
+        report = {**report, "cache": path.name}
+    return net, report, cfg
+
+
+@torch.no_grad()
+def embed(net, images: torch.Tensor, cfg: dict, device, batch: int = 500) -> dict:
+    """uint8 images (any size, 1 or 3 channels) -> features (N, F) float64, probs, factors."""
+    out = {"features": [], "probs": [], "factors": []}
+    for chunk in images.split(batch):
+        h, logits, reg = net(to_input(chunk.to(device), cfg["channels"], cfg["input_size"]))
+        out["features"].append(h.double().cpu())
+        out["probs"].append(logits.float().softmax(1).cpu())
+        out["factors"].append(reg.float().cpu())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Measures
+# ----------------------------------------------------------------------------------------------
+def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
+    w, v = torch.linalg.eigh(a)
+    return (v * w.clamp(min=0).sqrt()) @ v.T
+
+
+def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """‖μ1 − μ2‖² + Tr(Σ1 + Σ2 − 2 (Σ1^½ Σ2 Σ1^½)^½), float64; Tr (Σ1Σ2)^½ exactly by eigh."""
+    f1, f2 = f1.double(), f2.double()
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    c1, c2 = torch.cov(f1.T), torch.cov(f2.T)
+    s1 = _sqrtm_psd(c1)
+    m = s1 @ c2 @ s1
+    tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp(min=0).sqrt().sum()
+    return float((mu1 - mu2).square().sum() + c1.trace() + c2.trace() - 2 * tr_sqrt)
+
+
+def kernel_inception_distance(f1: torch.Tensor, f2: torch.Tensor, subsets: int = 10, subset_size: int = 1000,
+                              seed: int = 0) -> tuple:
+    """Unbiased MMD² with k(x, y) = (xᵀy / d + 1)³, over `subsets` random subsets: (mean, std)."""
+    f1, f2 = f1.double(), f2.double()
+    m = min(subset_size, len(f1), len(f2))
+    d = f1.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = f1[torch.randperm(len(f1), generator=g)[:m]]
+        y = f2[torch.randperm(len(f2), generator=g)[:m]]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        mmd = ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1)) + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+               - 2 * kxy.mean())
+        values.append(float(mmd))
+    return float(np.mean(values)), float(np.std(values))
+
+
+def coverage(probs: torch.Tensor, threshold: float = CONFIDENT) -> dict:
+    """Classes present among the confident samples, and the share of confident samples."""
+    conf, cls = probs.max(1)
+    sure = conf > threshold
+    hist = torch.bincount(cls[sure], minlength=probs.shape[1])
+    return {"classes_covered": int((hist > 0).sum()), "confident_rate": float(sure.float().mean()),
+            "class_histogram": hist.tolist()}
+
+
+def code_accuracy(codes: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> float:
+    """Accuracy of the best one-to-one matching of codes to labels (Hungarian, exactly):
+    infogan.matched_accuracy on the confusion matrix."""
+    import infogan
+
+    k = k or int(max(codes.max(), labels.max())) + 1
+    confusion = torch.zeros(k, max(k, int(labels.max()) + 1), dtype=torch.long)
+    confusion.view(-1).index_add_(0, codes.long() * confusion.shape[1] + labels.long(), torch.ones_like(codes.long()))
+    return infogan.matched_accuracy(confusion)
+
+
+def _pearson(a, b) -> float:
+    a, b = torch.as_tensor(a).double().flatten(), torch.as_tensor(b).double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    denom = (a.norm() * b.norm()).item()
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def spearman(a, b) -> float:
+    """Rank correlation (average ranks for ties)."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float)
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):  # average the ranks of ties
+            r[x == v] = r[x == v].mean()
+        return r
+    return _pearson(torch.from_numpy(ranks(a)), torch.from_numpy(ranks(b))) if len(a) > 1 else float("nan")
+
+
+def circular_linear(c: torch.Tensor, angle: torch.Tensor) -> float:
+    """Circular-linear correlation of a linear variable c with an angle (Mardia): in [0, 1]."""
+    if len(c) < 3:
+        return float("nan")
+    rcs, rcc, rsc = _pearson(c, torch.sin(angle)), _pearson(c, torch.cos(angle)), _pearson(torch.sin(angle),
+                                                                                          torch.cos(angle))
+    denom = 1 - rsc ** 2
+    return math.sqrt(max(0.0, (rcc ** 2 + rcs ** 2 - 2 * rcc * rcs * rsc) / denom)) if denom > 1e-9 else float("nan")
+
+
+def image_scores(gen: dict, real: dict, tag: str = "") -> dict:
+    kid, kid_std = kernel_inception_distance(gen["features"], real["features"])
+    cov = coverage(gen["probs"])
+    return {f"fd_shapes{tag}": frechet_distance(gen["features"], real["features"]), f"kid_shapes{tag}": kid,
+            f"kid_shapes_std{tag}": kid_std, f"classes_covered{tag}": cov["classes_covered"],
+            f"confident_rate{tag}": cov["confident_rate"], f"class_histogram{tag}": cov["class_histogram"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# The scripts: how a budget becomes flags, which runs, how to sample from a checkpoint
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Spec:
+    dataset_size: int = 60000          # the built-in data the README's quick run trains on
+    quick_epochs: int = 5              # the README's quick run: --epochs 5
+    tiny: tuple = ()                   # CPU smoke-path flags (networks and images of the tests)
+    flags: tuple = ()                  # always given
+    variants: dict = field(default_factory=dict)   # the paper's comparison: name -> (flags, dataset size)
+    curve: str | None = None           # a logged quantity to correlate with FD-shapes over checkpoints
+    nets: tuple = ("G",)               # checkpoint modules to load (the first is the sampler)
+
+
+_T = ("--image-size", "16", "--batch-size", "32", "--log-every", "1")
+SPECS = {
+    "dcgan": Spec(tiny=_T + ("--ngf", "8", "--ndf", "8")),
+    "wgan": Spec(tiny=_T + ("--ngf", "8", "--ndf", "8"), curve="W_estimate"),
+    "relativistic_gan": Spec(tiny=_T + ("--width", "8"),
+                             variants={f"small-{loss}": (("--loss", loss), 2000)
+                                       for loss in ("sgan", "rasgan", "ralsgan")}),
+    "infogan": Spec(tiny=_T + ("--ngf", "8", "--ndf", "8", "--fc-units", "32", "--q-units", "16"),
+                    nets=("G", "D")),
+    "began": Spec(tiny=_T + ("--n-filters", "8", "--nz", "8", "--nh", "8"), curve="M_global"),
+    "vaegan": Spec(tiny=_T + ("--width", "4"), variants={"plain-vae": (("--recon", "pixel"), None)},
+                   nets=("Dec", "E")),
+    "sagan": Spec(tiny=_T + ("--ch", "8", "--nz", "16"), variants={"no-attention": (("--no-attention",), None)}),
+    # fixed size: one phase per batch of 16, so the growth is over after 8 steps (128 images)
+    "progan": Spec(tiny=("--final-size", "16", "--batch-size", "8", "--log-every", "1", "--nz", "8",
+                         "--fmap-base", "64", "--fmap-max", "8", "--images-per-phase", "64"),
+                   variants={"fixed-size": (("--images-per-phase", "16"), None)}, nets=("G_ema",)),
+    "cyclegan": Spec(dataset_size=1000, tiny=("--image-size", "32", "--ngf", "8", "--ndf", "8", "--n-blocks", "1",
+                                              "--log-every", "1"),
+                     variants={"no-cycle": (("--no-cycle",), None)}, nets=("G_AB", "G_BA")),
+}
+TINY_SIZE = {"cyclegan": 32}  # the others: 16 px (progan: --final-size 16)
+
+
+def budget_flags(script: str, budget: int | None, dataset_size: int | None, tiny: bool) -> tuple:
+    """(flags, images shown to D) for a budget in images: --dataset-size N --epochs E, E x N."""
+    spec = SPECS[script]
+    n = dataset_size or spec.dataset_size
+    if budget is None:
+        budget = spec.quick_epochs * spec.dataset_size
+    n = min(n, budget)
+    epochs = max(1, round(budget / n))
+    if script == "cyclegan":  # the whole lr schedule within the budget: 3 + 2 of 5 epochs (README)
+        decay = epochs * 2 // 5
+        flags = ("--dataset-size", str(n), "--n-epochs", str(epochs - decay), "--n-epochs-decay", str(decay))
+    else:
+        flags = ("--dataset-size", str(n), "--epochs", str(epochs))
+    return flags + spec.flags + (spec.tiny if tiny else ()), epochs * n
+
+
+@torch.no_grad()
+def load_models(script: str, run_dir, device, untrained: bool = False) -> tuple:
+    """(module, args, {name: network in eval mode}, checkpoint state) from a run's checkpoint;
+    untrained: the same networks at initialisation (the script's seed and build(), no weights)."""
+    module = importlib.import_module(script)
+    ckpt = common.read_checkpoint(run_dir, script, map_location=device)
+    args = argparse.Namespace(**ckpt["args"])
+    common.seed_everything(args.seed)  # what the script's setup() does before build()
+    built = module.build(args, args.channels, device)
+    names = {"vaegan": ("E", "Dec"), "cyclegan": ("G_AB", "G_BA", "D_A", "D_B")}.get(script, ("G", "D"))
+    nets = dict(zip(names, built))
+    if script == "progan":
+        nets["G_ema"] = copy.deepcopy(nets["G"])
+    for name in SPECS[script].nets:
+        if not untrained:
+            nets[name].load_state_dict(ckpt["modules"][name])
+        nets[name].eval()
+    return module, args, nets, ckpt["state"]
+
+
+def sampler(script: str, run_dir, device, untrained: bool = False):
+    """n -> n samples in [-1, 1] at the script's image size, as --generate draws them."""
+    module, args, nets, state = load_models(script, run_dir, device, untrained)
+    nz = args.nz if hasattr(args, "nz") else None
+    if script == "dcgan":
+        return lambda n: nets["G"](module.sample_z(n, nz, device, args.z_dist))
+    if script in ("wgan", "relativistic_gan"):
+        return lambda n: nets["G"](torch.randn(n, nz, device=device))
+    if script == "infogan":
+        return lambda n: nets["G"](module.sample_latent(n, nz, args.n_cat, args.cat_dim, args.n_cont, device)[0])
+    if script == "began":
+        return lambda n: nets["G"](module.sample_z(n, nz, device))
+    if script == "vaegan":
+        return lambda n: nets["Dec"](torch.randn(n, nz, device=device))
+    if script == "sagan":
+        K = args.num_classes or 0
+        return lambda n: nets["G"](torch.randn(n, nz, device=device),
+                                   torch.randint(K, (n,), device=device) if K else None)
+    if script == "progan":  # the averaged G at the resolution reached (untrained: the final one)
+        depth, alpha = (module.depth_of(args.image_size), 1.0) if untrained else (state["depth"], state["alpha"])
+        return lambda n: F.interpolate(nets["G_ema"](torch.randn(n, nz, device=device), depth, alpha),
+                                       size=args.image_size, mode="nearest").clamp(-1, 1)
+    raise ValueError(f"{script} has no sampler")
+
+
+@torch.no_grad()
+def draw(fn, n: int, batch: int = 500) -> torch.Tensor:
+    return torch.cat([to_uint8(fn(min(batch, n - i))).cpu() for i in range(0, n, batch)])
+
+
+def real_sets(script: str, args, n: int, device) -> tuple:
+    """(reference, other): n real images of the test stream (1) and n of the training stream,
+    at the run's size and channels; CycleGAN: domain B (outlines, training stream 2)."""
+    if script == "cyclegan":
+        f1, f2 = common.shape_factors(n, stream=1), common.shape_factors(n, stream=2)
+        style = "outline"
+    else:
+        f1, f2 = common.shape_factors(n, stream=1), common.shape_factors(n, stream=0)
+        style = "filled"
+    return tuple(common.render_shapes(f, args.image_size, args.channels, style, device).cpu() for f in (f1, f2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training (in this process, or in spawned workers that share the GPU)
+# ----------------------------------------------------------------------------------------------
+def train_job(job: dict) -> dict:
+    """Train one run through the script's own main(); with job['segments'], in segments of
+    epochs (resumed exactly), saving n samples after each: the checkpoints of a curve."""
+    module = importlib.import_module(job["script"])
+    run_dir = Path(job["dir"])
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = run_dir.parent / f"{run_dir.name}.log"
+    t0 = time.perf_counter()
+    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        segments = job.get("segments") or [None]
+        for k, epochs in enumerate(segments):
+            if k == 0:
+                argv = [*job["argv"], "--out", str(run_dir)] + ([] if epochs is None else ["--epochs", str(epochs)])
+            else:
+                argv = ["--resume", str(run_dir), "--epochs", str(epochs), "--device", job["device"]]
+            module.main(argv)
+            if epochs is not None:
+                device = common.select_device(job["device"])
+                images = draw(sampler(job["script"], run_dir, device), job["curve_n"])
+                torch.save(images, run_dir / f"curve-{k:02d}.pt")
+    return {**job, "wall_s": round(time.perf_counter() - t0, 1), "log": str(log)}
+
+
+def plan(script: str, a, work: Path) -> list:
+    """The training runs of one script: per seed, its main run and the paper's comparison."""
+    spec, jobs = SPECS.get(script), []
+    seeds = range(a.seeds)
+    if script == "seqgan":
+        for s in seeds:
+            for name, extra in (("seqgan", []), ("mle", ["--mle-only"])):
+                argv = ["--seed", str(s), "--device", a.device, *seqgan_flags(a), *extra]
+                jobs.append({"script": script, "run": name, "seed": s, "argv": argv, "device": a.device,
+                             "dir": str(work / script / f"{name}-seed{s}"), "images": None})
+        return jobs
+    runs = {"main": ((), None), **spec.variants}
+    for s in seeds:
+        for name, (extra, size) in runs.items():
+            flags, images = budget_flags(script, a.budget, size, a.tiny)
+            argv = ["--seed", str(s), "--device", a.device, *flags, *extra]
+            job = {"script": script, "run": name, "seed": s, "argv": argv, "device": a.device, "images": images,
+                   "dir": str(work / script / f"{name}-seed{s}")}
+            if spec.curve and name == "main":
+                epochs = int(argv[argv.index("--epochs") + 1])
+                job["segments"] = list(range(1, epochs + 1)) if epochs > 1 else [1]
+                job["curve_n"] = a.n_eval
+            jobs.append(job)
+    return jobs
+
+
+def seqgan_flags(a) -> list:
+    if a.tiny:
+        flags = ["--vocab-size", "12", "--seq-len", "6", "--emb-dim", "8", "--hidden-dim", "8", "--d-emb-dim", "8",
+                 "--d-filter-scale", "0.02", "--batch-size", "16", "--num-samples", "64", "--eval-samples", "64",
+                 "--rollout-num", "4", "--k-epochs", "1", "--d-steps", "2", "--eval-every", "2",
+                 "--pretrain-epochs", "3", "--d-pretrain-rounds", "2", "--epochs", "3"]
+    else:
+        flags = [] if a.budget is None else ["--epochs", str(a.budget)]
+    return flags + (["--oracle", str(a.oracle)] if a.oracle and not a.tiny else [])
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------
+def read_rows(run_dir) -> list:
+    with open(Path(run_dir) / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _column(rows, key) -> list:
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+def score_run(script: str, job: dict, a, nets_cache: dict, device) -> dict:
+    """Every measure of one trained run (and, for the main run, the untrained anchor)."""
+    run_dir = Path(job["dir"])
+    if script == "seqgan":
+        rows = read_rows(run_dir)
+        nll = [(int(r["step"]), float(r["nll_oracle"])) for r in rows if r.get("nll_oracle")]
+        return {"nll_oracle_final": nll[-1][1], "nll_oracle_untrained": nll[0][1],
+                "nll_oracle_curve": nll, "nll_test_final": _column(rows, "nll_test")[-1]}
+    module, args, nets, _ = load_models(script, run_dir, device)
+    n = a.n_eval
+    real_ref, real_other = real_sets(script, args, n, device)
+    clf, _, cfg = nets_cache[args.channels]
+    real = embed(clf, real_ref, cfg, device)
+    out = {}
+    if script == "cyclegan":
+        out.update(score_cyclegan(module, args, nets, clf, cfg, n, device, real))
+    else:
+        images = draw(sampler(script, run_dir, device), n)
+        out.update(image_scores(embed(clf, images, cfg, device), real))
+        out["_grid"] = images[:64]
+    if job["run"] == "main":  # the ceiling on the same scale, for this seed: G at initialisation
+        if script == "cyclegan":
+            gen_untrained = translate(load_models(script, run_dir, device, untrained=True)[2]["G_AB"], args, n,
+                                      device)[0]
+        else:
+            gen_untrained = draw(sampler(script, run_dir, device, untrained=True), n)
+        u = embed(clf, gen_untrained, cfg, device)
+        out["fd_ceiling"] = frechet_distance(u["features"], real["features"])
+        out["confident_rate_untrained"] = coverage(u["probs"])["confident_rate"]
+    if script == "infogan":
+        out.update(score_infogan(module, args, nets, clf, cfg, n, device))
+    if script == "vaegan":
+        x = common.shapes_data(n, args.image_size, args.channels, device, stream=1).images
+        rec = module.reconstruct(nets["E"], nets["Dec"], x.float().div(127.5).sub(1))
+        out["heldout_recon_mse"] = float((rec - x.float().div(127.5).sub(1)).pow(2).mean())
+        out["fd_shapes_reconstructions"] = frechet_distance(embed(clf, to_uint8(rec).cpu(), cfg, device)["features"],
+                                                            real["features"])
+    if SPECS[script].curve and job.get("segments"):
+        out.update(score_curve(script, job, clf, cfg, device, real))
+    if script == "began":
+        k = _column(read_rows(run_dir), "k_t")
+        out.update(k_t_min=min(k), k_t_max=max(k), k_t_final=k[-1])
+    return out
+
+
+def score_curve(script, job, clf, cfg, device, real) -> dict:
+    """FD-shapes after each segment against the logged quantity there (the mean of the
+    segment's last quarter of metrics rows): their rank correlation."""
+    key, rows = SPECS[script].curve, read_rows(job["dir"])
+    ends = [float(r["epoch"]) for r in rows]
+    fds, logged = [], []
+    for k, epochs in enumerate(job["segments"]):
+        images = torch.load(Path(job["dir"]) / f"curve-{k:02d}.pt", weights_only=True)
+        fds.append(frechet_distance(embed(clf, images, cfg, device)["features"], real["features"]))
+        start = job["segments"][k - 1] if k else 0
+        seg = [float(r[key]) for r, e in zip(rows, ends) if start < e <= epochs and r.get(key)]
+        seg = seg[len(seg) - max(1, len(seg) // 4):]
+        logged.append(float(np.mean(seg)) if seg else float("nan"))
+    return {f"{key}_at_checkpoints": logged, "fd_shapes_at_checkpoints": fds,
+            f"spearman_{key}_vs_fd": spearman(logged, fds)}
+
+
+@torch.no_grad()
+def translate(G, args, n, device, b_to_a=False) -> tuple:
+    test_A, test_B = common.load_unpaired("shapes", image_size=args.image_size, channels=args.channels,
+                                          device=device, size=n, split="test")
+    x = (test_B if b_to_a else test_A).images
+    out = torch.cat([to_uint8(G(c.float().div(127.5).sub(1))).cpu() for c in x.split(100)])
+    return out, test_A, test_B
+
+
+def score_cyclegan(module, args, nets, clf, cfg, n, device, real_B) -> dict:
+    fake_B, test_A, test_B = translate(nets["G_AB"], args, n, device)
+    fake_A = translate(nets["G_BA"], args, n, device, b_to_a=True)[0]
+    labels = test_A.labels.cpu()
+    gen = embed(clf, fake_B, cfg, device)
+    err_AB, err_BA, err_id = module.paired_errors(nets["G_AB"], nets["G_BA"], test_A, test_B).tolist()
+    pa = embed(clf, fake_A, cfg, device)["probs"]
+    out = image_scores(gen, real_B)
+    out.update(paired_err_AB=err_AB, paired_err_BA=err_BA, paired_err_identity=err_id,
+               class_preserved_AB=float((gen["probs"].argmax(1) == labels).float().mean()),
+               class_preserved_BA=float((pa.argmax(1) == labels).float().mean()))
+    grid = torch.stack([test_A.images[:32].cpu(), fake_B[:32]], 1).flatten(0, 1)  # rows: a | G_AB(a)
+    out["_grid"] = grid
+    return out
+
+
+@torch.no_grad()
+def score_infogan(module, args, nets, clf, cfg, n, device) -> dict:
+    """The categorical code: Q's code on real held-out shapes vs their class (the paper's
+    MNIST measure) and the classifier's class of G's samples vs their code, each after the
+    best matching; the continuous codes: how they track the classifier's size, brightness
+    and rotation on G's samples."""
+    out = {}
+    if not args.n_cat:
+        return out
+    real = common.shapes_data(n, args.image_size, args.channels, device, stream=1)
+    q = torch.cat([nets["D"](x)[1]["cat"][:, 0].argmax(1) for x, _ in real.in_order(500)]).cpu()
+    out["code_acc_q_real"] = code_accuracy(q, real.labels.cpu(), args.cat_dim)
+    g_in, codes = module.sample_latent(n, args.nz, args.n_cat, args.cat_dim, args.n_cont, device)
+    images = torch.cat([to_uint8(nets["G"](c)).cpu() for c in g_in.split(500)])
+    e = embed(clf, images, cfg, device)
+    pred = e["probs"].argmax(1)
+    out["code_acc_generated"] = code_accuracy(codes["cat"][:, 0].cpu(), pred, args.cat_dim)
+    order = torch.tensor(common.SYMMETRY)[pred]
+    angle = torch.atan2(e["factors"][:, 2], e["factors"][:, 1])
+    for j in range(args.n_cont):
+        c = codes["cont"][:, j].cpu()
+        name = f"c{args.n_cat + j + 1}"
+        out[f"{name}_corr_size"] = _pearson(c, e["factors"][:, 0])
+        out[f"{name}_corr_brightness"] = _pearson(c, e["factors"][:, 3])
+        out[f"{name}_corr_rotation"] = circular_linear(c[order > 0], angle[order > 0])
+    return out
+
+
+def summarise(values: list) -> dict:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0, "values": values}
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v), "values": values}
+
+
+def targets(script: str, runs: dict, anchors: dict) -> dict:
+    """The issue's targets, each with its value and whether it was met (never tuned)."""
+    t = {}
+    m = runs.get("main", {}).get("metrics", {})
+
+    def mean(d, k):
+        return d.get(k, {}).get("mean")
+
+    if script != "seqgan":
+        pos = mean(m, "fd_position")
+        t["all ten classes covered"] = {"value": mean(m, "classes_covered"),
+                                        "met": m.get("classes_covered", {}).get("min") == NUM_CLASSES}
+        t["confident-sample rate >= 70%"] = {"value": mean(m, "confident_rate"),
+                                             "met": (mean(m, "confident_rate") or 0) >= 0.7}
+        t[f"FD-shapes near the floor (fd_position <= {WIDE_MARGIN})"] = {
+            "value": pos, "met": pos is not None and pos <= WIDE_MARGIN}
+    if script == "infogan":
+        t["code accuracy >= 90% (Q on real shapes)"] = {"value": mean(m, "code_acc_q_real"),
+                                                        "met": (mean(m, "code_acc_q_real") or 0) >= 0.9}
+    if script == "cyclegan":
+        for d in ("AB", "BA"):
+            t[f"class preserved {d} >= 90%"] = {"value": mean(m, f"class_preserved_{d}"),
+                                               "met": (mean(m, f"class_preserved_{d}") or 0) >= 0.9}
+            e, ident = mean(m, f"paired_err_{d}"), mean(m, "paired_err_identity")
+            t[f"paired error {d} well below identity (< half)"] = {
+                "value": e, "met": e is not None and ident is not None and e < 0.5 * ident}
+    if script == "seqgan":
+        mle = runs["mle"]["metrics"]
+        t["MLE NLL_oracle about 9.0-9.1"] = {"value": mean(mle, "nll_oracle_final"),
+                                             "met": 8.95 <= (mean(mle, "nll_oracle_final") or 0) <= 9.15}
+        gap = mean(runs.get("comparison", {}).get("metrics", {}), "mle_minus_seqgan")
+        t["SeqGAN at least 0.15 below MLE, 2+ seeds"] = {
+            "value": gap, "met": gap is not None and gap >= 0.15 and len(mle["nll_oracle_final"]["values"]) >= 2}
+    return t
+
+
+def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_dir: Path, header: dict) -> dict:
+    t0 = time.perf_counter()
+    per_run: dict = {}
+    grid = None
+    for job in jobs:
+        scores = score_run(script, job, a, nets_cache, device)
+        if job["run"] == "main" and job["seed"] == 0:
+            grid = scores.get("_grid")
+        scores.pop("_grid", None)
+        scores["train_wall_s"] = job["wall_s"]
+        per_run.setdefault(job["run"], []).append((job, scores))
+    anchors = {}
+    if script != "seqgan":
+        _, args, _, _ = load_models(script, jobs[0]["dir"], device)
+        ref, other = real_sets(script, args, a.n_eval, device)
+        clf, _, cfg = nets_cache[args.channels]
+        r1, r2 = embed(clf, ref, cfg, device), embed(clf, other, cfg, device)
+        anchors["fd_floor"] = frechet_distance(r1["features"], r2["features"])
+        anchors["kid_floor"] = kernel_inception_distance(r1["features"], r2["features"])[0]
+        cov = coverage(r1["probs"])
+        anchors["real_confident_rate"], anchors["real_classes_covered"] = cov["confident_rate"], cov["classes_covered"]
+        ceiling = [s["fd_ceiling"] for j, s in per_run["main"]]
+        anchors["fd_ceiling"] = summarise(ceiling)
+        for items in per_run.values():
+            for j, s in items:
+                c = ceiling[[jj["seed"] for jj, _ in per_run["main"]].index(j["seed"])]
+                s["fd_position"] = (s["fd_shapes"] - anchors["fd_floor"]) / max(c - anchors["fd_floor"], 1e-12)
+                s["fd_ratio_to_floor"] = s["fd_shapes"] / max(anchors["fd_floor"], 1e-12)
+    runs = {}
+    for name, items in per_run.items():
+        keys = [k for k in items[0][1] if not isinstance(items[0][1][k], list)]
+        runs[name] = {"flags": items[0][0]["argv"], "images_shown_to_D": items[0][0]["images"],
+                      "seeds": [j["seed"] for j, _ in items],
+                      "metrics": {k: summarise([s.get(k) for _, s in items]) for k in keys},
+                      "per_seed": {str(j["seed"]): {k: v for k, v in s.items() if isinstance(v, list)}
+                                   for j, s in items}}
+    if script == "seqgan":
+        gaps = [m["nll_oracle_final"] - g["nll_oracle_final"]
+                for (_, m), (_, g) in zip(per_run["mle"], per_run["seqgan"])]
+        runs["comparison"] = {"metrics": {"mle_minus_seqgan": summarise(gaps)}}
+    result = {**header, "script": script, "seeds": list(range(a.seeds)), "anchors": anchors, "runs": runs,
+              "targets": targets(script, runs, anchors),
+              "wall_s": {"training": round(sum(j["wall_s"] for j in jobs), 1),
+                         "scoring": round(time.perf_counter() - t0, 1)}}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / f"quality-{script}{a.suffix}.json"
+    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    if grid is not None:
+        common.save_grid(grid.float().div(127.5).sub(1), results_dir / f"quality-{script}{a.suffix}.png", nrow=8)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--script", nargs="+", required=True, choices=SCRIPTS, metavar="NAME",
+                   help=f"one or more of {', '.join(SCRIPTS)}")
+    p.add_argument("--budget", type=common.positive_int, default=None,
+                   help="real images shown to D per run (default: the README's quick run, 5 epochs of the "
+                        "script's built-in data); seqgan.py: adversarial epochs (default: its own, 20)")
+    p.add_argument("--seeds", type=common.positive_int, default=1, help="seeds 0..K-1 for every run")
+    p.add_argument("--n-eval", type=common.positive_int, default=5000,
+                   help="generated (and real) images per measure")
+    p.add_argument("--jobs", type=common.positive_int, default=1,
+                   help="runs trained at once in worker processes (they share the GPU); 1: in this process")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--oracle", default=None, metavar="FILE.npz",
+                   help="seqgan.py's oracle (default: .oracle/oracle_params.npz or ../shared/seqgan/"
+                        "oracle_params.npz when present, else a fresh one from the seed)")
+    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
+                   help="where quality-NAME.json and quality-NAME.png go")
+    p.add_argument("--suffix", default="", help="appended to the result file names (e.g. '-cpu-tiny')")
+    p.add_argument("--work", default=None, help="folder for the run folders (default: a temporary one, removed)")
+    p.add_argument("--cache", default=str(CACHE), help="where the trained classifier is cached ('' : nowhere)")
+    p.add_argument("--classifier", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override the feature network's config (e.g. n_train=2000 epochs=1; it is cached "
+                        "under its own key and reported in the JSON)")
+    p.add_argument("--tiny", action="store_true",
+                   help="the CPU smoke path: tiny networks, 16 px; pair it with a small --budget and --n-eval")
+    a = p.parse_args(argv)
+    overrides = {}
+    for item in a.classifier:
+        key, _, value = item.partition("=")
+        if key not in CLASSIFIER or not value:
+            p.error(f"--classifier takes KEY=VALUE with KEY one of {', '.join(CLASSIFIER)} (got {item!r})")
+        overrides[key] = json.loads(value)
+    a.classifier = overrides
+    if a.n_eval < 4:
+        p.error("--n-eval must be 4 or more (FD needs a covariance)")
+    if a.oracle is None and not a.tiny:
+        for candidate in (ROOT / ".oracle" / "oracle_params.npz",
+                          ROOT.parent / "shared" / "seqgan" / "oracle_params.npz"):
+            if candidate.exists():
+                a.oracle = str(candidate)
+                break
+    if a.oracle and not Path(a.oracle).exists():
+        p.error(f"--oracle {a.oracle}: no such file")
+    return a
+
+
+def main(argv=None) -> dict:
+    a = parse_args(argv)
+    device = common.select_device(a.device)
+    a.device = device.type
+    results_dir = Path(a.results_dir)
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="quality-"))
+    if a.work and work.exists() and any(work.iterdir()):
+        raise common.UserError(f"{work} already holds files; choose a new --work folder.")
+    header = {"date": datetime.now().isoformat(timespec="seconds"), "device": str(device),
+              "device_name": torch.cuda.get_device_name() if device.type == "cuda" else
+              f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "tiny": a.tiny,
+              "n_eval": a.n_eval, "budget_unit": "real images shown to D (seqgan: the schedule's flags)",
+              "protocol": PROTOCOL}
+    t0 = time.perf_counter()
+    nets_cache, header["classifier"] = {}, {}
+    cache = Path(a.cache) if a.cache else None
+    for channels in sorted({1 if s == "infogan" else 3 for s in a.script if s != "seqgan"}):
+        net, report, cfg = classifier(channels, device, a.classifier, cache=cache)
+        nets_cache[channels] = (net, report, cfg)
+        header["classifier"][f"{channels}ch"] = {"config": cfg, **report}
+        print(f"classifier {channels} ch: held-out accuracy {report['heldout_accuracy']:.4f}", flush=True)
+    jobs = [job for s in a.script for job in plan(s, a, work)]
+    pending = {s: sum(j["script"] == s for j in jobs) for s in a.script}
+    done: dict = {s: [] for s in a.script}
+    results = {}
+
+    def finished(job):
+        print(f"trained {job['script']} {job['run']} seed {job['seed']} in {job['wall_s']:.0f} s", flush=True)
+        done[job["script"]].append(job)
+        if len(done[job["script"]]) == pending[job["script"]]:
+            s = job["script"]
+            order = sorted(done[s], key=lambda j: (j["run"] != "main", j["run"], j["seed"]))
+            results[s] = score_script(s, order, a, nets_cache, device, results_dir,
+                                      {**header, "classifier": {k: v for k, v in header["classifier"].items()
+                                                                if s != "seqgan"}})
+            met = [f"{k}: {'met' if v['met'] else 'MISSED'}" for k, v in results[s]["targets"].items()]
+            print(f"{s}: wrote {results_dir}/quality-{s}{a.suffix}.json  " + "; ".join(met), flush=True)
+
+    try:
+        if a.jobs == 1:
+            for job in jobs:
+                finished(train_job(job))
+        else:
+            import multiprocessing as mp
+            with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
+                futures = [pool.submit(train_job, job) for job in jobs]
+                for fut in as_completed(futures):
+                    finished(fut.result())
+    finally:
+        if not a.work:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"quality benchmark done in {time.perf_counter() - t0:.0f} s", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    common.cli(main)

@@ -1,0 +1,167 @@
+"""benchmarks/quality.py: the measures (FD, KID, coverage, matching, rank correlation), the
+feature network, the budget's translation into each script's flags, and the CPU path end to end."""
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality  # noqa: E402
+
+import common  # noqa: E402
+
+# The CPU path needs a feature network, not a good one: TINY_CLASSIFIER trains in a second or two.
+# Whether the network separates shapes from noise needs a real one: SMALL_CLASSIFIER (slow).
+TINY_CLASSIFIER = {"n_train": 512, "n_test": 100, "epochs": 1, "width": 8, "features": 16,
+                   "render_sizes": [32], "styles": ["filled"], "batch_size": 64}
+SMALL_CLASSIFIER = {"n_train": 8000, "n_test": 400, "epochs": 4, "width": 16, "features": 32,
+                    "render_sizes": [32], "styles": ["filled"], "batch_size": 64, "lr": 3e-3}
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    torch.set_num_threads(2)
+    cache = tmp_path_factory.mktemp("cache")
+    quality.classifier(3, "cpu", TINY_CLASSIFIER, cache=cache, log=lambda s: None)
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# Measures
+# ----------------------------------------------------------------------------------------------
+def test_frechet_distance_is_zero_for_a_set_and_exact_for_a_scaled_set():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 8, generator=g, dtype=torch.float64)
+    x = x + 1.5
+    assert abs(quality.frechet_distance(x, x)) < 1e-8
+    # y = 2x: Σ_y = 4Σ_x, Tr (Σ_x Σ_y)^½ = 2 Tr Σ_x, so FD = ‖μ‖² + Tr Σ_x exactly
+    expected = x.mean(0).square().sum() + torch.cov(x.T).trace()
+    assert quality.frechet_distance(x, 2 * x) == pytest.approx(float(expected), rel=1e-8)
+    # a shift of the mean adds its squared length and nothing else
+    shift = torch.linspace(0.1, 0.8, 8, dtype=torch.float64)
+    assert quality.frechet_distance(x, x + shift) == pytest.approx(float(shift.square().sum()), rel=1e-8)
+    assert quality.frechet_distance(x, x + 2 * shift) > quality.frechet_distance(x, x + shift)
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(2, 1000, 8, generator=g)
+    same, same_std = quality.kernel_inception_distance(a, b, subsets=20, subset_size=200)
+    shifted, _ = quality.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=200)
+    assert abs(same) < 3 * same_std + 1e-4       # unbiased: centred on 0 (it can be negative)
+    assert shifted > 20 * max(abs(same), same_std)
+
+
+def test_coverage_counts_confident_classes_only():
+    probs = torch.full((6, 10), 0.01)
+    probs[[0, 1, 2, 3], [0, 0, 4, 7]] = 0.91  # four confident samples of classes 0, 0, 4, 7
+    probs[4, 2] = 0.85                         # not confident
+    cov = quality.coverage(probs)
+    assert cov["classes_covered"] == 3
+    assert cov["confident_rate"] == pytest.approx(4 / 6)
+    assert cov["class_histogram"][0] == 2 and cov["class_histogram"][2] == 0
+
+
+def test_code_accuracy_recovers_a_permuted_labelling_like_brute_force():
+    g = torch.Generator().manual_seed(2)
+    labels = torch.randint(5, (300,), generator=g)
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    assert quality.code_accuracy(perm[labels], labels, 5) == 1.0
+    noisy = torch.where(torch.rand(300, generator=g) < 0.3, torch.randint(5, (300,), generator=g), perm[labels])
+    brute = max(sum(int(p[c]) == int(y) for c, y in zip(noisy, labels)) for p in itertools.permutations(range(5)))
+    assert quality.code_accuracy(noisy, labels, 5) == pytest.approx(brute / 300)
+
+
+def test_spearman_and_circular_linear():
+    assert quality.spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
+    assert quality.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    c = torch.linspace(-1, 1, 200)
+    assert quality.circular_linear(c, c * 2.5) > 0.9                     # the angle follows c
+    g = torch.Generator().manual_seed(3)
+    assert quality.circular_linear(c, torch.rand(200, generator=g) * 6.28) < 0.3
+
+
+# ----------------------------------------------------------------------------------------------
+# The feature network
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_classifier_separates_shapes_from_noise_and_is_cached(tmp_path):
+    cache = tmp_path / "cache"
+    net, report, cfg = quality.classifier(3, "cpu", SMALL_CLASSIFIER, cache=cache, log=lambda s: None)
+    assert report["heldout_accuracy"] > 0.9, report
+    real = common.render_shapes(common.shape_factors(300, stream=1), 32, 3)
+    e = quality.embed(net, real, cfg, "cpu")
+    cov = quality.coverage(e["probs"])
+    assert cov["confident_rate"] > 0.7 and cov["classes_covered"] == 10
+    noise = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    assert quality.coverage(quality.embed(net, noise, cfg, "cpu")["probs"])["confident_rate"] < 0.1
+    # FD in its features: real vs real far below real vs noise
+    other = common.render_shapes(common.shape_factors(300, stream=0), 32, 3)
+    floor = quality.frechet_distance(e["features"], quality.embed(net, other, cfg, "cpu")["features"])
+    assert floor < 0.2 * quality.frechet_distance(e["features"], quality.embed(net, noise, cfg, "cpu")["features"])
+    # the second call reads the cache: the same weights, no training
+    again, report2, _ = quality.classifier(3, "cpu", SMALL_CLASSIFIER, cache=cache,
+                                           log=lambda s: pytest.fail("trained again"))
+    assert torch.equal(next(again.parameters()), next(net.parameters()))
+    assert report2["heldout_accuracy"] == report["heldout_accuracy"]
+
+
+def test_to_input_handles_channels_and_size():
+    x = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
+    y = quality.to_input(x, 3, 32)
+    assert y.shape == (2, 3, 32, 32) and torch.allclose(y, torch.ones_like(y))
+    z = quality.to_input(torch.zeros(2, 3, 64, 64, dtype=torch.uint8), 1, 32)
+    assert z.shape == (2, 1, 32, 32) and torch.allclose(z, -torch.ones_like(z))
+
+
+# ----------------------------------------------------------------------------------------------
+# Budgets and the command line
+# ----------------------------------------------------------------------------------------------
+def test_budget_becomes_each_scripts_flags():
+    flags, images = quality.budget_flags("dcgan", None, None, False)
+    assert flags[:4] == ("--dataset-size", "60000", "--epochs", "5") and images == 300_000
+    flags, images = quality.budget_flags("relativistic_gan", 300_000, 2000, False)
+    assert flags[:4] == ("--dataset-size", "2000", "--epochs", "150") and images == 300_000
+    flags, images = quality.budget_flags("cyclegan", None, None, False)  # the README's quick schedule
+    assert flags == ("--dataset-size", "1000", "--n-epochs", "3", "--n-epochs-decay", "2") and images == 5000
+    flags, images = quality.budget_flags("wgan", 100, None, True)
+    assert flags[:4] == ("--dataset-size", "100", "--epochs", "1") and "--ngf" in flags
+
+
+def test_bad_input_is_one_sentence(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        quality.parse_args(["--script", "nope"])
+    assert e.value.code == 2
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "x").write_text("keep me")
+    with pytest.raises(common.UserError, match="already holds files"):
+        quality.main(["--script", "dcgan", "--work", str(tmp_path / "w"), "--device", "cpu"])
+    assert (tmp_path / "w" / "x").read_text() == "keep me"
+
+
+def test_cpu_tiny_path_writes_every_field(tmp_path, tiny_cache):
+    cache = tiny_cache
+    results = tmp_path / "results"
+    argv = ["--script", "dcgan", "--tiny", "--budget", "256", "--n-eval", "64", "--device", "cpu",
+            "--results-dir", str(results), "--cache", str(cache), "--work", str(tmp_path / "work"),
+            "--classifier", *[f"{k}={json.dumps(v)}" for k, v in TINY_CLASSIFIER.items()]]
+    quality.main(argv)
+    out = json.loads((results / "quality-dcgan.json").read_text())
+    for key in ("device", "device_name", "torch", "date", "n_eval", "seeds", "anchors", "runs", "targets",
+                "wall_s", "classifier", "protocol"):
+        assert key in out, key
+    assert 0 <= out["classifier"]["3ch"]["heldout_accuracy"] <= 1 and out["classifier"]["3ch"]["cache"]
+    main = out["runs"]["main"]
+    assert main["images_shown_to_D"] == 256 and "--epochs" in main["flags"]
+    for metric in ("fd_shapes", "kid_shapes", "classes_covered", "confident_rate", "fd_ceiling", "fd_position"):
+        assert set(main["metrics"][metric]) >= {"mean", "std", "n", "values"}, metric
+    assert main["metrics"]["fd_shapes"]["n"] == 1 and main["metrics"]["fd_shapes"]["mean"] > 0
+    a = out["anchors"]
+    assert a["fd_floor"] >= 0 and a["fd_ceiling"]["n"] == 1 and 0 <= a["real_confident_rate"] <= 1
+    assert len(main["per_seed"]["0"]["class_histogram"]) == 10
+    assert all("met" in t and "value" in t for t in out["targets"].values())
+    assert (results / "quality-dcgan.png").stat().st_size > 0
+    assert not list((tmp_path / "work").glob("*/main-seed0/checkpoint.pt.tmp"))
