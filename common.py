@@ -390,8 +390,10 @@ def _rank_seed(seed: int, *more: int) -> int:
 
 
 def optimizer_kwargs(device: torch.device) -> dict:
-    """Fused Adam/AdamW kernels on CUDA, multi-tensor (foreach) updates elsewhere."""
-    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+    """Fused Adam/AdamW kernels on CUDA; elsewhere PyTorch's default, one parameter at a time
+    (on the CPU the multi-tensor (foreach) update of these networks measured slower: 20 ms
+    against 14 ms per step for cyclegan.py's generators, and cyclegan.py 4% slower in all)."""
+    return {"fused": True} if device.type == "cuda" else {}
 
 
 def autocast(device: torch.device, enabled: bool):

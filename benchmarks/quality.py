@@ -77,7 +77,7 @@ PROTOCOL = ("Each run trains through the script's own main() on the built-in sha
 # ----------------------------------------------------------------------------------------------
 CLASSIFIER = {"version": 1, "input_size": 32, "width": 32, "features": 128, "n_train": 24000,
               "n_test": 2000, "render_sizes": [28, 32, 64], "styles": ["filled", "outline"],
-              "epochs": 4, "batch_size": 128, "lr": 2e-3, "seed": 0, "noise_fraction": 0.125}
+              "epochs": 8, "batch_size": 128, "lr": 2e-3, "seed": 0, "noise_fraction": 0.125}
 
 
 class ShapesNet(nn.Module):

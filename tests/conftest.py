@@ -20,6 +20,16 @@ def _small_cpu(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # default run folders (runs/...) land in the test's own folder
 
 
+@pytest.fixture
+def one_thread():
+    """For test files of tiny networks: they run many times faster on one thread than on two
+    when the CPU is shared (use: pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def read_metrics(run_dir) -> list[dict]:
     with open(Path(run_dir) / "metrics.csv", newline="") as f:
         return list(csv.DictReader(f))

@@ -13,13 +13,7 @@ CYC = ["--dataset-size", "4", "--image-size", "32", "--batch-size", "1", "--devi
        "--ngf", "8", "--ndf", "8", "--n-blocks", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Nets this small run 10-30x faster on one thread than on two when the CPU is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is faster
 
 
 def _params(*nets):

@@ -31,13 +31,7 @@ SCRIPTS = {
 STEPS = {"progan": 10, "cyclegan": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Nets this small run many times faster on one thread than on two when the CPU is shared.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is faster
 
 
 def _weights(run_dir):

@@ -223,6 +223,16 @@ def test_speed_writes_every_field_and_the_table(tmp_path, capsys):
     assert f"({default['vs_plain']:.2f}x)" in row and "error:" in row
 
 
+def test_speed_measures_the_fast_path(tmp_path):
+    argv = ["--script", "dcgan", "--device", "cpu", "--modes", "default", "fast", "--fast-flags=--fast",
+            "--script-args=" + " ".join(TINY_ARGS["dcgan"]), "--warmup", "1", "--steps", "2", "--chunk", "1",
+            "--out-dir", str(tmp_path)]
+    assert speed.main(argv) == 0
+    default, fast = json.loads((tmp_path / "speed-dcgan.json").read_text())["modes"]
+    assert fast["flags"] == "--fast" and "error" not in fast and fast["images_per_s"] > 0
+    assert fast["images_per_step"] == default["images_per_step"] == 8
+
+
 def test_timer_takes_the_median_over_chunks(monkeypatch):
     clock = iter([0.0, 1.0, 3.0, 4.0])  # chunks of 10 images: 10/s, 5/s, 10/s
     monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
