@@ -15,7 +15,7 @@ import common  # noqa: E402
 
 # The CPU path needs a feature network, not a good one: TINY_CLASSIFIER trains in a second or two.
 # Whether the network separates shapes from noise needs the real one: the default configuration
-# (slow: about 6 minutes on 2 CPU cores).
+# (slow: about 3 minutes on 2 CPU cores).
 TINY_CLASSIFIER = {"n_train": 512, "n_test": 100, "epochs": 1, "width": 8, "features": 16,
                    "render_sizes": [32], "styles": ["filled"], "batch_size": 64}
 
