@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks owed by the CPU-only sessions, in one command for one short lease of a GPU
-# machine (about 15 minutes of device time per session, start-up included):
+# machine (about 15 minutes of device time per session, start-up included). Two more such
+# commands: benchmarks/speed_gpu.sh (the CUDA tests of --fast, then speed.py for all nine; run it
+# first: --fast has never run on a GPU) and benchmarks/quality_gpu.sh GROUP (the quality benchmark).
 #
 #   OUT=/some/folder LIMIT=420 [PYTEST=0] bash benchmarks/gpu_checks.sh [script ...]     (default: all ten)
 #
