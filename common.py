@@ -1067,7 +1067,9 @@ class Run:
         one per inner iteration (WGAN's critic), as the paper counts it."""
         for key, value in metrics.items():
             value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
-            self._sums[key] = self._sums[key] + value if key in self._sums else value
+            # the first value is copied: it may share memory with a parameter (SAGAN's γ) or
+            # state (BEGAN's k_t) that changes in place before the flush
+            self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def flush(self) -> dict:

@@ -445,3 +445,16 @@ def test_each_metric_is_averaged_over_its_own_count_and_new_columns_extend_the_c
     rows = read_metrics(run.dir)
     assert [r["step"] for r in rows] == ["1", "2"]
     assert rows[0]["extra"] == "" and rows[1]["extra"] == "5.0" and rows[1]["loss"] == ""
+
+
+def test_a_logged_tensor_changed_in_place_afterwards_keeps_the_value_it_had(tmp_path):
+    # A parameter such as SAGAN's γ is logged as param.detach(), which shares its memory; the
+    # optimiser then changes it in place. The average must be over the values as logged.
+    run, _ = _tiny_run(tmp_path)
+    gamma = torch.tensor(-0.1)
+    for v in (-0.1, -0.2, -0.3):
+        gamma.fill_(v)
+        run.log(gamma=gamma.detach())
+    gamma.fill_(-0.4)
+    run.step = 1
+    assert run.flush()["gamma"] == pytest.approx(-0.2)
