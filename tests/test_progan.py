@@ -210,6 +210,21 @@ def test_gradient_penalty_on_a_linear_critic():
     assert D.w.grad is not None and D.w.grad.abs().sum() > 0
 
 
+def test_gradient_penalty_mixes_each_sample_with_its_own_u():
+    # real = 0 and fake = 1: x̂ = u, so the points the critic sees show the u drawn per sample.
+    seen = []
+
+    class Spy(_Linear):
+        def forward(self, x, depth, alpha=1.0):
+            seen.append(x.detach().clone())
+            return super().forward(x, depth, alpha)
+
+    progan.gradient_penalty(Spy(torch.ones(3, 4, 4)), torch.zeros(8, 3, 4, 4), torch.ones(8, 3, 4, 4), 0)
+    u = seen[0].flatten(1)                                            # (8, 48)
+    assert torch.equal(u, u[:, :1].expand_as(u))                      # one u for a whole image
+    assert 0 <= u.min() and u.max() <= 1 and u[:, 0].unique().numel() == 8  # a fresh u per image
+
+
 def test_steps_leave_the_other_network_alone():
     G, D = _nets()
     args = progan.parse_args(["--nz", "8", "--final-size", "16", "--device", "cpu"])
