@@ -33,11 +33,15 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
      uses it only for painting -> photo (Sec. 5.2). `--lambda-idt 0` gives the paper's other runs.
   2. Built-in shapes at 64 px (6 residual blocks) replace the paper's 256 px photos. At 64 px
      the PatchGAN's output map is 6x6 and each output's 70x70 field covers most of the image
-     (47 to 64 of its 64 pixels each way). Any multiple of 4 from 24 px works (G halves the
+     (47 to 63 of its 64 pixels each way). Any multiple of 4 from 24 px works (G halves the
      side twice; D needs 24 px for one output).
   3. Augmentation (official code: resize to 286, random 256 crop, random flip) is applied on
      the device to folder data, with the load size scaled as 286/256 of --image-size; it is off
      on the shapes by default (`--augment on` turns it on), whose test split is drawn uncropped.
+     The official code resizes every image to load_size x load_size, ignoring its aspect ratio;
+     here (common.ImageFiles, as for every folder dataset) the shorter side is scaled to the
+     load size and the centre square kept. The same for square photos (horse2zebra); a wide
+     image loses its edges instead of being squeezed.
   4. An epoch is one pass over domain A, with a random B image drawn for each A image, as the
      official code draws B; the official epoch has max(|A|, |B|) steps. Equal on the shapes.
 Choices where the paper is silent or sources differ (from junyanz/pytorch-CycleGAN-and-pix2pix):
@@ -423,7 +427,8 @@ def train(args) -> dict:
     device = common.setup(args)
     augment = args.augment == "on" or (args.augment == "auto" and args.dataset == "folder")
     if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        # DEVIATION: augmentation on folder data only, by default (deviation 3).
+        # DEVIATION: augmentation on folder data only, by default; folder images are centre-cropped
+        # square, not squeezed, before it (deviation 3).
         A, B = common.load_unpaired(args.dataset, args.data_root, args.load_size if augment else args.image_size,
                                     args.channels, device, args.dataset_size, "train", args.workers)
         args.channels = A.channels  # saved with the checkpoint's flags

@@ -197,6 +197,42 @@ def test_the_generator_loss_is_eq_3_plus_the_identity_term(cycle, lambda_idt):
     assert t["loss_G"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+class _Affine(nn.Module):
+    """x -> scale * x + shift: stand-in networks whose outputs say which one ran."""
+
+    def __init__(self, scale, shift):
+        super().__init__()
+        self.scale, self.shift = nn.Parameter(torch.tensor(scale)), nn.Parameter(torch.tensor(shift))
+
+    def forward(self, x):
+        return self.scale * x + self.shift
+
+
+def test_each_term_goes_through_the_right_network():
+    # G = G_AB: x -> x + 0.5; F = G_BA: x -> 2x; D_A (judges domain X = A) answers 0.25 and
+    # D_B (judges Y = B) 0.75 whatever it sees. Swapping any two of them changes a term.
+    G_AB, G_BA, D_A, D_B = _Affine(1.0, 0.5), _Affine(2.0, 0.0), _Affine(0.0, 0.25), _Affine(0.0, 0.75)
+    opt_G = torch.optim.SGD([*G_AB.parameters(), *G_BA.parameters()], lr=0.0)
+    a, b = torch.full((1, 3, 4, 4), 0.25), torch.full((1, 3, 4, 4), -0.25)
+    fake_A, fake_B, t = cyclegan.generator_step(G_AB, G_BA, D_A, D_B, opt_G, a, b)
+    assert torch.allclose(fake_B, a + 0.5) and torch.allclose(fake_A, 2 * b)  # G(x), F(y)
+    expected = {"adv_AB": (0.75 - 1) ** 2,          # D_B judges G(x)
+                "adv_BA": (0.25 - 1) ** 2,          # D_A judges F(y)
+                "cyc_A": abs(2 * 0.75 - 0.25),      # ‖F(G(x)) - x‖₁, G(x) = 0.75
+                "cyc_B": abs(-0.5 + 0.5 + 0.25),    # ‖G(F(y)) - y‖₁, F(y) = -0.5
+                "idt_A": abs(2 * 0.25 - 0.25),      # ‖F(x) - x‖₁
+                "idt_B": 0.5}                       # ‖G(y) - y‖₁
+    assert {k: pytest.approx(t[k].item()) for k in expected} == expected
+
+    # D_A and D_B now pass their input through: each must see its own domain's real and fakes.
+    D_A, D_B = _Affine(1.0, 0.0), _Affine(1.0, 0.0)
+    opt_D = torch.optim.SGD([*D_A.parameters(), *D_B.parameters()], lr=0.0)
+    fake_A, fake_B = torch.full_like(a, 0.1), torch.full_like(b, 0.9)
+    loss_A, loss_B = cyclegan.discriminator_step(D_A, D_B, opt_D, a, b, fake_A, fake_B)
+    assert loss_A.item() == pytest.approx(0.5 * ((0.25 - 1) ** 2 + 0.1 ** 2))   # D_X: a against F(b)
+    assert loss_B.item() == pytest.approx(0.5 * ((-0.25 - 1) ** 2 + 0.9 ** 2))  # D_Y: b against G(a)
+
+
 def test_no_cycle_means_no_gradient_through_the_round_trip():
     # With D blind (zero weights: a constant output) and no identity term, the adversarial loss
     # has no gradient, so G moves only if the cycle term is in the loss.
