@@ -47,6 +47,12 @@ Choices where the paper is silent or sources differ (official code: architecture
   - Dis sees [x, x̃, x_p] as one batch (one set of BN statistics); the official code runs one
     batch for L_GAN and another, [x̃, x], for Dis_l. With --no-recon-fakes x̃ still passes
     through Dis (for Dis_l) but its logits leave L_GAN.
+  - Dec decodes [z, z_p] as one batch, for speed (one decoder pass instead of two), where
+    Alg. 1 writes X̃ = Dec(Z) and X_p = Dec(Z_p) apart and the official code decodes z alone for
+    L_llike and [z, z_p] again for L_GAN. In training Dec's BN statistics are then shared, so
+    x̃ (and L_llike, recon_mse and the encoder's gradient) depends on that step's z_p draws, and
+    the x̃ in L_GAN is the one in L_llike. --recon pixel has no z_p: Dec sees z alone. Sample
+    and reconstruction grids use BN's running statistics and are unaffected.
   - The three L_GAN terms weigh equally (the paper's sum); the official code weighs real
     against generated 1:1, i.e. each fake kind half as much as here.
   - RMSProp smoothing 0.9 (the official code's deeppy default; PyTorch's is 0.99), constant
@@ -235,7 +241,8 @@ def forward(E, Dec, D, x: torch.Tensor, args) -> dict:
     z_p = [] if D is None else [torch.randn(mu.shape, device=x.device)]        # z_p ~ N(0, I)
     # The decoder's graph starts at a detached copy of the latents: see set_gradients.
     z_dec = torch.cat([z.detach(), *z_p]).requires_grad_()     # (B or 2B, nz)
-    x_dec = Dec(z_dec)                                         # x̃ = Dec(z), then x_p = Dec(z_p)
+    # x̃ = Dec(z), then x_p = Dec(z_p), in one pass: one set of BN statistics (see the docstring)
+    x_dec = Dec(z_dec)                                         # (B or 2B, C, S, S)
     out = {"z": z, "z_dec": z_dec, "L_prior": kl_loss(mu, logvar),
            "recon_mse": (x_dec[:B].detach().float() - x).pow(2).mean()}
     if D is None:

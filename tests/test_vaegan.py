@@ -252,6 +252,31 @@ def test_gate_follows_the_official_rule():
     assert vaegan.gate(torch.full((8,), 6.0), torch.full((8,), 2.0), eq, m) == (True, True)
 
 
+@pytest.mark.parametrize("gate_flags, off", [
+    (["--equilibrium", "100", "--margin", "1"], "Dis"),       # every cost < 99: Dis "far ahead"
+    (["--equilibrium", "0.01", "--margin", "0.005"], "Dec"),  # every cost > 0.015: Dis "far behind"
+])
+def test_a_network_the_gate_switches_off_is_left_unchanged(gate_flags, off, monkeypatch, tmp_path):
+    built = {}
+
+    def build(*a, **k):                            # keep the networks and their initial weights
+        E, Dec, D, opts = real_build(*a, **k)
+        built.update(nets={"Enc": E, "Dec": Dec, "Dis": D}, opts=opts,
+                      before={n: [p.detach().clone() for p in m.parameters()]
+                              for n, m in (("Enc", E), ("Dec", Dec), ("Dis", D))})
+        return E, Dec, D, opts
+
+    real_build = vaegan.build
+    monkeypatch.setattr(vaegan, "build", build)
+    vaegan.main(TINY_VG + ["--gate", *gate_flags, "--max-steps", "2", "--out", "run"])
+    rows = read_metrics(tmp_path / "run")
+    assert [float(r[f"{off}_updated"]) for r in rows] == [0.0, 0.0]      # the gate did switch it off
+    for name, net in built["nets"].items():
+        same = all(torch.equal(a, b) for a, b in zip(net.parameters(), built["before"][name]))
+        assert same == (name == off), name                               # the others did train
+    assert not built["opts"][off].state                                  # its optimiser never stepped
+
+
 # --- reconstructions ------------------------------------------------------------------------------
 def test_reconstruction_grid_puts_inputs_above_their_reconstructions(monkeypatch):
     _, E, Dec, _, _, _ = _setup()
@@ -302,7 +327,8 @@ def test_cli_pixel_vae_baseline(tmp_path):
     assert (out / "reconstructions.png").is_file()
 
 
-@pytest.mark.parametrize("extra", [["--gate", "--no-recon-fakes"], ["--recon", "pixel"]])
+@pytest.mark.parametrize("extra", [[], ["--gate", "--no-recon-fakes"], ["--recon", "pixel"]],
+                         ids=["alg1", "gate-no-recon-fakes", "pixel"])
 def test_cli_resumes_exactly(extra, tmp_path):
     flags = TINY_VG + extra                        # 4 steps an epoch: the split is mid-epoch 1
     vaegan.main(flags + ["--max-steps", "6", "--out", "straight"])
