@@ -22,12 +22,20 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
 Choices where the paper is silent or sources differ:
   - Widths and kernels are Fig. 1 and the official code (1024 channels at 4x4, 5x5 kernels).
     pytorch/examples' lighter network (512 at 4x4, 4x4 kernels; six times less compute) is
-    `--ngf 64 --ndf 64 --kernel-size 4`. On the built-in shapes, four 5-epoch runs of the
-    lighter network each spent several hundred steps with D winning outright (mean D(G(z))
-    below 0.01); two runs of the paper's network never did and gave better shapes (README).
+    `--ngf 64 --ndf 64 --kernel-size 4`, up to the three biases below (it has bias=False
+    everywhere). On the built-in shapes, four 5-epoch runs of the lighter network each spent
+    several hundred steps with D winning outright (mean D(G(z)) below 0.01); two runs of the
+    paper's network never did and gave better shapes (README).
   - The last D layer is a linear map of the flattened 4x4 map to one logit ("the last
     convolution layer is flattened and then fed into a single sigmoid output", Sec. 3).
   - Adam's beta2 is not stated; Adam's default, 0.999.
+  - Biases only where no BN follows (G's output conv, D's first conv, D's last layer): the
+    paper is silent, so PyTorch's default; the official code (Newmu/dcgan_code) has none at
+    all. A bias before BN would be cancelled by BN's mean, so those are off.
+  - BN of the projection is per channel over the 4x4 map, like the conv layers (and
+    pytorch/examples); the official code normalises each of its 4*4*1024 units on its own.
+  - No weight decay: the paper lists its Adam settings without any; the official code adds an
+    L2 penalty of 1e-5 to both networks' updates.
 
 Run:  python dcgan.py --epochs 5                 (built-in shapes data, no download)
       python dcgan.py --dataset cifar10 --image-size 32 --data-root ./data --download
@@ -51,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--z-dist", choices=("uniform", "normal"), default="uniform",
                    help="latent distribution (Sec. 4: uniform on [-1, 1]; most ports use normal)")
     p.add_argument("--ngf", type=common.positive_int, default=128,
-                   help="G width: channels before the output layer; 8*ngf at 4x4 (Fig. 1: 1024)")
+                   help="G width: channels before the output layer, doubled at each stage back "
+                        "to 4x4 (8*ngf at 4x4 at 64 px; Fig. 1: 1024)")
     p.add_argument("--ndf", type=common.positive_int, default=128,
                    help="D width: channels after D's first conv (the mirror of G)")
     p.add_argument("--kernel-size", type=int, choices=(4, 5), default=5,

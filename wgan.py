@@ -15,8 +15,9 @@ Paper -> code:
       RMSProp, clip after the update)                  -> critic_step, train
   Alg. 1 lines 9-11 (one G update)                    -> generator_step, train
   Alg. 1 defaults: alpha = 5e-5, c = 0.01, m = 64, n_critic = 5          -> parse_args
-  Sec. 4 (experiments): DCGAN critic and generator, G without BN, G as a 4-layer ReLU MLP
-      with 512 units                                   -> Critic, Generator (--g-arch)
+  Sec. 4.3 (robustness): DCGAN critic with three generators: DCGAN; DCGAN "without batch
+      normalization and with a constant number of filters"; a "4-layer ReLU-MLP with 512
+      hidden units"                                    -> Critic, Generator (--g-arch)
 
 Sign convention: the paper's. The critic maximises E f(x) - E f(G(z)) (large f = real), so
 we minimise critic_loss = E f(G(z)) - E f(x); the EM estimate logged is W = -critic_loss.
@@ -37,12 +38,22 @@ Choices where the paper is silent or sources differ (from martinarjovsky/Wassers
   - Architectures: DCGAN with ngf = ndf = 64, 4x4 kernels, no biases, LeakyReLU 0.2, a final
     4x4 valid conv to one unbounded output (no sigmoid); the MLP generator has no output tanh;
     init N(0, 0.02) on convs, BN scale N(1, 0.02), PyTorch's default on the MLP's linears.
+  - Generator without BN, two versions. The paper's (Sec. 4.3; Fig. 6: "the number of
+    parameters is therefore reduced by a bit more than an order of magnitude") is
+    `--g-arch nobn-constant`: ngf filters at every stage. `--g-arch nobn` is the official
+    code's DCGAN_G_nobn, which only drops BN and keeps DCGAN's widths (8*ngf at 4x4, halved
+    at each stage), so it has almost DCGAN's parameters. At 64 px, ngf = 64, 3 channels:
+    dcgan 3,576,704, nobn 3,574,784, nobn-constant 302,080 (11.8 times fewer than dcgan).
+  - MLP generator: the paper says "4-layer ReLU-MLP with 512 hidden units" (Sec. 4.2, 4.3)
+    but also "an MLP with 4 hidden layers and 512 units at each layer" (Fig. 3). We follow
+    the authors' code (MLP_G), i.e. the first reading: 4 linear layers, 3 hidden ReLU layers.
   - An epoch is a pass of the critic over the data (each critic iteration draws a batch), as
     in the official code; training stops after the generator iteration in which the last
     epoch ends (the official code cuts the last critic loop short instead).
 
 Run:  python wgan.py --epochs 5                       (built-in shapes data, no download)
       python wgan.py --g-arch mlp --epochs 5          (the paper's MLP generator)
+      python wgan.py --g-arch nobn-constant --epochs 5   (the paper's G without BN)
       python wgan.py --dataset lsun --data-root ./data/lsun
 """
 import argparse
@@ -66,8 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--critic-schedule", choices=("official", "constant"), default="official",
                    help="official: 100 critic iterations for the first 25 and every 500th generator "
                         "iteration (official code); constant: n_critic always (Alg. 1 as printed)")
-    p.add_argument("--g-arch", choices=("dcgan", "nobn", "mlp"), default="dcgan",
-                   help="generator: DCGAN, DCGAN without batch norm, or a 4-layer ReLU MLP (Sec. 4)")
+    p.add_argument("--g-arch", choices=("dcgan", "nobn", "nobn-constant", "mlp"), default="dcgan",
+                   help="generator (Sec. 4.3): DCGAN; DCGAN without batch norm at DCGAN's widths "
+                        "(nobn, official code) or with ngf filters at every stage (nobn-constant, "
+                        "the paper's); or a 4-layer ReLU MLP")
     p.add_argument("--nz", type=common.positive_int, default=100, help="latent size (z ~ N(0, I))")
     p.add_argument("--ngf", type=common.positive_int, default=64, help="DCGAN G width (official code: 64)")
     p.add_argument("--ndf", type=common.positive_int, default=64, help="critic width (official code: 64)")
@@ -89,8 +102,10 @@ class Generator(nn.Module):
 
     "dcgan": z as a 1x1 map, transposed conv 4x4 to 4x4x(8*ngf) at 64 px, then stride-2
     transposed convs halving the channels, BN + ReLU, tanh at the output. "nobn": the same
-    without batch norm. "mlp": Linear(nz, 512) and two Linear(512, 512), ReLU after each,
-    then a Linear to C*S*S (no tanh, as in the official code)."""
+    without batch norm (official DCGAN_G_nobn). "nobn-constant": no batch norm and ngf
+    channels at every stage (Sec. 4.3, "a constant number of filters"). "mlp": Linear(nz, 512)
+    and two Linear(512, 512), ReLU after each, then a Linear to C*S*S (official MLP_G: 3 hidden
+    layers, no tanh; see the docstring's choices)."""
 
     def __init__(self, arch="dcgan", nz=100, ngf=64, channels=3, image_size=64, mlp_units=512):
         super().__init__()
@@ -103,12 +118,15 @@ class Generator(nn.Module):
                 nn.Linear(mlp_units, channels * image_size * image_size))
             return
         bn = (lambda c: nn.BatchNorm2d(c)) if arch == "dcgan" else (lambda c: nn.Identity())
+        # Sec. 4.3: "a constant number of filters" (nobn-constant); else DCGAN's halving widths.
+        constant = arch == "nobn-constant"
         # DEVIATION: any power-of-two size (deviation 2); 64 px gives the paper's network.
-        c = ngf * image_size // 8                 # channels at 4x4 (8 * ngf at 64 px)
+        c = ngf if constant else ngf * image_size // 8   # channels at 4x4 (8 * ngf at 64 px)
         layers = [nn.ConvTranspose2d(nz, c, 4, 1, 0, bias=False), bn(c), nn.ReLU(True)]
         for _ in range(int(math.log2(image_size)) - 3):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), bn(c // 2), nn.ReLU(True)]
-            c //= 2
+            c_out = c if constant else c // 2
+            layers += [nn.ConvTranspose2d(c, c_out, 4, 2, 1, bias=False), bn(c_out), nn.ReLU(True)]
+            c = c_out
         layers += [nn.ConvTranspose2d(c, channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 

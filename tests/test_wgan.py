@@ -44,8 +44,9 @@ def test_losses_are_the_dual_form_with_the_stated_sign():
 def test_the_critic_output_is_unbounded():
     _, critic, _, _ = _nets()
     assert not any(isinstance(m, (nn.Sigmoid, nn.Tanh)) for m in critic.modules())
-    for p in critic.parameters():
-        p.data.fill_(1.0)
+    with torch.no_grad():
+        for p in critic.parameters():
+            p.fill_(1.0)
     assert critic(torch.ones(2, 3, 16, 16)).abs().min() > 1.0
 
 
@@ -77,7 +78,7 @@ def test_clip_weights_clamps_and_leaves_small_weights_alone():
     assert torch.equal(net.weight[0], torch.tensor([0.01, -0.01, 0.001]))
 
 
-@pytest.mark.parametrize("arch", ["dcgan", "nobn", "mlp"])
+@pytest.mark.parametrize("arch", ["dcgan", "nobn", "nobn-constant", "mlp"])
 def test_generator_architectures(arch):
     G, critic, _, _ = _nets(arch)
     x = G(torch.randn(4, 10))
@@ -87,6 +88,53 @@ def test_generator_architectures(arch):
     if arch == "mlp":
         linears = [m for m in G.modules() if isinstance(m, nn.Linear)]
         assert len(linears) == 4 and linears[0].out_features == 512
+
+
+def _convs(net):
+    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def _n_params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_nobn_constant_is_the_papers_generator_and_nobn_the_official_one():
+    # Sec. 4.3: "without batch normalization and with a constant number of filters"; Fig. 6:
+    # "the number of parameters is therefore reduced by a bit more than an order of magnitude".
+    dcgan, nobn, const = (wgan.Generator(arch) for arch in ("dcgan", "nobn", "nobn-constant"))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in const.modules())
+    assert [(m.in_channels, m.out_channels) for m in _convs(const)] == \
+        [(100, 64), (64, 64), (64, 64), (64, 64), (64, 3)]              # ngf at every stage
+    assert [m.out_channels for m in _convs(nobn)] == [m.out_channels for m in _convs(dcgan)] == \
+        [512, 256, 128, 64, 3]                                          # official DCGAN_G_nobn
+    assert (_n_params(dcgan), _n_params(nobn), _n_params(const)) == (3_576_704, 3_574_784, 302_080)
+    assert 10 < _n_params(dcgan) / _n_params(const) < 15
+    with torch.no_grad():
+        for p in const.parameters():
+            p.mul_(10)                                                  # large pre-activations
+    x = const(torch.randn(4, 100))
+    assert x.shape == (4, 3, 64, 64) and x.abs().max() <= 1 and x.abs().max() > 0.99  # tanh
+
+
+def test_weights_init_and_default_widths():
+    # Official code: ngf = ndf = 64; convs N(0, 0.02), BN scale N(1, 0.02), BN shift 0.
+    args = wgan.parse_args([])
+    assert (args.ngf, args.ndf, args.image_size) == (64, 64, 64)
+    torch.manual_seed(0)
+    G, critic, _, _ = wgan.build(args, 3, torch.device("cpu"))
+    assert [m.out_channels for m in _convs(G)] == [512, 256, 128, 64, 3]
+    assert [m.out_channels for m in _convs(critic)] == [64, 128, 256, 512, 1]
+    for net in (G, critic):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.fill_(0.5)                                            # so the init must set each
+        net.apply(wgan.weights_init)
+        w = torch.cat([m.weight.flatten() for m in _convs(net)])
+        assert abs(w.mean().item()) < 0.001 and abs(w.std().item() - 0.02) < 0.001
+        bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+        scale = torch.cat([m.weight for m in bns])
+        assert abs(scale.mean().item() - 1) < 0.005 and abs(scale.std().item() - 0.02) < 0.005
+        assert all(m.bias.abs().max() == 0 for m in bns)
 
 
 def test_critic_and_generator_steps_do_not_touch_each_other():
@@ -136,8 +184,10 @@ def test_cli_runs_logs_the_estimate_and_resumes_exactly(tmp_path):
     assert rows[-1]["epoch"] == "3.75"  # 30 critic batches of 8 per epoch
     wgan.main(flags + ["--max-steps", "3", "--out", "split"])    # stops mid-epoch
     wgan.main(["--resume", "split", "--max-steps", "6"])
-    for a, b in zip(rows, read_metrics(tmp_path / "split")):
-        assert (a["W_estimate"], a["loss_G"]) == (b["W_estimate"], b["loss_G"]), a["step"]
+    resumed = read_metrics(tmp_path / "split")
+    assert [r["step"] for r in resumed] == [r["step"] for r in rows]  # steps 4-6 were trained
+    for a, b in zip(rows, resumed):
+        assert (a["W_estimate"], a["loss_G"], a["epoch"]) == (b["W_estimate"], b["loss_G"], b["epoch"]), a["step"]
 
 
 def test_official_schedule_and_epochs_from_the_command_line(tmp_path):
@@ -146,6 +196,17 @@ def test_official_schedule_and_epochs_from_the_command_line(tmp_path):
     wgan.main(TINY + ["--epochs", "2", "--g-arch", "mlp", "--out", "run"])
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] == 1 and ckpt["batches_drawn"] == 100
+    assert (tmp_path / "run" / "samples" / "final.png").exists()
+
+
+def test_cli_runs_the_papers_generator_without_batch_norm(tmp_path):
+    wgan.main(TINY + ["--g-arch", "nobn-constant", "--critic-schedule", "constant",
+                      "--max-steps", "2", "--out", "run"])
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    G = ckpt["modules"]["G"]
+    assert ckpt["step"] == 2 and ckpt["args"]["g_arch"] == "nobn-constant"
+    assert not any("running_mean" in k for k in G)                      # no BatchNorm in G
+    assert [w.shape[:2] for w in G.values()] == [(100, 8), (8, 8), (8, 3)]  # ngf = 8 throughout
     assert (tmp_path / "run" / "samples" / "final.png").exists()
 
 
