@@ -150,6 +150,7 @@ class Discriminator(nn.Module):
             nn.Conv2d(channels, ndf, 4, 2, 1), nn.LeakyReLU(0.1, True),
             nn.Conv2d(ndf, 2 * ndf, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * ndf), nn.LeakyReLU(0.1, True),
             nn.Flatten(),                                                   # (B, 128 * S/4 * S/4)
+            # DEVIATION: any multiple of 4 (deviation 2); 28 px gives Table 1's FC on 7x7x128.
             nn.Linear(2 * ndf * (image_size // 4) ** 2, fc_units, bias=False),
             nn.BatchNorm1d(fc_units), nn.LeakyReLU(0.1, True))
         self.d_head = nn.Linear(fc_units, 1)

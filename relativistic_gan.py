@@ -134,6 +134,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, channels=3, image_size=32, norm="spectral", width=64):
         super().__init__()
+        # DEVIATION: any power-of-two size (deviation 3); 32 px is the paper's network.
         n_down = int(math.log2(image_size)) - 2
         sn = nn.utils.parametrizations.spectral_norm if norm == "spectral" else (lambda m: m)
 

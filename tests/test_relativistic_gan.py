@@ -1,4 +1,5 @@
 """relativistic_gan.py against ../shared/papers/relativistic_gan.md: every loss and identity."""
+import copy
 import math
 
 import pytest
@@ -24,20 +25,25 @@ def bce0(z):
     return -torch.log(1 - torch.sigmoid(z)).mean()
 
 
-CLOSED_FORMS = {  # (D loss, G loss) on R, Fk, from the spec's table
-    "sgan": (bce1(R) + bce0(Fk), bce1(Fk)),
-    "rsgan": (bce1(R - Fk), bce1(Fk - R)),
-    "rasgan": ((bce1(R - Fk.mean()) + bce0(Fk - R.mean())) / 2,
-               (bce0(R - Fk.mean()) + bce1(Fk - R.mean())) / 2),
-    "lsgan": (((R - 1) ** 2).mean() + (Fk ** 2).mean(), ((Fk - 1) ** 2).mean()),
-    "ralsgan": ((((R - Fk.mean() - 1) ** 2).mean() + ((Fk - R.mean() + 1) ** 2).mean()) / 2,
-                (((R - Fk.mean() + 1) ** 2).mean() + ((Fk - R.mean() - 1) ** 2).mean()) / 2),
-    "hingegan": (torch.clamp(1 - R, min=0).mean() + torch.clamp(1 + Fk, min=0).mean(), -Fk.mean()),
-    "rahingegan": ((torch.clamp(1 - (R - Fk.mean()), min=0).mean()
-                    + torch.clamp(1 + (Fk - R.mean()), min=0).mean()) / 2,
-                   (torch.clamp(1 + (R - Fk.mean()), min=0).mean()
-                    + torch.clamp(1 - (Fk - R.mean()), min=0).mean()) / 2),
-}
+def closed_forms(R, Fk):
+    """{loss: (D loss, G loss)} from the spec's table; r̄, f̄ are plain means (not detached)."""
+    return {
+        "sgan": (bce1(R) + bce0(Fk), bce1(Fk)),
+        "rsgan": (bce1(R - Fk), bce1(Fk - R)),
+        "rasgan": ((bce1(R - Fk.mean()) + bce0(Fk - R.mean())) / 2,
+                   (bce0(R - Fk.mean()) + bce1(Fk - R.mean())) / 2),
+        "lsgan": (((R - 1) ** 2).mean() + (Fk ** 2).mean(), ((Fk - 1) ** 2).mean()),
+        "ralsgan": ((((R - Fk.mean() - 1) ** 2).mean() + ((Fk - R.mean() + 1) ** 2).mean()) / 2,
+                    (((R - Fk.mean() + 1) ** 2).mean() + ((Fk - R.mean() - 1) ** 2).mean()) / 2),
+        "hingegan": (torch.clamp(1 - R, min=0).mean() + torch.clamp(1 + Fk, min=0).mean(), -Fk.mean()),
+        "rahingegan": ((torch.clamp(1 - (R - Fk.mean()), min=0).mean()
+                        + torch.clamp(1 + (Fk - R.mean()), min=0).mean()) / 2,
+                       (torch.clamp(1 + (R - Fk.mean()), min=0).mean()
+                        + torch.clamp(1 - (Fk - R.mean()), min=0).mean()) / 2),
+    }
+
+
+CLOSED_FORMS = closed_forms(R, Fk)  # on the hand-made R, Fk
 
 
 def test_every_loss_is_listed_and_has_a_closed_form():
@@ -50,6 +56,29 @@ def test_losses_against_their_closed_forms(loss):
     d, g = CLOSED_FORMS[loss]
     assert torch.allclose(rg.d_loss(loss, R, Fk), d, atol=1e-6)
     assert torch.allclose(rg.g_loss(loss, R, Fk), g, atol=1e-6)
+
+
+def _grads(value, r, f):
+    """d value / d (r, f), zeros for an input the value does not use."""
+    return [torch.zeros_like(x) if g is None else g
+            for x, g in zip((r, f), torch.autograd.grad(value, (r, f), allow_unused=True))]
+
+
+@pytest.mark.parametrize("loss", list(CLOSED_FORMS))
+def test_gradients_flow_through_the_batch_means(loss):
+    # r̄, f̄ are not detached: the gradient of every loss w.r.t. r and f (what reaches D and G)
+    # is the closed form's, mean terms included (detaching them halves G's gradient in RaSGAN).
+    r, f = R.clone().requires_grad_(True), Fk.clone().requires_grad_(True)
+    ref_d, ref_g = closed_forms(r, f)[loss]
+    for got, ref in ((rg.d_loss(loss, r, f), ref_d), (rg.g_loss(loss, r, f), ref_g)):
+        for a, b in zip(_grads(got, r, f), _grads(ref, r, f)):
+            assert torch.allclose(a, b, atol=1e-6), (a, b)
+    # one by hand: RaSGAN's G loss w.r.t. f_j, with s = sigmoid, n = 4, a = r - f̄, b = f - r̄:
+    # d/df_j [BCE0(a) + BCE1(b)] / 2 = -[mean_i s(a_i) + 1 - s(b_j)] / (2n), the first term via f̄
+    if loss == "rasgan":
+        n = len(Fk)
+        by_hand = -(torch.sigmoid(R - Fk.mean()).mean() + 1 - torch.sigmoid(Fk - R.mean())) / (2 * n)
+        assert torch.allclose(_grads(rg.g_loss(loss, r, f), r, f)[1], by_hand, atol=1e-6)
 
 
 @pytest.mark.parametrize("loss", ["rsgan", *RA])
@@ -142,9 +171,9 @@ def test_the_cifar_network():
     assert rg.Discriminator(image_size=64)(rg.Generator(image_size=64)(torch.randn(2, 128))).shape == (2,)
 
 
-def _nets(loss="rasgan"):
+def _nets(loss="rasgan", *flags):
     torch.manual_seed(0)
-    args = rg.parse_args(["--image-size", "16", "--loss", loss])
+    args = rg.parse_args(["--image-size", "16", "--width", "8", "--loss", loss, *flags])
     return args, *rg.build(args, 3, torch.device("cpu"))
 
 
@@ -154,10 +183,38 @@ def test_steps_change_only_their_own_network():
     g0 = [p.detach().clone() for p in G.parameters()]
     rg.discriminator_step(G, D, opt_D, real, args)
     assert all(torch.equal(a, b) for a, b in zip(g0, G.parameters()))
+    assert all(p.grad is None for p in G.parameters())           # the fake is made without a graph
     d0 = [p.detach().clone() for p in D.parameters()]
+    d_grads = [p.grad.clone() for p in D.parameters()]          # left by D's step
     rg.generator_step(G, D, opt_G, real, args, 4, torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(d0, D.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(g0, G.parameters()))
+    # D gets no gradient in G's step (nothing added to what D's step left), and is trainable again
+    assert all(torch.equal(p.grad, g) for p, g in zip(D.parameters(), d_grads))
+    assert all(p.requires_grad for p in D.parameters())
+
+
+def test_the_gradient_penalty_is_added_to_d_s_loss_and_gradient():
+    # with --gp the D step minimises d_loss + λ·penalty: its logged loss is the one without --gp
+    # plus exactly λ times the penalty, and D's gradient is the gradient of that sum
+    args, G, D, _, _ = _nets("rasgan", "--gp", "--gp-weight", "7")
+    real = torch.rand(4, 3, 16, 16) * 2 - 1
+    D_plain, D_gp, D_ref = (copy.deepcopy(D) for _ in range(3))
+    losses = {}
+    for gp, net in ((False, D_plain), (True, D_gp)):
+        args.gp = gp
+        torch.manual_seed(5)
+        loss, _ = rg.discriminator_step(G, net, torch.optim.SGD(net.parameters(), lr=0.0), real, args)
+        losses[gp] = loss
+    torch.manual_seed(5)                                          # the same z, then the same u
+    fake = G(torch.randn(4, args.nz)).detach()
+    d = rg.d_loss("rasgan", D_ref(real), D_ref(fake))
+    penalty = rg.gradient_penalty(D_ref, real, fake)
+    assert penalty > 1e-3                                         # not a vacuous comparison
+    assert torch.allclose(losses[True] - losses[False], 7 * penalty.detach(), rtol=1e-4)
+    (d + 7 * penalty).backward()
+    for p, q in zip(D_gp.parameters(), D_ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7)
 
 
 def test_the_g_step_sees_the_real_batch_for_relativistic_losses():
