@@ -144,7 +144,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     g.add_argument("--epochs", type=positive_int, default=5, help="passes over the data")
     g.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many training steps in all (for quick runs)")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, latents and data order")
+    g.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, latents and data order")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="auto picks cuda, then mps, then cpu")
     g.add_argument("--out", default=None,
@@ -160,12 +160,14 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
                    help="write averaged losses to metrics.csv every N steps")
     g.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                    help="DataLoader worker processes for datasets read from disk")
-    g.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA; faster, less exact)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    g.add_argument("--fast", action="store_true",
+    # on/off pairs (--amp / --no-amp ...): a resumed run takes the saved value unless one is typed
+    on_off = argparse.BooleanOptionalAction
+    g.add_argument("--amp", action=on_off, default=False, help="bf16 autocast (CUDA; faster, less exact)")
+    g.add_argument("--compile", action=on_off, default=False, help="torch.compile the networks")
+    g.add_argument("--fast", action=on_off, default=False,
                    help="run each training step as one captured CUDA graph (CUDA only: the same "
                         "step with a fraction of the kernel-launch overhead; README 'Speed')")
-    g.add_argument("--sync-bn", action="store_true",
+    g.add_argument("--sync-bn", action=on_off, default=False,
                    help="under torchrun: BatchNorm statistics over the whole global batch "
                         "(SyncBatchNorm, CUDA only; one collective per BN layer per forward)")
     parser.set_defaults(**defaults)
@@ -429,6 +431,7 @@ class Graphed:
     def __init__(self, fn, enabled: bool = True, capture: bool = False, warmup: int = 3):
         self.fn, self.enabled, self.capture, self.warmup = fn, enabled, capture, warmup
         self.calls, self.graph, self.inputs, self.outputs = 0, None, None, None
+        self.replays = 0  # in all, across resets (a test's evidence that graphs ran)
 
     def reset(self) -> None:
         """Warm up and capture again (after a learning rate or another baked-in value changed,
@@ -438,7 +441,8 @@ class Graphed:
     def __call__(self, *inputs):
         if not self.enabled:  # without --fast: a plain call
             return self.fn(*inputs)
-        if self.inputs is None or any(not _same_layout(a, b) for a, b in zip(self.inputs, inputs)):
+        if (self.inputs is None or len(inputs) != len(self.inputs)
+                or any(not _same_layout(a, b) for a, b in zip(self.inputs, inputs))):
             self.inputs = [x.clone() if torch.is_tensor(x) else x for x in inputs]  # static buffers
             self.reset()
         else:
@@ -453,6 +457,7 @@ class Graphed:
             if self.graph is None:
                 self._capture()
             self.graph.replay()
+            self.replays += 1
             out = self.outputs
         self.calls += 1
         return _tree_map(lambda t: t.detach().clone(), out)
@@ -474,8 +479,14 @@ class Graphed:
                 self.outputs = self.fn(*self.inputs)
         except RuntimeError as e:
             self.graph = None
+            while isinstance(e.__context__, RuntimeError):  # ending a failed capture raises anew
+                e = e.__context__
+            if isinstance(e, torch.cuda.OutOfMemoryError):
+                raise TrainingError("--fast: out of GPU memory while capturing the training step as a "
+                                    "CUDA graph; try a smaller --batch-size, or run without --fast.") from None
+            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise TrainingError(f"--fast: this training step cannot be captured as a CUDA graph "
-                                f"({_one_line(e)}); run without --fast.") from None
+                                f"({reason}); run without --fast.") from None
 
 
 def _same_layout(a, b) -> bool:
@@ -497,15 +508,15 @@ def _tree_map(fn, x):
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, enabled: bool = True) -> None:
-    """Switch an optimiser's capturable flag (CUDA graphs need its step count on the GPU); also
-    after loading a checkpoint, whose param_groups carry the flag the run was saved with."""
+    """Switch an optimiser's capturable flag; also after loading a checkpoint, whose
+    param_groups carry the flag the run was saved with. A capturable or fused optimiser keeps
+    its step count on the parameter's device (CUDA graphs cannot read one from the host)."""
     for group in optimizer.param_groups:
         group["capturable"] = enabled
-    for state in optimizer.state.values():
-        step = state.get("step")
-        if torch.is_tensor(step) and enabled:
-            param_device = next(v.device for v in state.values() if torch.is_tensor(v) and v.dim())
-            state["step"] = step.to(param_device, torch.float32)
+    if any(g["capturable"] or g.get("fused") for g in optimizer.param_groups):
+        for param, state in optimizer.state.items():
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(param.device, torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -976,33 +987,46 @@ class Run:
         if args.generate is None:
             _on_main(self._write_config)
             _on_main(self._trim_metrics)
-        # --fast on CUDA: optimisers must be capturable (and a resumed one from a run without
-        # --fast, or one saved on a GPU and resumed elsewhere, must be switched the other way)
-        # (not under torchrun: DDP's gradient all-reduce is not captured here)
+        # --fast on CUDA (not under torchrun: DDP's gradient all-reduce is not captured here).
+        # Optimisers start uncaptured (a checkpoint of a --fast run may say otherwise); the
+        # first graphed() step makes them capturable.
         wanted = bool(getattr(args, "fast", False)) and args.generate is None
         self.fast = wanted and torch.device(device or "cpu").type == "cuda" and not launched()
-        for m in modules.values():
-            if isinstance(m, torch.optim.Optimizer):
-                make_capturable(m, self.fast)
+        self._optimizers = [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)]
+        for m in self._optimizers:
+            make_capturable(m, False)
         if wanted and not self.fast and is_main():
             print("--fast: CUDA graphs are not used under torchrun; each step runs eagerly." if launched() else
                   f"--fast: CUDA graphs need a CUDA device; on {device} each step runs eagerly.")
 
     # -- folder -------------------------------------------------------------------------------
     def _new_folder(self) -> Path:
+        # Each folder is claimed by one mkdir that fails if it exists, so two runs started at
+        # the same moment never share a folder.
         if self.args.out:
             path = Path(self.args.out)
-            if path.exists() and any(path.iterdir()):
-                raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.")
-        else:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            path = Path("runs") / f"{self.script}-{self.args.dataset}-{stamp}"
-            k = 2
-            while path.exists():
-                path = Path("runs") / f"{self.script}-{self.args.dataset}-{stamp}-{k}"
-                k += 1
-        (path / "samples").mkdir(parents=True, exist_ok=True)
-        return path
+            if path.exists() and not path.is_dir():
+                raise UserError(f"--out {path} is a file; name a new folder.")
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                (path / "samples").mkdir()
+                if len(list(path.iterdir())) > 1:
+                    (path / "samples").rmdir()
+                    raise FileExistsError
+            except FileExistsError:
+                raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.") from None
+            return path
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        Path("runs").mkdir(exist_ok=True)
+        for k in range(1, 10_000):
+            path = Path("runs") / (f"{self.script}-{self.args.dataset}-{stamp}" + (f"-{k}" if k > 1 else ""))
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            (path / "samples").mkdir()
+            return path
+        raise UserError(f"runs/ holds too many folders named {self.script}-{self.args.dataset}-{stamp}*.")
 
     def _write_config(self) -> None:
         config = {"script": f"{self.script}.py", "args": vars(self.args), "argv": sys.argv,
@@ -1010,6 +1034,9 @@ class Run:
                   "started": datetime.now().isoformat(timespec="seconds"),
                   "resumed_from_step": self.step or None, "versions": _versions(self.device)}
         name = "config.json" if not self.args.resume else f"config-resume-{self.step}.json"
+        k = 2
+        while self.args.resume and (self.dir / name).exists():  # resumed twice from one checkpoint
+            name, k = f"config-resume-{self.step}-{k}.json", k + 1
         (self.dir / name).write_text(json.dumps(config, indent=2, default=str))
 
     # -- checkpoints --------------------------------------------------------------------------
@@ -1041,9 +1068,15 @@ class Run:
         return path
 
     def _restore(self, ckpt: dict) -> None:
+        # An optimiser's state_dict carries the fused/foreach choice of the device it was saved
+        # on; this device's choice (optimizer_kwargs) is kept.
+        kept = {name: [{k: g[k] for k in ("fused", "foreach") if k in g} for g in m.param_groups]
+                for name, m in self.modules.items() if isinstance(m, torch.optim.Optimizer)}
         try:
             for name, module in self.modules.items():
                 module.load_state_dict(ckpt["modules"][name])
+                for group, flags in zip(module.param_groups, kept[name]) if name in kept else ():
+                    group.update(flags)
         except (KeyError, RuntimeError, ValueError) as e:
             lines = str(e).strip().splitlines() or [type(e).__name__]
             raise UserError(f"the checkpoint in {self.args.resume} does not fit this model "
@@ -1172,6 +1205,11 @@ class Run:
         """`fn` (one training step: tensors in, tensors out) as a Graphed step: with --fast
         captured as a CUDA graph on a GPU (eager through static buffers elsewhere); without
         --fast a plain call of fn."""
+        if self.fast and not all(g["capturable"] for m in self._optimizers for g in m.param_groups):
+            for m in self._optimizers:  # CUDA graphs need the step count on the GPU
+                make_capturable(m, True)
+            # an eager step of a capturable optimiser (ProGAN's fade-in) is expected here
+            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
         return Graphed(fn, enabled=bool(getattr(self.args, "fast", False)), capture=self.fast, warmup=warmup)
 
     def stream(self, data: ImageData, batch_size: int | None = None):

@@ -50,6 +50,18 @@ def test_default_run_folder_names(tmp_path):
     assert len(runs) == 2 and all(name.startswith("dcgan-shapes-") for name in runs)
 
 
+def test_an_empty_out_folder_is_used_and_each_resume_keeps_its_own_config(tmp_path):
+    (tmp_path / "made").mkdir()
+    dcgan.main(TINY + ["--max-steps", "1", "--out", "made"])
+    assert (tmp_path / "made" / "config.json").is_file()
+    dcgan.main(["--resume", "made", "--max-steps", "2"])
+    (tmp_path / "made" / "checkpoint.pt").write_bytes((tmp_path / "made" / "checkpoint.pt").read_bytes())
+    for _ in range(2):  # resumed twice from the same checkpoint (the first resume crashed, say)
+        dcgan.main(["--resume", "made/checkpoint.pt", "--max-steps", "2"])
+    assert sorted(p.name for p in (tmp_path / "made").glob("config-resume-*")) == [
+        "config-resume-1.json", "config-resume-2-2.json", "config-resume-2.json"]
+
+
 def test_generate_writes_a_grid_and_one_png_per_sample(tmp_path):
     dcgan.main(TINY + ["--max-steps", "2", "--out", "run"])
     before = tree_digest(tmp_path / "run")
@@ -83,6 +95,8 @@ BAD_INPUT = {
     "checkpoint from another script": (["--resume", "wgan.pt"], "written by wgan.py"),
     "checkpoint that does not exist": (["--resume", "nowhere"], "no checkpoint at"),
     "out folder already used": (["--out", "earlier"], "already holds files"),
+    "out is a file": (["--out", "junk.pt"], "is a file"),
+    "negative seed": (["--seed", "-1"], "must be 0 or more"),
     "resume with another architecture": (["--resume", "earlier", "--ngf", "16"], "--ngf was 8 for this run"),
     "resume with another learning rate": (["--resume", "earlier", "--lr", "1e-3"], "cannot change on resume"),
 }

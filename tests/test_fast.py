@@ -29,6 +29,8 @@ SCRIPTS = {
                  "--n-epochs", "1", "--n-epochs-decay", "2"],  # the lr changes each epoch: reset()
 }
 STEPS = {"progan": 10, "cyclegan": 8}
+# on CUDA, longer phases and lr windows than the 3 warm-up steps: every script replays a graph
+CUDA_FLAGS = {"progan": ["--images-per-phase", "64"], "began": ["--lr-window", "8"]}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread is faster
@@ -68,7 +70,7 @@ def test_graphed_without_fast_is_a_plain_call():
 def test_graphed_steps_run_on_static_buffers_and_return_copies():
     calls = []
 
-    def fn(x, scale):
+    def fn(x, scale, extra=None):
         calls.append(x)
         return {"same": x, "scaled": x * scale}  # "same" is the static buffer itself
 
@@ -82,17 +84,23 @@ def test_graphed_steps_run_on_static_buffers_and_return_copies():
     step(torch.zeros(3), 2.0)                                # a new shape: new buffers
     assert calls[2] is not calls[0] and calls[2].shape == (3,)
     assert step.calls == 1                                   # ... and warm-up starts again
+    step(torch.zeros(3), 2.0, torch.ones(1))                 # another number of inputs: new buffers
+    assert calls[3] is not calls[2] and step.calls == 1
 
 
-def test_make_capturable_switches_flag_and_moves_step_count():
-    p = nn.Parameter(torch.ones(3))
-    opt = torch.optim.RMSprop([p], lr=0.1)
-    p.grad = torch.ones(3)
-    opt.step()
-    common.make_capturable(opt, True)
-    assert opt.param_groups[0]["capturable"] and opt.state[p]["step"].dtype == torch.float32
-    common.make_capturable(opt, False)
-    assert not opt.param_groups[0]["capturable"]
+def test_make_capturable_switches_flag_and_keeps_step_counts_as_float_tensors():
+    # a 0-dim parameter too (SAGAN's γ): its state holds no tensor with a dimension
+    w, gamma = nn.Parameter(torch.ones(3)), nn.Parameter(torch.zeros(()))
+    for opt in (torch.optim.RMSprop([w, gamma], lr=0.1), torch.optim.Adam([w, gamma], lr=0.1)):
+        w.grad, gamma.grad = torch.ones(3), torch.ones(())
+        opt.step()
+        for state in opt.state.values():
+            state["step"] = state["step"].double()  # as a non-capturable step count may be
+        common.make_capturable(opt, True)
+        assert opt.param_groups[0]["capturable"]
+        assert all(s["step"].dtype == torch.float32 for s in opt.state.values())
+        common.make_capturable(opt, False)
+        assert not opt.param_groups[0]["capturable"]
 
 
 def test_a_checkpoint_of_a_gpu_fast_run_resumes_on_the_cpu(tmp_path):
@@ -104,10 +112,26 @@ def test_a_checkpoint_of_a_gpu_fast_run_resumes_on_the_cpu(tmp_path):
     ckpt = torch.load(path, weights_only=True)
     for name in ("opt_G", "opt_D"):
         for group in ckpt["modules"][name]["param_groups"]:
-            group["capturable"] = True
+            group["capturable"] = group["fused"] = True  # as saved on a GPU with --fast
     torch.save(ckpt, path)
     result = dcgan.main(["--resume", str(tmp_path / "run"), "--max-steps", "4"])
     assert result["step"] == 4
+    for name in ("opt_G", "opt_D"):  # this device's choices, not the GPU's
+        group = torch.load(path, weights_only=True)["modules"][name]["param_groups"][0]
+        assert not group["capturable"] and not group["fused"]
+
+
+def test_fast_amp_and_compile_can_be_switched_off_on_resume(tmp_path):
+    import json
+
+    dcgan = importlib.import_module("dcgan")
+    run = tmp_path / "run"
+    dcgan.main(TINY + ["--max-steps", "2", "--fast", "--out", str(run)])
+    dcgan.main(["--resume", str(run), "--max-steps", "3"])              # kept: the run's flag
+    dcgan.main(["--resume", str(run), "--max-steps", "4", "--no-fast"])  # switched off
+    steps = {json.loads(f.read_text())["resumed_from_step"]: json.loads(f.read_text())["args"]["fast"]
+             for f in run.glob("config-resume-*.json")}
+    assert steps == {2: True, 3: False}
 
 
 def test_seqgan_refuses_fast(capsys):
@@ -148,11 +172,38 @@ def test_captured_step_matches_eager_steps_on_cuda():
 
 
 @cuda
+def test_random_draws_inside_a_captured_step_are_fresh_at_every_replay():
+    step = common.Graphed(lambda x: x + torch.randn(4, device="cuda"), enabled=True, capture=True, warmup=1)
+    outs = [step(torch.zeros(4, device="cuda")) for _ in range(4)]  # 1 warm-up, a capture, 2 replays
+    assert step.replays == 3 and len({tuple(o.tolist()) for o in outs}) == 4
+
+
+@cuda
+def test_a_step_that_cannot_be_captured_ends_with_one_sentence():
+    step = common.Graphed(lambda x: x * x.sum().item(), enabled=True, capture=True, warmup=1)
+    step(torch.ones(4, device="cuda"))
+    with pytest.raises(common.TrainingError) as e:
+        step(torch.ones(4, device="cuda"))
+    message = str(e.value)
+    assert "\n" not in message and "CUDA_LAUNCH_BLOCKING" not in message and "without --fast" in message
+    torch.cuda.synchronize()  # the device is still usable
+
+
+@cuda
 @pytest.mark.parametrize("script", list(SCRIPTS))
-def test_every_script_trains_with_fast_on_cuda(script, tmp_path):
+def test_every_script_trains_with_fast_on_cuda(script, tmp_path, monkeypatch):
+    steps = []
+
+    class Spy(common.Graphed):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            steps.append(self)
+
+    monkeypatch.setattr(common, "Graphed", Spy)
     module = importlib.import_module(script)
-    flags = [f if f != "cpu" else "cuda" for f in SCRIPTS[script]]
+    flags = [f if f != "cpu" else "cuda" for f in SCRIPTS[script]] + CUDA_FLAGS.get(script, [])
     result = module.main(flags + ["--max-steps", "12", "--fast", "--out", str(tmp_path / "run")])
     losses = {k: v for k, v in result.items() if k.startswith("loss")}
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert steps and all(s.capture for s in steps) and sum(s.replays for s in steps) > 0  # graphs ran
     module.main(["--resume", str(tmp_path / "run"), "--max-steps", "14", "--fast"])  # resumes a graphed run
