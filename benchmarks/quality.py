@@ -1,33 +1,48 @@
 """Quality benchmark: does each script do what its paper says, on the built-in shapes data?
 
     python benchmarks/quality.py --script dcgan [wgan ...] [--budget IMAGES] [--seeds K] [--jobs J]
-                                 [--n-eval N] [--results-dir benchmarks/results] [--tiny]
+                                 [--n-eval N] [--results-dir benchmarks/results] [--overwrite] [--tiny]
 
 For each named script: train it through its own main() on the built-in data for a fixed
 budget (images shown to D: `--epochs E` over `--dataset-size N` gives E x N; default the
 README's quick run, `--epochs 5` on the 60,000 shapes), once per seed, plus the runs of the
 paper's own comparison (RaSGAN vs SGAN vs RaLSGAN, attention on/off, ...); then score the
-samples and write `quality-NAME.json` and a sample grid `quality-NAME.png` to --results-dir.
+samples and write `quality-NAME.json` and a sample grid `quality-NAME.png` to --results-dir
+(an existing one is replaced only with --overwrite; checked before anything trains).
 
 No Inception weights can be downloaded here, so the feature space is a small CNN trained by
 this file on the shapes factors (class, size, rotation, brightness), deterministically, and
 cached under benchmarks/.cache/ keyed by its configuration (`ShapesNet`, `classifier`):
   FD-shapes   Fréchet distance between real and generated features (its penultimate layer);
               an exact matrix square root (eigh), float64. Not FID: another network.
-  KID-shapes  unbiased MMD² with the cubic polynomial kernel, mean and std over subsets.
+  KID-shapes  unbiased MMD² with the cubic polynomial kernel, mean and std over 10 random
+              subsets of min(1000, n // 2) images (at most half of each set, so the subsets
+              differ and the std is a spread, not 0).
   coverage    classes present among the confident samples (max p > 0.9), of 10;
   confident   the share of samples the classifier assigns to a class with p > 0.9.
   anchors     the floor: real vs real (two disjoint real sets, streams 1 and 0, as many as
               the generated set); the ceiling: the script's generator at initialisation
               (the same seed and build() as the script). fd_position = (FD - floor) /
               (ceiling - floor): 0 at the floor, 1 at the ceiling.
+              cyclegan.py: the FD/KID/coverage of G_AB(a) (a: the paired test split, stream
+              1) are against outlines of an independent stream (3), never against a's own
+              paired targets (a perfect translator would then score 0, below the floor);
+              the floor is the paired targets against that set: what a perfect translator
+              scores. The paired error stays on the paired targets.
 plus each paper's own measure (PAPER_MEASURES below). seqgan.py has no images: its measure is
 NLL_oracle of SeqGAN and of the MLE baseline on the same oracle (`--oracle FILE.npz`).
 
 Runs can share one GPU: `--jobs J` trains J runs at a time in worker processes (spawned),
-each writing its log to its run folder; the JSON of a script is written as soon as its runs
-are scored. `--tiny` (CPU-sized networks, 16 px, a few hundred images) checks the whole path
-in seconds; its numbers mean nothing.
+each writing its log next to its run folder; the JSON of a script is written as soon as its
+runs are scored. A run that fails is reported with its script, run, seed and error sentence;
+its script is not scored (no JSON: a line says so), the other scripts are, and the command
+ends with exit status 1 (the run folders are then kept, for their logs).
+`--tiny` (CPU-sized networks, 16 px, a few hundred images) runs a script's whole path on a
+CPU in seconds; its numbers mean nothing. What the tests run of it (tests/test_quality.py):
+dcgan end to end (train, score, JSON and grid), progan trained and scored on 16 images (the
+failure test), and wgan's curve (trained in segments, then score_curve); the other scripts'
+tiny flags, sampling and own measures are checked only when someone runs them
+(`--script NAME --tiny --device cpu`).
 """
 from __future__ import annotations
 
@@ -43,6 +58,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -69,7 +85,9 @@ PROTOCOL = ("Each run trains through the script's own main() on the built-in sha
             "uint8 like a PNG, resized to 32 px and embedded by ShapesNet (penultimate layer, 128-d). Real "
             "reference: n_eval images of the shapes test stream (1); floor: that set against n_eval images of "
             "the training stream (0); ceiling: the script's generator at initialisation (same seed, build()). "
-            "fd_position = (FD - floor) / (ceiling - floor). KID: 10 subsets of min(1000, n_eval).")
+            "fd_position = (FD - floor) / (ceiling - floor). KID: 10 subsets of min(1000, n_eval // 2). "
+            "cyclegan: reference = outlines of an independent stream (3); floor = the paired targets "
+            "(outlines of G_AB's inputs, stream 1) against it; paired error on the paired targets.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,6 +241,37 @@ def evaluate_classifier(net, channels, cfg, device) -> dict:
             "n_test": cfg["n_test"]}
 
 
+def classifier_problem(cfg: dict) -> str | None:
+    """Why a (merged) classifier configuration cannot train, in words, or None."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_number(v):
+        return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+    for key in ("width", "features", "n_train", "n_test", "epochs", "batch_size"):
+        if not (is_int(cfg[key]) and cfg[key] > 0):
+            return f"{key} must be a positive integer, not {json.dumps(cfg[key])}"
+    for key in ("version", "seed"):
+        if not (is_int(cfg[key]) and cfg[key] >= 0):
+            return f"{key} must be an integer 0 or more, not {json.dumps(cfg[key])}"
+    if cfg["input_size"] != 32:
+        return f"input_size must be 32 (ShapesNet's convs reach 4x4 from 32 px), not {json.dumps(cfg['input_size'])}"
+    if not (is_number(cfg["lr"]) and cfg["lr"] > 0):
+        return f"lr must be a positive number, not {json.dumps(cfg['lr'])}"
+    if not (is_number(cfg["noise_fraction"]) and 0 <= cfg["noise_fraction"] < 1):
+        return f"noise_fraction must be a number in [0, 1), not {json.dumps(cfg['noise_fraction'])}"
+    sizes, styles = cfg["render_sizes"], cfg["styles"]
+    if not (isinstance(sizes, list) and sizes and all(is_int(v) and 16 <= v <= 256 for v in sizes)):
+        return f'render_sizes must be a JSON list of sizes from 16 to 256 (e.g. [32,64]), not {json.dumps(sizes)}'
+    if not (isinstance(styles, list) and styles and len(set(map(str, styles))) == len(styles)
+            and set(map(str, styles)) <= {"filled", "outline"}):
+        return f'styles must be a JSON list of "filled" and/or "outline" (e.g. ["filled"]), not {json.dumps(styles)}'
+    if cfg["batch_size"] > cfg["n_train"]:
+        return f"batch_size ({cfg['batch_size']}) must not exceed n_train ({cfg['n_train']}): no step would train"
+    return None
+
+
 def classifier(channels: int, device, cfg: dict | None = None, cache: Path | None = CACHE, log=print):
     """The feature network for `channels`, from the cache if it holds one of this config."""
     cfg = {**CLASSIFIER, **(cfg or {}), "channels": channels}
@@ -277,9 +326,12 @@ def frechet_distance(f1: torch.Tensor, f2: torch.Tensor) -> float:
 
 def kernel_inception_distance(f1: torch.Tensor, f2: torch.Tensor, subsets: int = 10, subset_size: int = 1000,
                               seed: int = 0) -> tuple:
-    """Unbiased MMD² with k(x, y) = (xᵀy / d + 1)³, over `subsets` random subsets: (mean, std)."""
+    """Unbiased MMD² with k(x, y) = (xᵀy / d + 1)³, over `subsets` random subsets: (mean, std).
+
+    A subset holds min(subset_size, half of the smaller set) images: subsets of the whole set
+    would all be the same set, and the std over them 0 whatever the estimator's spread."""
     f1, f2 = f1.double(), f2.double()
-    m = min(subset_size, len(f1), len(f2))
+    m = max(2, min(subset_size, len(f1) // 2, len(f2) // 2))  # (2: the unbiased form's least)
     d = f1.shape[1]
     g = torch.Generator().manual_seed(seed)
     values = []
@@ -321,16 +373,23 @@ def _pearson(a, b) -> float:
 
 
 def spearman(a, b) -> float:
-    """Rank correlation (average ranks for ties)."""
+    """Rank correlation (average ranks for ties) over the pairs where both values are known:
+    a pair with a NaN is dropped (argsort would rank NaN as the largest value); NaN when fewer
+    than 3 pairs are left (two points always correlate ±1)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    known = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[known], b[known]
+    if len(a) < 3:
+        return float("nan")
+
     def ranks(x):
-        x = np.asarray(x, dtype=float)
         order = np.argsort(x, kind="stable")
         r = np.empty(len(x))
         r[order] = np.arange(len(x))
         for v in np.unique(x):  # average the ranks of ties
             r[x == v] = r[x == v].mean()
         return r
-    return _pearson(torch.from_numpy(ranks(a)), torch.from_numpy(ranks(b))) if len(a) > 1 else float("nan")
+    return _pearson(torch.from_numpy(ranks(a)), torch.from_numpy(ranks(b)))
 
 
 def circular_linear(c: torch.Tensor, angle: torch.Tensor) -> float:
@@ -455,11 +514,20 @@ def draw(fn, n: int, batch: int = 500) -> torch.Tensor:
     return torch.cat([to_uint8(fn(min(batch, n - i))).cpu() for i in range(0, n, batch)])
 
 
+# cyclegan's reference outlines: a stream used by no training set and no test split, so that
+# G_AB(a) is never compared with its own paired targets (streams 0 and 2 train, 1 is the test)
+CYCLEGAN_REFERENCE_STREAM = 3
+
+
 def real_sets(script: str, args, n: int, device) -> tuple:
-    """(reference, other): n real images of the test stream (1) and n of the training stream,
-    at the run's size and channels; CycleGAN: domain B (outlines, training stream 2)."""
+    """(reference, other), at the run's size and channels: the floor is FD(reference, other).
+    Image scripts: n real images of the test stream (1) and n of the training stream (0).
+    CycleGAN (domain B, outlines): n outlines of an independent stream (3), the reference for
+    G_AB(a), and the n paired targets of the test split (stream 1, what G_AB(a) should be), so
+    the floor is what a perfect translator scores."""
     if script == "cyclegan":
-        f1, f2 = common.shape_factors(n, stream=1), common.shape_factors(n, stream=2)
+        f1 = common.shape_factors(n, stream=CYCLEGAN_REFERENCE_STREAM)
+        f2 = common.shape_factors(n, stream=1)
         style = "outline"
     else:
         f1, f2 = common.shape_factors(n, stream=1), common.shape_factors(n, stream=0)
@@ -470,27 +538,59 @@ def real_sets(script: str, args, n: int, device) -> tuple:
 # ----------------------------------------------------------------------------------------------
 # Training (in this process, or in spawned workers that share the GPU)
 # ----------------------------------------------------------------------------------------------
+def log_path(job: dict) -> Path:
+    run_dir = Path(job["dir"])
+    return run_dir.parent / f"{run_dir.name}.log"
+
+
+def error_sentence(e: BaseException) -> str:
+    """One line for a failed run: the sentence of a UserError / TrainingError, else the
+    exception's type and message (the traceback is in the run's log)."""
+    lines = str(e).strip().splitlines()
+    last = lines[-1] if lines else ""
+    if last and isinstance(e, (common.UserError, common.TrainingError)):
+        return last
+    return f"{type(e).__name__}: {last}" if last else type(e).__name__
+
+
 def train_job(job: dict) -> dict:
     """Train one run through the script's own main(); with job['segments'], in segments of
-    epochs (resumed exactly), saving n samples after each: the checkpoints of a curve."""
+    epochs (resumed exactly), saving n samples after each: the checkpoints of a curve, and
+    the step each ended at (job['segment_steps']). A failure (other than Ctrl-C) is returned
+    as job['error'], its traceback written to the run's log."""
     module = importlib.import_module(job["script"])
     run_dir = Path(job["dir"])
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    log = run_dir.parent / f"{run_dir.name}.log"
+    log = log_path(job)
     t0 = time.perf_counter()
+    steps, error = [], None
     with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-        segments = job.get("segments") or [None]
-        for k, epochs in enumerate(segments):
-            if k == 0:
-                argv = [*job["argv"], "--out", str(run_dir)] + ([] if epochs is None else ["--epochs", str(epochs)])
-            else:
-                argv = ["--resume", str(run_dir), "--epochs", str(epochs), "--device", job["device"]]
-            module.main(argv)
-            if epochs is not None:
-                device = common.select_device(job["device"])
-                images = draw(sampler(job["script"], run_dir, device), job["curve_n"])
-                torch.save(images, run_dir / f"curve-{k:02d}.pt")
-    return {**job, "wall_s": round(time.perf_counter() - t0, 1), "log": str(log)}
+        try:
+            segments = job.get("segments") or [None]
+            for k, epochs in enumerate(segments):
+                if k == 0:
+                    argv = [*job["argv"], "--out", str(run_dir)] + ([] if epochs is None else ["--epochs", str(epochs)])
+                else:
+                    argv = ["--resume", str(run_dir), "--epochs", str(epochs), "--device", job["device"]]
+                module.main(argv)
+                if epochs is not None:
+                    device = common.select_device(job["device"])
+                    steps.append(int(common.read_checkpoint(run_dir, job["script"])["step"]))
+                    images = draw(sampler(job["script"], run_dir, device), job["curve_n"])
+                    torch.save(images, run_dir / f"curve-{k:02d}.pt")
+        except common.Interrupted:
+            raise
+        except SystemExit as e:  # the script's argparse refused a flag: its message is the log's last line
+            f.flush()
+            said = [line for line in log.read_text().splitlines() if line.strip()]
+            error = f"exit status {e.code}: {said[-1] if said else 'no message'}"
+        except Exception as e:
+            traceback.print_exc()
+            error = error_sentence(e)
+    out = {**job, "wall_s": round(time.perf_counter() - t0, 1), "log": str(log)}
+    if job.get("segments"):
+        out["segment_steps"] = steps
+    return {**out, "error": error} if error else out
 
 
 def plan(script: str, a, work: Path) -> list:
@@ -589,15 +689,18 @@ def score_run(script: str, job: dict, a, nets_cache: dict, device) -> dict:
 
 def score_curve(script, job, clf, cfg, device, real) -> dict:
     """FD-shapes after each segment against the logged quantity there (the mean of the
-    segment's last quarter of metrics rows): their rank correlation."""
+    segment's last quarter of metrics rows): their rank correlation. A row belongs to the
+    segment by its step (after the previous checkpoint's step, up to this one's), not by its
+    epoch column: WGAN's critic draws several batches a step, so a segment's last row can
+    carry an epoch just past the segment's end (e.g. 1.067 for the end of epoch 1)."""
     key, rows = SPECS[script].curve, read_rows(job["dir"])
-    ends = [float(r["epoch"]) for r in rows]
+    row_steps = [int(r["step"]) for r in rows]
     fds, logged = [], []
-    for k, epochs in enumerate(job["segments"]):
+    for k, end in enumerate(job["segment_steps"]):
         images = torch.load(Path(job["dir"]) / f"curve-{k:02d}.pt", weights_only=True)
         fds.append(frechet_distance(embed(clf, images, cfg, device)["features"], real["features"]))
-        start = job["segments"][k - 1] if k else 0
-        seg = [float(r[key]) for r, e in zip(rows, ends) if start < e <= epochs and r.get(key)]
+        start = job["segment_steps"][k - 1] if k else 0
+        seg = [float(r[key]) for r, step in zip(rows, row_steps) if start < step <= end and r.get(key)]
         seg = seg[len(seg) - max(1, len(seg) // 4):]
         logged.append(float(np.mean(seg)) if seg else float("nan"))
     return {f"{key}_at_checkpoints": logged, "fd_shapes_at_checkpoints": fds,
@@ -614,6 +717,8 @@ def translate(G, args, n, device, b_to_a=False) -> tuple:
 
 
 def score_cyclegan(module, args, nets, clf, cfg, n, device, real_B) -> dict:
+    """real_B: the embedded reference outlines (real_sets: an independent stream, not the
+    paired targets of the test split); the paired errors use the paired targets."""
     fake_B, test_A, test_B = translate(nets["G_AB"], args, n, device)
     fake_A = translate(nets["G_BA"], args, n, device, b_to_a=True)[0]
     labels = test_A.labels.cpu()
@@ -776,6 +881,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
                    help="where quality-NAME.json and quality-NAME.png go")
     p.add_argument("--suffix", default="", help="appended to the result file names (e.g. '-cpu-tiny')")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing quality-NAME.json / .png in --results-dir (without it: refused, "
+                        "before anything trains)")
     p.add_argument("--work", default=None, help="folder for the run folders (default: a temporary one, removed)")
     p.add_argument("--cache", default=str(CACHE), help="where the trained classifier is cached ('' : nowhere)")
     p.add_argument("--classifier", nargs="*", default=[], metavar="KEY=VALUE",
@@ -789,7 +897,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         key, _, value = item.partition("=")
         if key not in CLASSIFIER or not value:
             p.error(f"--classifier takes KEY=VALUE with KEY one of {', '.join(CLASSIFIER)} (got {item!r})")
-        overrides[key] = json.loads(value)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            p.error(f"--classifier {item}: the value must be JSON (a number, or a list such as "
+                    f'[32,64] or ["filled"]; quote it for the shell).')
+    problem = classifier_problem({**CLASSIFIER, **overrides})
+    if problem:
+        p.error(f"--classifier: {problem}.")
     a.classifier = overrides
     if a.n_eval < 4:
         p.error("--n-eval must be 4 or more (FD needs a covariance)")
@@ -801,6 +916,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                 break
     if a.oracle and not Path(a.oracle).exists():
         p.error(f"--oracle {a.oracle}: no such file")
+    existing = [path for s in a.script for ext in ("json", "png")
+                if (path := Path(a.results_dir) / f"quality-{s}{a.suffix}.{ext}").exists()]
+    if existing and not a.overwrite:
+        p.error(f"{existing[0]} exists; pass --overwrite to replace it, or --results-dir / --suffix for new files")
     return a
 
 
@@ -828,19 +947,36 @@ def main(argv=None) -> dict:
     jobs = [job for s in a.script for job in plan(s, a, work)]
     pending = {s: sum(j["script"] == s for j in jobs) for s in a.script}
     done: dict = {s: [] for s in a.script}
-    results = {}
+    results, failed = {}, []
 
     def finished(job):
-        print(f"trained {job['script']} {job['run']} seed {job['seed']} in {job['wall_s']:.0f} s", flush=True)
-        done[job["script"]].append(job)
-        if len(done[job["script"]]) == pending[job["script"]]:
-            s = job["script"]
-            order = sorted(done[s], key=lambda j: (j["run"] != "main", j["run"], j["seed"]))
+        # a failed run is named and skipped; its script is not scored, the others are
+        s, name = job["script"], f"{job['script']} {job['run']} seed {job['seed']}"
+        if job.get("error"):
+            failed.append(name)
+            print(f"FAILED {name}: {job['error']} (log: {job['log']})", flush=True)
+        else:
+            print(f"trained {name} in {job['wall_s']:.0f} s", flush=True)
+        done[s].append(job)
+        if len(done[s]) < pending[s]:
+            return
+        bad = sum(bool(j.get("error")) for j in done[s])
+        if bad:
+            print(f"{s}: not scored, {bad} of {pending[s]} runs failed; no quality-{s}{a.suffix}.json written",
+                  flush=True)
+            return
+        order = sorted(done[s], key=lambda j: (j["run"] != "main", j["run"], j["seed"]))
+        try:
             results[s] = score_script(s, order, a, nets_cache, device, results_dir,
                                       {**header, "classifier": {k: v for k, v in header["classifier"].items()
                                                                 if s != "seqgan"}})
-            met = [f"{k}: {'met' if v['met'] else 'MISSED'}" for k, v in results[s]["targets"].items()]
-            print(f"{s}: wrote {results_dir}/quality-{s}{a.suffix}.json  " + "; ".join(met), flush=True)
+        except Exception as e:  # (a defect of the scoring: its traceback, then the other scripts)
+            traceback.print_exc()
+            failed.append(f"{s} scoring")
+            print(f"{s}: scoring FAILED: {error_sentence(e)}; no quality-{s}{a.suffix}.json written", flush=True)
+            return
+        met = [f"{k}: {'met' if v['met'] else 'MISSED'}" for k, v in results[s]["targets"].items()]
+        print(f"{s}: wrote {results_dir}/quality-{s}{a.suffix}.json  " + "; ".join(met), flush=True)
 
     try:
         if a.jobs == 1:
@@ -849,13 +985,21 @@ def main(argv=None) -> dict:
         else:
             import multiprocessing as mp
             with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
-                futures = [pool.submit(train_job, job) for job in jobs]
+                futures = {pool.submit(train_job, job): job for job in jobs}
                 for fut in as_completed(futures):
-                    finished(fut.result())
+                    try:
+                        result = fut.result()
+                    except Exception as e:  # the worker itself died (train_job returns a run's errors)
+                        job = futures[fut]
+                        result = {**job, "error": error_sentence(e), "wall_s": None, "log": str(log_path(job))}
+                    finished(result)
     finally:
-        if not a.work:
+        if not a.work and not failed:
             shutil.rmtree(work, ignore_errors=True)
     print(f"quality benchmark done in {time.perf_counter() - t0:.0f} s", flush=True)
+    if failed:
+        raise common.TrainingError(
+            f"failed: {', '.join(failed)} (not scored; the other scripts were); the run logs are in {work}.")
     return results
 
 

@@ -1,7 +1,10 @@
 """benchmarks/quality.py: the measures (FD, KID, coverage, matching, rank correlation), the
 feature network, the budget's translation into each script's flags, and the CPU path end to end."""
+import argparse
+import csv
 import itertools
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -54,6 +57,15 @@ def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift()
     assert shifted > 20 * max(abs(same), same_std)
 
 
+def test_kid_subsets_are_at_most_half_the_set_so_the_std_is_a_spread():
+    # n_eval <= 1000 with the default subset size: subsets of the whole set would all be the
+    # same set (std 0 up to rounding); half-size subsets differ
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, 200, 8, generator=g)
+    mean, std = quality.kernel_inception_distance(a, b + 0.3)
+    assert std > 1e-3 * abs(mean) and std > 1e-8
+
+
 def test_coverage_counts_confident_classes_only():
     probs = torch.full((6, 10), 0.01)
     probs[[0, 1, 2, 3], [0, 0, 4, 7]] = 0.91  # four confident samples of classes 0, 0, 4, 7
@@ -77,6 +89,11 @@ def test_code_accuracy_recovers_a_permuted_labelling_like_brute_force():
 def test_spearman_and_circular_linear():
     assert quality.spearman([1, 2, 3, 4], [10, 20, 25, 100]) == pytest.approx(1.0)
     assert quality.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # a pair with a NaN (on either side) is dropped, not ranked as the largest value
+    nan = float("nan")
+    assert quality.spearman([nan, 1, 2, 3, 4], [5, 4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert quality.spearman([1, 2, 3, 4, 5], [5, 4, nan, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(quality.spearman([nan, 1, 2], [3, 2, 1]))  # fewer than 3 pairs left
     c = torch.linspace(-1, 1, 200)
     assert quality.circular_linear(c, c * 2.5) > 0.9                     # the angle follows c
     g = torch.Generator().manual_seed(3)
@@ -108,6 +125,17 @@ def test_classifier_separates_shapes_from_noise_and_is_cached(tmp_path):
     assert report2["heldout_accuracy"] == report["heldout_accuracy"]
 
 
+def test_cyclegan_reference_is_independent_of_the_paired_targets():
+    # G_AB(a) is scored against outlines of other shapes, never a's own paired targets (a perfect
+    # translator would score FD 0, below the floor); the floor is those targets against that set
+    args = argparse.Namespace(image_size=16, channels=3)
+    ref, other = quality.real_sets("cyclegan", args, 64, "cpu")
+    _, test_B = common.load_unpaired("shapes", image_size=16, channels=3, size=64, split="test")
+    assert torch.equal(other, test_B.images.cpu())
+    assert not (ref == test_B.images.cpu()).flatten(1).all(1).any()
+    assert not (ref == other).flatten(1).all(1).any()
+
+
 def test_to_input_handles_channels_and_size():
     x = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
     y = quality.to_input(x, 3, 32)
@@ -137,8 +165,37 @@ def test_bad_input_is_one_sentence(tmp_path, capsys):
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "x").write_text("keep me")
     with pytest.raises(common.UserError, match="already holds files"):
-        quality.main(["--script", "dcgan", "--work", str(tmp_path / "w"), "--device", "cpu"])
+        quality.main(["--script", "dcgan", "--work", str(tmp_path / "w"), "--device", "cpu",
+                      "--results-dir", str(tmp_path / "results")])
     assert (tmp_path / "w" / "x").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("item, says", [
+    ("styles=filled", "must be JSON"),                         # was a JSONDecodeError
+    ("batch_size=128", "must not exceed n_train"),             # with n_train=100: OneCycleLR's ValueError
+    ("render_sizes=[8]", "render_sizes must be"),
+    ("epochs=0", "epochs must be a positive integer"),
+])
+def test_bad_classifier_settings_are_one_sentence(item, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        quality.parse_args(["--script", "dcgan", "--classifier", "n_train=100", item])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
+def test_existing_results_are_kept_without_overwrite(tmp_path, capsys, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "quality-dcgan.png").write_text("keep me")
+    # refused before anything trains (not even the feature network)
+    monkeypatch.setattr(quality, "classifier", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(SystemExit) as e:
+        quality.main(["--script", "wgan", "dcgan", "--results-dir", str(results), "--device", "cpu"])
+    assert e.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (results / "quality-dcgan.png").read_text() == "keep me"
+    assert quality.parse_args(["--script", "dcgan", "--results-dir", str(results), "--overwrite"]).overwrite
+    assert quality.parse_args(["--script", "dcgan", "--results-dir", str(results), "--suffix=-b"])
 
 
 def test_cpu_tiny_path_writes_every_field(tmp_path, tiny_cache):
@@ -164,3 +221,69 @@ def test_cpu_tiny_path_writes_every_field(tmp_path, tiny_cache):
     assert all("met" in t and "value" in t for t in out["targets"].values())
     assert (results / "quality-dcgan.png").stat().st_size > 0
     assert not list((tmp_path / "work").glob("*/main-seed0/checkpoint.pt.tmp"))
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_run_is_named_and_the_other_scripts_are_still_scored(jobs, tmp_path, tiny_cache, capsys):
+    # dcgan cannot train on 16 images (batch 32); progan (batch 8) can: progan's JSON is written,
+    # dcgan's failure is named with its sentence, and the command fails at the end
+    results = tmp_path / "results"
+    argv = ["--script", "dcgan", "progan", "--tiny", "--budget", "16", "--n-eval", "16", "--device", "cpu",
+            "--jobs", str(jobs), "--results-dir", str(results), "--cache", str(tiny_cache),
+            "--work", str(tmp_path / "work"),
+            "--classifier", *[f"{k}={json.dumps(v)}" for k, v in TINY_CLASSIFIER.items()]]
+    with pytest.raises(common.TrainingError, match="dcgan main seed 0"):
+        quality.main(argv)
+    out = capsys.readouterr().out
+    assert "FAILED dcgan main seed 0: --batch-size 32 is larger than the dataset (16 images)." in out
+    assert "dcgan: not scored" in out
+    assert not (results / "quality-dcgan.json").exists()
+    progan = json.loads((results / "quality-progan.json").read_text())
+    assert set(progan["runs"]) == {"main", "fixed-size"}
+    assert "Traceback" in (tmp_path / "work" / "dcgan" / "main-seed0.log").read_text()
+
+
+def _metrics(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["step", "epoch", "images_per_s", "W_estimate", "loss_G"])
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_curve_rows_belong_to_the_segment_of_their_step_not_their_epoch(tmp_path):
+    # WGAN: a step draws several critic batches, so the row of a segment's last step carries an
+    # epoch just past the segment's end (1.067 at the end of epoch 1)
+    run = tmp_path / "main-seed0"
+    run.mkdir()
+    epochs = [0.4, 0.8, 1.067, 1.4, 1.8, 2.028, 2.4, 2.8, 3.004]
+    _metrics(run / "metrics.csv", [{"step": i + 1, "epoch": e, "images_per_s": 1.0, "loss_G": 0.0,
+                                     "W_estimate": (i // 3 + 1) * (1 if i % 3 == 2 else 10)}
+                                    for i, e in enumerate(epochs)])   # last row of segment k: k + 1
+    g = torch.Generator().manual_seed(6)
+    for k in range(3):
+        torch.save(torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8, generator=g), run / f"curve-{k:02d}.pt")
+    net, cfg = quality.ShapesNet(3, 4, 8).eval(), {"channels": 3, "input_size": 32}
+    real = quality.embed(net, torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8, generator=g), cfg, "cpu")
+    job = {"dir": str(run), "segments": [1, 2, 3], "segment_steps": [3, 6, 9]}
+    out = quality.score_curve("wgan", job, net, cfg, "cpu", real)
+    assert out["W_estimate_at_checkpoints"] == [1.0, 2.0, 3.0]
+    assert len(out["fd_shapes_at_checkpoints"]) == 3
+
+
+def test_curve_segments_record_the_step_each_ended_at(tmp_path):
+    # a real tiny wgan run in 3 segments: 11 batches an epoch, 5 critic batches a step, so each
+    # segment's last row is past its epoch boundary; each curve point is that segment's own row
+    job = {"script": "wgan", "run": "main", "seed": 0, "device": "cpu", "dir": str(tmp_path / "main-seed0"),
+           "argv": ["--seed", "0", "--device", "cpu", "--dataset-size", "352", "--critic-schedule", "constant",
+                    *quality.SPECS["wgan"].tiny],
+           "segments": [1, 2, 3], "curve_n": 8, "images": None}
+    done = quality.train_job(job)
+    assert "error" not in done, done.get("error")
+    rows = {int(r["step"]): r for r in quality.read_rows(job["dir"])}
+    steps = done["segment_steps"]
+    assert steps == [3, 5, 7] and steps[-1] == max(rows)
+    assert all(float(rows[s]["epoch"]) > e for s, e in zip(steps, job["segments"]))
+    net, cfg = quality.ShapesNet(3, 4, 8).eval(), {"channels": 3, "input_size": 32}
+    real = quality.embed(net, torch.load(tmp_path / "main-seed0" / "curve-00.pt"), cfg, "cpu")
+    out = quality.score_curve("wgan", done, net, cfg, "cpu", real)
+    assert out["W_estimate_at_checkpoints"] == [float(rows[s]["W_estimate"]) for s in steps]
