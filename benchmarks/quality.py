@@ -34,9 +34,12 @@ NLL_oracle of SeqGAN and of the MLE baseline on the same oracle (`--oracle FILE.
 
 Runs can share one GPU: `--jobs J` trains J runs at a time in worker processes (spawned),
 each writing its log next to its run folder; the JSON of a script is written as soon as its
-runs are scored. A run that fails is reported with its script, run, seed and error sentence;
-its script is not scored (no JSON: a line says so), the other scripts are, and the command
-ends with exit status 1 (the run folders are then kept, for their logs).
+runs are scored. A run that fails is reported with its script, run, seed and error sentence.
+If only comparison runs of a script failed (RGAN's SGAN on 2,000 images, say), the script is
+scored from the runs that finished and its JSON names the failed ones ("failed_runs"); if a
+main run (or one of seqgan's paired runs) failed, it is not scored (no JSON: a line says so).
+The other scripts are scored either way, and the command ends with exit status 1 (the run
+folders are then kept, for their logs).
 `--tiny` (CPU-sized networks, 16 px, a few hundred images) runs a script's whole path on a
 CPU in seconds; its numbers mean nothing. What the tests run of it (tests/test_quality.py):
 dcgan end to end (train, score, JSON and grid), progan trained and scored on 16 images (the
@@ -950,7 +953,9 @@ def main(argv=None) -> dict:
     results, failed = {}, []
 
     def finished(job):
-        # a failed run is named and skipped; its script is not scored, the others are
+        # A failed run is named. Its script is still scored from the runs that finished when
+        # only comparison runs failed (the JSON lists the failed ones); when a main run (or
+        # any of seqgan's paired runs) failed it is not scored. The other scripts always are.
         s, name = job["script"], f"{job['script']} {job['run']} seed {job['seed']}"
         if job.get("error"):
             failed.append(name)
@@ -960,23 +965,26 @@ def main(argv=None) -> dict:
         done[s].append(job)
         if len(done[s]) < pending[s]:
             return
-        bad = sum(bool(j.get("error")) for j in done[s])
-        if bad:
-            print(f"{s}: not scored, {bad} of {pending[s]} runs failed; no quality-{s}{a.suffix}.json written",
+        bad = {f"{j['run']} seed {j['seed']}": j["error"] for j in done[s] if j.get("error")}
+        if bad and (s == "seqgan" or any(j.get("error") for j in done[s] if j["run"] == "main")):
+            print(f"{s}: not scored, {len(bad)} of {pending[s]} runs failed; no quality-{s}{a.suffix}.json written",
                   flush=True)
             return
-        order = sorted(done[s], key=lambda j: (j["run"] != "main", j["run"], j["seed"]))
+        order = sorted((j for j in done[s] if not j.get("error")),
+                       key=lambda j: (j["run"] != "main", j["run"], j["seed"]))
         try:
             results[s] = score_script(s, order, a, nets_cache, device, results_dir,
                                       {**header, "classifier": {k: v for k, v in header["classifier"].items()
-                                                                if s != "seqgan"}})
+                                                                if s != "seqgan"},
+                                       **({"failed_runs": bad} if bad else {})})
         except Exception as e:  # (a defect of the scoring: its traceback, then the other scripts)
             traceback.print_exc()
             failed.append(f"{s} scoring")
             print(f"{s}: scoring FAILED: {error_sentence(e)}; no quality-{s}{a.suffix}.json written", flush=True)
             return
         met = [f"{k}: {'met' if v['met'] else 'MISSED'}" for k, v in results[s]["targets"].items()]
-        print(f"{s}: wrote {results_dir}/quality-{s}{a.suffix}.json  " + "; ".join(met), flush=True)
+        partial = f" (partial: {', '.join(bad)} failed)" if bad else ""
+        print(f"{s}: wrote {results_dir}/quality-{s}{a.suffix}.json{partial}  " + "; ".join(met), flush=True)
 
     try:
         if a.jobs == 1:

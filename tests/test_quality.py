@@ -287,3 +287,25 @@ def test_curve_segments_record_the_step_each_ended_at(tmp_path):
     real = quality.embed(net, torch.load(tmp_path / "main-seed0" / "curve-00.pt"), cfg, "cpu")
     out = quality.score_curve("wgan", done, net, cfg, "cpu", real)
     assert out["W_estimate_at_checkpoints"] == [float(rows[s]["W_estimate"]) for s in steps]
+
+
+def test_a_failed_comparison_run_leaves_the_script_scored_from_the_others(tmp_path, tiny_cache, capsys,
+                                                                          monkeypatch):
+    # progan's fixed-size comparison run fails; its main run is scored and the JSON says what failed
+    train_job = quality.train_job
+
+    def failing(job):
+        return {**job, "error": "loss_D became nan by step 1; stopping.", "wall_s": 0.0,
+                "log": "x.log"} if job["run"] != "main" else train_job(job)
+
+    monkeypatch.setattr(quality, "train_job", failing)
+    results = tmp_path / "results"
+    argv = ["--script", "progan", "--tiny", "--budget", "16", "--n-eval", "16", "--device", "cpu",
+            "--results-dir", str(results), "--cache", str(tiny_cache), "--work", str(tmp_path / "work"),
+            "--classifier", *[f"{k}={json.dumps(v)}" for k, v in TINY_CLASSIFIER.items()]]
+    with pytest.raises(common.TrainingError, match="progan fixed-size seed 0"):
+        quality.main(argv)
+    assert "(partial: fixed-size seed 0 failed)" in capsys.readouterr().out
+    progan = json.loads((results / "quality-progan.json").read_text())
+    assert set(progan["runs"]) == {"main"}
+    assert progan["failed_runs"] == {"fixed-size seed 0": "loss_D became nan by step 1; stopping."}
