@@ -3,6 +3,7 @@ training step computes. On the CPU the step runs eagerly through Graphed's stati
 (the plumbing a CUDA graph replays from), so a --fast run must end with exactly the weights
 and losses of a default run. The CUDA tests (graph capture itself) run on a GPU machine."""
 import importlib
+import shutil
 
 import pytest
 import torch
@@ -132,6 +133,26 @@ def test_fast_amp_and_compile_can_be_switched_off_on_resume(tmp_path):
     steps = {json.loads(f.read_text())["resumed_from_step"]: json.loads(f.read_text())["args"]["fast"]
              for f in run.glob("config-resume-*.json")}
     assert steps == {2: True, 3: False}
+
+
+@pytest.mark.skipif(not shutil.which("g++") and not shutil.which("c++"), reason="torch.compile needs a C++ compiler")
+def test_compile_with_fast_trains_as_eager_and_its_checkpoint_resumes_uncompiled(tmp_path):
+    # --compile compiles the networks in place (torch.compile; on the CPU inductor's C++ code),
+    # so a step computes what the eager step computes (up to the fused kernels' rounding), the
+    # checkpoint has the plain networks' keys, and it resumes without --compile
+    dcgan = importlib.import_module("dcgan")
+    flags = TINY + ["--max-steps", "3"]
+    dcgan.main(flags + ["--out", str(tmp_path / "eager")])
+    from torch._dynamo.utils import counters
+    counters.clear()
+    dcgan.main(flags + ["--compile", "--fast", "--out", str(tmp_path / "compiled")])
+    assert counters["stats"]["unique_graphs"] > 0               # something was compiled
+    eager, compiled = _weights(tmp_path / "eager"), _weights(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys()                      # no "_orig_mod." prefixes
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-3, atol=1e-4)
+    result = dcgan.main(["--resume", str(tmp_path / "compiled"), "--max-steps", "4", "--no-compile", "--no-fast"])
+    assert result["step"] == 4
 
 
 def test_seqgan_refuses_fast(capsys):
