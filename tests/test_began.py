@@ -52,6 +52,8 @@ def test_update_k_gives_the_spec_number():
     (0.999, 1.0, 0.0, 0.5, 1.0), (0.001, 0.0, 1.0, 0.5, 0.0),           # one step over the edge
     (0.5, math.inf, 0.0, 0.001, 1.0), (0.5, 0.0, math.inf, 0.001, 0.0),  # infinite losses
 ])
+
+
 def test_k_stays_in_the_unit_interval_under_extreme_inputs(k, real, fake, lambda_k, expected):
     assert began.update_k(k, 0.5, real, fake, lambda_k) == expected
     on_device = began.update_k_tensor(torch.tensor(k), 0.5, torch.tensor(real), torch.tensor(fake), lambda_k)
@@ -112,6 +114,11 @@ def test_stall_rule():
     assert not began.stalled(0.995, 1.0, 0.0)       # tol 0: any decrease is progress
 
 
+def test_a_window_exactly_tol_below_the_previous_one_is_progress():
+    # "not at least tol lower" stalls: exactly tol lower is at least tol lower (binary-exact numbers)
+    assert not began.stalled(0.75, 1.0, 0.25) and began.stalled(0.75 + 2**-20, 1.0, 0.25)
+
+
 def test_lr_factor_at_the_end_of_each_window():
     state = {"window_sum": torch.tensor(20.0), "previous_mean": math.inf}   # window 1: mean 2.0
     assert began.lr_factor(state, "stall", 10, 0.01) == 1.0                 # nothing to compare with
@@ -140,6 +147,30 @@ def test_d_is_an_autoencoder_and_g_its_decoder(size, channels):
     # G has the decoder's architecture, but its own weights
     assert [p.shape for p in G.parameters()] == [p.shape for p in D.decoder.parameters()]
     assert not set(map(id, G.parameters())) & set(map(id, D.parameters()))
+
+
+def test_z_is_uniform_on_minus_one_to_one():
+    torch.manual_seed(0)
+    z = began.sample_z(4000, 8, "cpu")
+    assert z.min() < -0.99 and z.max() > 0.99 and abs(z.mean().item()) < 0.02
+    assert z.std().item() == pytest.approx(2 / math.sqrt(12), rel=0.02)       # U(-1, 1), not N(0, 1)
+
+
+def test_fc_layers_and_the_output_conv_have_no_nonlinearity():
+    # FC to h, FC to h0 and the last conv are affine: with weight 0 and bias -3, -3 comes out
+    # (an ELU would give about -0.95, a tanh about -0.995).
+    torch.manual_seed(0)
+    D = began.Discriminator(nh=8, n=8, image_size=16)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    seen = {}
+    D.decoder.stages[0].register_forward_pre_hook(lambda module, inputs: seen.update(h0=inputs[0]))
+    with torch.no_grad():
+        for layer in (D.encoder.fc, D.decoder.fc, D.decoder.out):
+            layer.weight.zero_()
+            layer.bias.fill_(-3.0)
+        assert torch.equal(D.encoder(x), torch.full((2, 8), -3.0))           # h
+        assert torch.equal(D(x), torch.full_like(x, -3.0))                   # the image: no tanh
+    assert torch.equal(seen["h0"], torch.full((2, 8, 8, 8), -3.0))          # the 8x8xn map h0
 
 
 def test_no_normalisation_anywhere_and_elu_only():
@@ -180,6 +211,20 @@ def test_skip_connections_concatenate_h0():
             for p in list(G.stages[0].parameters()) + list(G.stages[1].parameters()):
                 p.zero_()
         assert torch.allclose(G(h), G(torch.zeros(2, 8))) != skip
+
+
+def test_skip_concatenates_h0_nearest_neighbour_upsampled():
+    torch.manual_seed(0)
+    G = began.Generator(nh=8, n=8, image_size=32, skip=True)
+    seen = []
+    for stage in G.stages[1:]:
+        stage.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    h = torch.randn(2, 8)
+    with torch.no_grad():
+        G(h)
+        h0 = G.fc(h).view(2, 8, 8, 8)
+    for x, scale in zip(seen, (2, 4)):                                       # 16x16, then 32x32
+        assert torch.equal(x[:, 8:], h0.repeat_interleave(scale, 2).repeat_interleave(scale, 3))
 
 
 def test_sizes_the_architecture_cannot_make_are_refused(capsys):
@@ -253,6 +298,20 @@ def test_g_loss_flows_through_both_g_z_and_d_g_z():
     assert not torch.allclose(full, grad(lambda x: began.ae_loss(x.detach(), D(x))))
 
 
+def test_g_step_follows_the_gradient_through_both_g_z_and_d_g_z():
+    # With SGD at lr 1 the step is minus the gradient of L(G(z_G)) = mean |G(z) - D(G(z))|, both paths.
+    G, D, _, _ = _nets()
+    torch.manual_seed(5)
+    z = began.sample_z(4, 8, "cpu")
+    began.ae_loss(G(z), D(G(z))).backward()
+    expected = [-p.grad.clone() for p in G.parameters()]
+    before = _params(G)
+    torch.manual_seed(5)                                                     # generator_step draws this z
+    began.generator_step(G, D, torch.optim.SGD(G.parameters(), lr=1.0), 4, 8, torch.device("cpu"))
+    for p, p0, want in zip(G.parameters(), before, expected):
+        assert torch.allclose(p.detach() - p0, want, atol=1e-6)
+
+
 # --- the command line --------------------------------------------------------------------------
 def test_cli_logs_m_global_and_k_t_and_resumes_exactly(tmp_path):
     # k_0 = 0.3 and a large λ_k make k_t move; windows of 2 steps with a 90% tolerance make
@@ -289,6 +348,37 @@ def test_cli_logs_m_global_and_k_t_and_resumes_exactly(tmp_path):
     for a, b in zip(rows, split):
         for col in ("loss_D", "loss_G", "L_x", "k_t", "M_global", "lr"):
             assert a[col] == b[col], (a["step"], col)
+
+
+def test_each_step_updates_d_then_g_with_fresh_latents_and_logs_m_global_of_its_losses(tmp_path, monkeypatch):
+    calls, zs = [], []
+    d_step, g_step, sample_z = began.discriminator_step, began.generator_step, began.sample_z
+
+    def d_spy(D, *args, **kwargs):
+        out = d_step(D, *args, **kwargs)
+        calls.append(("D", _params(D)))                                       # D after its update
+        return out
+
+    def g_spy(G, D, *args, **kwargs):
+        calls.append(("G", _params(D)))                                       # the D that L(G(z_G)) goes through
+        return g_step(G, D, *args, **kwargs)
+
+    def z_spy(*args, **kwargs):
+        zs.append(sample_z(*args, **kwargs))
+        return zs[-1]
+
+    monkeypatch.setattr(began, "discriminator_step", d_spy)
+    monkeypatch.setattr(began, "generator_step", g_spy)
+    monkeypatch.setattr(began, "sample_z", z_spy)
+    began.main(TINY_B + ["--max-steps", "3", "--k0", "0.3", "--out", "run"])
+    assert [name for name, _ in calls] == ["D", "G"] * 3
+    assert all(_same(d, g) for (_, d), (_, g) in zip(calls[::2], calls[1::2]))   # G sees the D just updated
+    assert len(zs) == 1 + 2 * 3                                              # the grid's z; z_D and z_G per step
+    z = torch.cat(zs[1:])
+    assert len(torch.unique(z, dim=0)) == len(z)                             # every latent fresh
+    for r in read_metrics(tmp_path / "run"):                                 # M_global from L(x) and L(G(z_G))
+        L_x, L_G = float(r["L_x"]), float(r["loss_G"])
+        assert float(r["M_global"]) == pytest.approx(L_x + abs(0.5 * L_x - L_G), rel=1e-6)
 
 
 def _have_matplotlib() -> bool:

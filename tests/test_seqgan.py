@@ -123,6 +123,17 @@ def test_generator_and_oracle_init():
     assert log_probs.shape == (3, 20, 5000) and torch.allclose(log_probs.exp().sum(-1), torch.ones(3, 20))
 
 
+def test_samples_follow_the_probabilities_the_forward_pass_gives():
+    # sample() (start token 0, temperature 1) and forward() are one model: the frequency of every
+    # sequence of length 2 over V = 3 matches exp(Σ_t log G(y_t | Y_{<t})).
+    torch.manual_seed(0)
+    G = seqgan.Generator(3, 4, 4, init_std=1.0)                              # far from uniform
+    every = torch.cartesian_prod(torch.arange(3), torch.arange(3))           # (9, 2)
+    p = G(every).gather(2, every[..., None]).sum((1, 2)).exp()
+    counts = torch.bincount((lambda s: s[:, 0] * 3 + s[:, 1])(G.sample(40000, 2)), minlength=9)
+    assert torch.allclose(counts / 40000, p, atol=0.01), (counts / 40000, p)
+
+
 def test_discriminator_has_1720_filters_highway_and_dropout():
     D = seqgan.Discriminator(5000, 20)
     assert [(c.kernel_size[0], c.out_channels) for c in D.convs] == list(seqgan.WINDOWS)
@@ -137,6 +148,25 @@ def test_discriminator_has_1720_filters_highway_and_dropout():
     assert not torch.equal(D(x), D(x))                                       # dropout is on in training
     short = seqgan.Discriminator(50, seq_len=6)                              # windows > T are left out
     assert [c.kernel_size[0] for c in short.convs] == [1, 2, 3, 4, 5, 6] and short.out.in_features == 1000
+
+
+def test_discriminator_forward_is_relu_convs_max_over_time_then_a_relu_highway():
+    # D written out by hand (dropout off): each window as a sum over its positions, ReLU, max
+    # over time; highway τ·ReLU(W_H c + b_H) + (1 - τ)·c with τ = σ(W_T c + b_T); linear output.
+    torch.manual_seed(0)
+    D = seqgan.Discriminator(7, 5, 3, windows=((1, 2), (3, 2))).eval()
+    tokens = torch.randint(7, (4, 5))
+    e = D.embedding.weight[tokens]                                           # (B, T, E)
+    features = []
+    for conv in D.convs:
+        k = conv.kernel_size[0]
+        at = [torch.einsum("bje,nej->bn", e[:, p:p + k], conv.weight) + conv.bias for p in range(5 - k + 1)]
+        features.append(torch.stack(at, 2).relu().max(2).values)            # (B, n): max over time
+    c = torch.cat(features, 1)
+    tau = torch.sigmoid(c @ D.gate.weight.t() + D.gate.bias)
+    c = tau * (c @ D.transform.weight.t() + D.transform.bias).relu() + (1 - tau) * c
+    with torch.no_grad():
+        assert torch.allclose(D(tokens), c @ D.out.weight.t() + D.out.bias, atol=1e-5)
 
 
 # --- the oracle ------------------------------------------------------------------------------
@@ -277,6 +307,43 @@ def test_policy_gradient_steps_learn_what_D_rewards_and_touch_only_G():
     assert _same(_params(G_beta), beta0) and all(p.grad is None for p in G_beta.parameters())
 
 
+def test_policy_gradient_step_scores_tokens_by_rollouts_of_G_beta():
+    # G_β always writes token 1 and D counts 1s, so Q(Y_{1:t}) = (1s in Y_{1:t} + T - t + 0.5) / (T + 1)
+    # exactly (rollouts by G_θ would score less); the loss is pg_loss of these Q before the update.
+    V, T, B = 4, 5, 6
+    torch.manual_seed(0)
+    G, G_beta = seqgan.Generator(V, 4, 4), seqgan.Generator(V, 4, 4)
+    with torch.no_grad():
+        G_beta.out.weight.zero_()
+        G_beta.out.bias.copy_(torch.tensor([0.0, 50.0, 0.0, 0.0]))
+    torch.manual_seed(1)
+    tokens = G.sample(B, T)
+    q = ((tokens == 1).cumsum(1) + (T - torch.arange(1, T + 1)) + 0.5) / (T + 1)
+    expected = seqgan.pg_loss(G(tokens), tokens, q).item()
+    opt = torch.optim.Adam([p for p in G.parameters() if p.requires_grad], lr=0.01)
+    torch.manual_seed(1)                                                     # pg_step draws the same Y ~ G_θ
+    loss, reward = seqgan.pg_step(G, G_beta, CountD(1), opt, B, T, 3, clip=5.0)
+    assert reward.item() == pytest.approx(q.mean().item(), abs=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_mle_and_policy_gradient_updates_clip_the_global_gradient_norm():
+    # Under SGD with lr 1 an update is minus the gradient: its global norm is the clip when the
+    # gradient is larger (official tf.clip_by_global_norm).
+    torch.manual_seed(0)
+    G, G_beta = seqgan.Generator(6, 4, 4), seqgan.Generator(6, 4, 4)
+    data = torch.randint(6, (8, 5))
+    steps = {"mle": lambda opt, clip: seqgan.mle_epoch(G, opt, data, 8, clip),
+             "pg": lambda opt, clip: seqgan.pg_step(G, G_beta, CountD(1), opt, 8, 5, 2, clip)}
+    for name, step in steps.items():
+        norms = []
+        for clip in (1e6, 1e-3):
+            before = _params(G)
+            step(torch.optim.SGD([p for p in G.parameters() if p.requires_grad], lr=1.0), clip)
+            norms.append(torch.cat([(a - b).flatten() for a, b in zip(_params(G), before)]).norm().item())
+        assert norms[0] > 0.01 and norms[1] == pytest.approx(1e-3, rel=1e-3), (name, norms)
+
+
 def test_update_rollout_is_beta_gets_theta_or_the_official_delayed_copy():
     torch.manual_seed(0)
     G, G_beta = seqgan.Generator(6, 3, 3), seqgan.Generator(6, 3, 3).requires_grad_(False)
@@ -385,6 +452,37 @@ def test_tiny_run_trains_every_phase_and_resumes_exactly_after_ctrl_c(tmp_path, 
         assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
 
 
+def test_adversarial_phase_starts_G_beta_as_the_pretrained_G_and_D_sees_G_thetas_samples(tmp_path, monkeypatch):
+    seen, negatives, last = [], [], {}
+    pg_step, d_epochs, sample = seqgan.pg_step, seqgan.d_epochs, seqgan.Generator.sample
+
+    def pg_spy(G, G_beta, *args, **kwargs):                                  # θ and β as each G step sees them
+        seen.append((_params(G), {k: v.detach().clone() for k, v in G_beta.named_parameters()}))
+        return pg_step(G, G_beta, *args, **kwargs)
+
+    def sample_spy(self, *args, **kwargs):
+        last.update(by=self, out=sample(self, *args, **kwargs))
+        return last["out"]
+
+    def d_spy(D, opt, real, fake, *args, **kwargs):                         # who drew D's negatives
+        negatives.append(fake is last["out"] and last["by"].out.weight.requires_grad)   # G_θ (G_β is frozen)
+        return d_epochs(D, opt, real, fake, *args, **kwargs)
+
+    monkeypatch.setattr(seqgan, "pg_step", pg_spy)
+    monkeypatch.setattr(seqgan, "d_epochs", d_spy)
+    monkeypatch.setattr(seqgan.Generator, "sample", sample_spy)
+    seqgan.main(TINY + ["--pretrain-epochs", "1", "--d-pretrain-rounds", "1", "--epochs", "2",
+                        "--rollout-update-rate", "0.8", "--out", "run"])
+    assert negatives == [True] * 5                                           # 1 pretraining round + 2 × 2 d-steps
+    (theta0, beta0), (theta1, beta1) = seen
+    assert _same(list(beta0.values()), theta0)                               # G_β starts as the pretrained G
+    for (name, b1), b0, t1 in zip(beta1.items(), beta0.values(), theta1):   # then β ← 0.8β + 0.2θ
+        assert torch.allclose(b1, t1 if name.startswith("embedding") else 0.8 * b0 + 0.2 * t1), name
+    nets = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["modules"]
+    # separate Adam states: 4 MLE batches (64 sequences / 16) and 2 policy-gradient steps
+    assert [float(nets[o]["state"][0]["step"]) for o in ("opt_mle", "opt_pg")] == [4, 2]
+
+
 def test_mle_only_is_the_same_pretraining_then_more_mle_epochs(tmp_path):
     seqgan.main(TINY + SCHEDULE + ["--out", "gan"])
     seqgan.main(TINY + SCHEDULE + ["--mle-only", "--out", "mle"])
@@ -416,6 +514,8 @@ def test_oracle_flag_loads_the_file(tmp_path):
     (["--oracle", "missing.npz"], common.UserError),
     (["--batch-size", "100"], common.UserError),
 ])
+
+
 def test_bad_input_is_refused(argv, error):
     with pytest.raises(error):
         seqgan.main(TINY + argv)
