@@ -84,6 +84,28 @@ def test_every_layer_is_equalized_with_the_paper_gains():
     assert first.weight.shape[2:] == (4, 4) and math.isclose(first.scale, math.sqrt(2) / math.sqrt(16 * 8))
 
 
+def test_every_activation_is_leaky_relu_0_2():
+    G, D = _nets()
+    acts = [m for net in (G, D) for m in net.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(acts) == (2 + 2 * 2) + (2 + 2 * 2 + 3)  # G: 2 at 4x4, 2 a stage; D: the same and 3 fromRGB
+    for m in acts:
+        assert torch.equal(m(torch.tensor([-1.0, 2.0])), torch.tensor([-0.2, 2.0])), m
+
+
+def test_generator_pixel_norms_the_latent_and_every_conv_output():
+    G, _ = _nets()
+    seen = []
+    for m in G.modules():
+        if isinstance(m, progan.EqualizedConv2d):  # every conv's input: the normed latent or a normed feature map
+            m.register_forward_hook(lambda m, inp, out: seen.append(inp[0].pow(2).mean(1)))
+    z = torch.randn(4, 8)
+    x = G(z, 2, 1.0)
+    assert len(seen) == 2 + 2 * 2 + 1                              # 4x4, two stages, toRGB
+    for ms in seen:
+        assert torch.allclose(ms, torch.ones_like(ms), atol=1e-4)
+    assert torch.allclose(G(5 * z, 2, 1.0), x, atol=1e-5)          # so the latent's scale does not matter
+
+
 def test_pixel_norm_gives_unit_mean_square_over_channels():
     x = torch.randn(3, 16, 5, 5) * (0.5 + 10 * torch.rand(3, 1, 5, 5))   # a different scale per pixel
     y = progan.PixelNorm()(x)
@@ -151,6 +173,14 @@ def test_discriminator_fade_in_identities():
         D.from_rgb[2][0].weight.add_(1.0)                        # the new path: unused at alpha 0
         D.blocks[2][0].weight.add_(1.0)
         assert torch.equal(D(y, 2, 0.0), base0) and not torch.equal(D(x, 2, 1.0), base)
+
+
+def test_discriminator_mid_fade_blends_the_pooled_old_path_with_the_new_block():
+    _, D = _nets()
+    x = torch.randn(8, 3, 16, 16)
+    # Fig. 2 (b): h = (1 - alpha) fromRGB_old(avgpool(x)) + alpha block_new(fromRGB_new(x)), then the 8x8 net
+    h = torch.lerp(D.from_rgb[1](F.avg_pool2d(x, 2)), D.blocks[2](D.from_rgb[2](x)), 0.3)
+    assert torch.allclose(D(x, 2, 0.3), D.blocks[0](D.blocks[1](h)).squeeze(1), atol=1e-5)
 
 
 def test_fade_reals():
@@ -244,6 +274,24 @@ def test_steps_leave_the_other_network_alone():
     assert all(p.requires_grad for p in D.parameters())
 
 
+def test_discriminator_step_loss_is_wgan_gp_with_drift_on_d_of_real_and_fake():
+    G, D = _nets()
+    args = progan.parse_args(["--nz", "8", "--final-size", "16", "--device", "cpu"])
+    opt_D = torch.optim.Adam(D.parameters(), lr=1e-3, betas=(0.0, 0.99))
+    real = progan.fade_reals(torch.rand(8, 3, 8, 8) * 2 - 1, 0.5)
+    torch.manual_seed(1)   # the step's draws: z for the fakes, then u for the penalty
+    with torch.no_grad():
+        fake = G(torch.randn(8, 8), 1, 0.5)
+        r, f = D(real, 1, 0.5), D(fake, 1, 0.5)
+    gp = progan.gradient_penalty(D, real, fake, 1, 0.5).detach()
+    expected = f.mean() - r.mean() + 10 * gp + 0.001 * r.pow(2).mean()
+    torch.manual_seed(1)
+    loss, W, penalty = progan.discriminator_step(G, D, opt_D, real, 1, 0.5, args)
+    assert torch.allclose(penalty, gp) and gp > 0
+    assert torch.allclose(W, r.mean() - f.mean(), atol=1e-6)       # the Wasserstein estimate: real minus fake
+    assert torch.allclose(loss, expected, atol=1e-5)
+
+
 def test_steps_under_amp():
     G, D = _nets()
     args = progan.parse_args(["--nz", "8", "--final-size", "16", "--device", "cpu", "--amp"])
@@ -286,8 +334,10 @@ def test_cli_grows_through_every_phase(grown):
     assert ckpt["step"] == 12 and ckpt["state"]["images_seen"] == 96 and ckpt["state"]["phase"] == 4
     assert (ckpt["state"]["depth"], ckpt["state"]["alpha"]) == (2, 1.0)
     assert not _same(ckpt["modules"]["G"].values(), ckpt["modules"]["G_ema"].values())  # the average is not G
-    # Adam's moments restart with each phase: the last phase began at step 9
-    assert all(s["step"] == 4 for s in ckpt["modules"]["opt_D"]["state"].values())
+    # Adam's moments restart with each phase, G's and D's: the last phase began at step 9
+    for opt in ("opt_G", "opt_D"):
+        moments = ckpt["modules"][opt]["state"].values()
+        assert moments and all(s["step"] == 4 for s in moments), opt
     # sample grids are shown at the final size, whatever the resolution
     from PIL import Image
     assert Image.open(grown / "samples" / "res-004.png").size == Image.open(grown / "samples" / "final.png").size
@@ -326,3 +376,31 @@ def test_resume_mid_fade_is_exact(grown, tmp_path):
 def test_resume_refuses_a_new_schedule(grown):
     with pytest.raises(common.UserError):
         progan.main(["--resume", str(grown), "--images-per-phase", "64"])
+
+
+def test_real_batches_are_box_filtered_to_the_resolution_and_faded_in(monkeypatch, tmp_path):
+    drawn, shown = [], []
+    sampler, step = common.Run.sampler, progan.discriminator_step
+
+    def spy_sampler(self, data):
+        draw = sampler(self, data)
+        return lambda n: drawn.append(draw(n)[0]) or (drawn[-1], None)
+
+    monkeypatch.setattr(common.Run, "sampler", spy_sampler)
+    monkeypatch.setattr(progan, "discriminator_step",
+                        lambda G, D, opt, real, *a: shown.append(real) or step(G, D, opt, real, *a))
+    progan.main(TINY_PG + ["--epochs", "3", "--max-steps", "4", "--out", "run"])
+    assert len(drawn) == len(shown) == 4 and drawn[0].shape[-1] == 16
+    for x, real in zip(drawn[:2], shown[:2]):                   # 4x4: 4x4 box filter of the 16 px data
+        assert torch.allclose(real, F.avg_pool2d(x, 4), atol=1e-6)
+    for x, real, alpha in zip(drawn[2:], shown[2:], (0.0, 0.5)):   # fade-in of 8x8 (official process_reals)
+        low = F.interpolate(F.avg_pool2d(x, 4), scale_factor=2, mode="nearest")
+        assert torch.allclose(real, low + alpha * (F.avg_pool2d(x, 2) - low), atol=1e-6)
+
+
+def test_samples_come_from_the_average_of_g_after_each_g_step(tmp_path):
+    # with decay 0 the average is G itself: it must equal the trained G, not the initial one
+    progan.main(TINY_PG + ["--ema", "0", "--max-steps", "3", "--out", "run"])
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    G, G_ema = ckpt["modules"]["G"], ckpt["modules"]["G_ema"]
+    assert G.keys() == G_ema.keys() and all(torch.equal(G[k], G_ema[k]) for k in G)

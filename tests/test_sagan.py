@@ -280,3 +280,64 @@ def test_projection_logit_is_psi_plus_inner_product_with_the_class_embedding():
     phi = F.relu(h).sum((2, 3))
     expected = D.linear(phi).squeeze(1) + (D.embed.weight[y] * phi).sum(1)
     assert torch.allclose(D(x, y), expected, atol=1e-5)
+
+
+def test_conditional_bn_is_plain_bn_then_the_class_gain_and_bias():
+    torch.manual_seed(0)
+    cbn = sagan.CondBatchNorm2d(4, 3)
+    assert torch.equal(cbn.gain.weight, torch.ones(3, 4)) and torch.equal(cbn.bias.weight, torch.zeros(3, 4))
+    x, y = torch.randn(6, 4, 3, 3) * 3 + 1, torch.tensor([0, 1, 2, 2, 1, 0])
+    normed = F.batch_norm(x, None, None, training=True)            # no affine of its own
+    assert torch.allclose(cbn(x, y), normed, atol=1e-5)              # at init: plain BN for every class
+    with torch.no_grad():
+        cbn.gain.weight.copy_(torch.arange(12.0).view(3, 4))
+        cbn.bias.weight.copy_(-torch.arange(12.0).view(3, 4) / 10)
+    expected = normed * cbn.gain.weight[y][:, :, None, None] + cbn.bias.weight[y][:, :, None, None]
+    assert torch.allclose(cbn(x, y), expected, atol=1e-5)
+
+
+def test_discriminator_blocks_follow_the_official_residual_form():
+    _, D, _, _ = _nets()
+    D.eval()  # fixed spectral-norm vectors
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    first, second, last = D.blocks
+    # the optimised first block: no ReLU on the image, pool before the shortcut conv
+    h = F.avg_pool2d(first.conv2(F.relu(first.conv1(x))), 2) + first.skip(F.avg_pool2d(x, 2))
+    assert torch.allclose(first(x), h, atol=1e-5)
+    # later blocks: ReLU-conv3-ReLU-conv3-avgpool, shortcut conv1-avgpool
+    h2 = F.avg_pool2d(second.conv2(F.relu(second.conv1(F.relu(h)))), 2) + F.avg_pool2d(second.skip(h), 2)
+    assert torch.allclose(second(h), h2, atol=1e-5)
+    # the last block keeps the 4x4 map (no downsampling) and has no shortcut conv
+    assert last.skip is None and last(h2).shape == h2.shape == (2, 16, 4, 4)
+    assert torch.allclose(last(h2), last.conv2(F.relu(last.conv1(F.relu(h2)))) + h2, atol=1e-5)
+
+
+def test_discriminator_step_scores_real_and_fake_halves_with_their_labels():
+    G, D, _, opt_D = _nets()
+    y = torch.tensor([0, 3, 5, 9])
+    real, fake = torch.rand(4, 3, 16, 16) * 2 - 1, G(torch.randn(4, 16), y).detach()
+    D.eval()  # fixed spectral-norm vectors, so the step's forward is the same function as these
+    with torch.no_grad():
+        r, f = D(real, y), D(fake, y)
+    loss, D_real, D_fake = sagan.discriminator_step(D, opt_D, real, fake, y)
+    assert torch.allclose(D_real, r.mean(), atol=1e-5) and torch.allclose(D_fake, f.mean(), atol=1e-5)
+    assert torch.allclose(loss, sagan.d_hinge_loss(r, f), atol=1e-5)
+
+
+def test_generator_output_is_tanh_of_the_last_conv():
+    G = _nets()[0]
+    seen = []
+    G.conv.register_forward_hook(lambda m, inp, out: seen.append(out))
+    with torch.no_grad():
+        G.conv.bias.fill_(3.0)  # push the pre-activations far past 1
+        x = G(torch.randn(4, 16), torch.arange(4))
+    assert torch.equal(x, torch.tanh(seen[0])) and x.abs().max() <= 1 and seen[0].max() > 1
+
+
+def test_each_training_step_updates_d_then_g(tmp_path, monkeypatch):
+    calls = []
+    for name in ("discriminator_step", "generator_step"):
+        step = getattr(sagan, name)
+        monkeypatch.setattr(sagan, name, lambda *a, _s=step, _n=name[0].upper(), **k: calls.append(_n) or _s(*a, **k))
+    sagan.main(TINY_SAGAN + ["--max-steps", "2", "--out", "run"])
+    assert calls == ["D", "G", "D", "G"]  # one D step, then one G step through the updated D
