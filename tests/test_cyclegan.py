@@ -97,7 +97,8 @@ def test_patchgan_map_sizes_and_70x70_receptive_field():
     assert [m.stride[0] for m in convs] == [2, 2, 2, 1, 1] and convs[-1].out_channels == 1
     assert not isinstance(D.net[1], nn.InstanceNorm2d)  # no norm on C64
     assert not any(isinstance(m, (nn.Sigmoid, nn.Tanh)) for m in D.modules())
-    assert all(m.negative_slope == 0.2 for m in D.modules() if isinstance(m, nn.LeakyReLU))
+    acts = [m for m in D.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+    assert len(acts) == 4 and all(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.2 for m in acts)
     # Measured: with the (global) instance norms taken out, the gradient of one output of the
     # map reaches exactly a 70x70 window of the input.
     for i, m in enumerate(D.net):
@@ -116,6 +117,14 @@ def test_weights_init_is_normal_0_02():
     w = G.net[4].weight                                  # d128: 128 x 64 x 3 x 3
     assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
     assert all(m.bias.abs().max() == 0 for m in G.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_build_initialises_all_four_networks():
+    for net in _nets()[:4]:                          # G_AB, G_BA, D_A, D_B; PyTorch's default differs
+        convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        w = torch.cat([m.weight.flatten() for m in convs])
+        assert abs(w.std().item() - 0.02) < 0.002
+        assert all(m.bias.abs().max() == 0 for m in convs)
 
 
 def test_lsgan_losses_match_their_closed_forms():
@@ -166,6 +175,21 @@ def test_image_pool_holds_at_most_its_size_and_returns_old_images_half_the_time(
     assert torch.equal(torch.stack(again.images), torch.stack(pool.images))
     x = _images(3)
     assert torch.equal(cyclegan.ImagePool(0).query(x), x)  # size 0: no history
+
+
+def test_image_pool_stores_each_new_image_in_the_place_of_the_old_one_it_returns():
+    torch.manual_seed(0)
+    pool = cyclegan.ImagePool(4)
+    pool.query(torch.arange(4.0).view(-1, 1, 1, 1))       # full: images 0..3
+    for i in range(4, 400):
+        before = [x.item() for x in pool.images]
+        (out,) = pool.query(torch.tensor([[[[float(i)]]]])).flatten().tolist()
+        now = [x.item() for x in pool.images]
+        if out == i:                                        # the new image itself: the pool unchanged
+            assert now == before
+        else:                                               # an old one: swapped out for the new one
+            assert out in before and out not in now and sorted(now) == sorted(b for b in before if b != out) + [i]
+    assert min(x.item() for x in pool.images) >= 4         # every place was written again
 
 
 def test_a_g_step_leaves_d_unchanged_and_a_d_step_leaves_g_unchanged():
@@ -231,6 +255,41 @@ def test_each_term_goes_through_the_right_network():
     loss_A, loss_B = cyclegan.discriminator_step(D_A, D_B, opt_D, a, b, fake_A, fake_B)
     assert loss_A.item() == pytest.approx(0.5 * ((0.25 - 1) ** 2 + 0.1 ** 2))   # D_X: a against F(b)
     assert loss_B.item() == pytest.approx(0.5 * ((-0.25 - 1) ** 2 + 0.9 ** 2))  # D_Y: b against G(a)
+
+
+def test_training_updates_the_generators_then_each_d_on_its_own_domains_fakes(monkeypatch):
+    calls = []
+    g_step, d_step = cyclegan.generator_step, cyclegan.discriminator_step
+
+    def spy_g(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, *a):
+        fake_A, fake_B, terms = g_step(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, *a)
+        calls.append(("G", real_A, real_B, fake_A, fake_B))
+        return fake_A, fake_B, terms
+
+    def spy_d(D_A, D_B, opt_D, real_A, real_B, fake_A, fake_B, *a):
+        calls.append(("D", real_A, real_B, fake_A, fake_B))
+        return d_step(D_A, D_B, opt_D, real_A, real_B, fake_A, fake_B, *a)
+
+    monkeypatch.setattr(cyclegan, "generator_step", spy_g)
+    monkeypatch.setattr(cyclegan, "discriminator_step", spy_d)
+    # --augment on: both domains are cropped from 36 px to 32; pools of 50 return each new fake
+    cyclegan.main(CYC + ["--augment", "on", "--max-steps", "2", "--n-epochs", "1", "--n-epochs-decay", "1",
+                         "--out", "run"])
+    assert [c[0] for c in calls] == ["G", "D", "G", "D"]
+    for g, d in (calls[:2], calls[2:]):
+        assert all(x.shape == (1, 3, 32, 32) for x in g[1:] + d[1:])
+        assert g[1] is d[1] and g[2] is d[2]                        # the same real a and b
+        assert torch.equal(d[3], g[3]) and torch.equal(d[4], g[4])  # D_A gets F(b), D_B gets G(a)
+
+
+def test_paired_errors_are_mean_absolute_errors_per_pixel_over_the_whole_split():
+    A, B = common.load_unpaired("shapes", image_size=16, size=40, split="test")  # two batches: 32 + 8
+    a, b = A.images.float() / 127.5 - 1, B.images.float() / 127.5 - 1
+    blank = _Affine(0.0, 0.0)                                       # G_BA: every image 0
+    err_AB, err_BA, err_id = cyclegan.paired_errors(nn.Identity(), blank, A, B).tolist()
+    assert err_id == pytest.approx((a - b).abs().mean().item(), rel=1e-5)
+    assert err_AB == pytest.approx(err_id, rel=1e-5)                # G_AB(a) = a against b
+    assert err_BA == pytest.approx(a.abs().mean().item(), rel=1e-5)  # G_BA(b) = 0 against a
 
 
 def test_no_cycle_means_no_gradient_through_the_round_trip():

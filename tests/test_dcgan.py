@@ -1,10 +1,12 @@
 """dcgan.py against ../shared/papers/dcgan.md: init, architecture rules, shapes, step isolation, losses."""
+import copy
 import math
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import TINY
 
 import dcgan
 
@@ -19,7 +21,7 @@ def _same(a, b):
 
 def test_paper_defaults():
     args = dcgan.parse_args([])
-    assert (args.lr, args.beta1, args.batch_size, args.nz) == (2e-4, 0.5, 128, 100)
+    assert (args.lr, args.beta1, args.beta2, args.batch_size, args.nz) == (2e-4, 0.5, 0.999, 128, 100)
     assert args.image_size == 64 and args.dataset == "shapes" and args.z_dist == "uniform"
     assert (args.ngf, args.ndf, args.kernel_size) == (128, 128, 5)  # Fig. 1: 1024 channels at 4x4
     G = dcgan.Generator(args.nz, args.ngf, 3, args.image_size, args.kernel_size)
@@ -66,6 +68,26 @@ def test_batch_norm_placement(kernel_size):
     assert not any(isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) for m in list(G.modules()) + list(D.modules()))
 
 
+def test_relu_in_g_leaky_relu_0_2_in_d_and_biases_only_where_no_bn_follows():
+    G, D = dcgan.Generator(nz=10, ngf=8, image_size=32), dcgan.Discriminator(ndf=8, image_size=32)
+    G.apply(dcgan.weights_init)
+    # every layer of G after the projection sees ReLU'd (non-negative) input, the projection too
+    seen = []
+    for m in G.body:
+        if isinstance(m, nn.ConvTranspose2d):
+            m.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].min().item()))
+    G(dcgan.sample_z(4, 10, "cpu"))
+    assert len(seen) == 3 and min(seen) >= 0
+    assert not any(isinstance(m, nn.LeakyReLU) for m in G.modules())
+    lrelus = [m for m in D.modules() if isinstance(m, nn.LeakyReLU)]
+    assert len(lrelus) == sum(isinstance(m, nn.Conv2d) for m in D.modules()) == 3
+    assert all(m.negative_slope == 0.2 for m in lrelus)
+    # the docstring's biases: G's output conv, D's first conv and D's last layer, nothing else
+    with_bias = [m for net in (G, D) for m in net.modules() if getattr(m, "bias", None) is not None
+                 and not isinstance(m, nn.BatchNorm2d)]
+    assert with_bias == [G.body[-2], D.body[0], D.out]
+
+
 def test_paper_width_gives_figure_1():
     G = dcgan.Generator(ngf=128, kernel_size=5)
     assert G.project.out_features == 1024 * 4 * 4                       # 4x4x1024
@@ -88,6 +110,16 @@ def test_shapes_for_every_supported_size(size, channels):
     assert D(x).shape == (5,)
     n_up = sum(isinstance(m, nn.ConvTranspose2d) for m in G.modules())
     assert n_up == int(math.log2(size)) - 2
+
+
+def test_latents_are_uniform_on_minus_one_one_or_standard_normal():
+    torch.manual_seed(0)
+    z = dcgan.sample_z(4000, 25, "cpu")
+    assert z.shape == (4000, 25) and z.min() >= -1 and z.max() <= 1
+    assert z.min() < -0.999 and z.max() > 0.999                       # U(-1, 1), not U(0, 1)
+    assert abs(z.mean().item()) < 0.01 and abs(z.var().item() - 1 / 3) < 0.01
+    n = dcgan.sample_z(4000, 25, "cpu", "normal")
+    assert abs(n.mean().item()) < 0.01 and abs(n.std().item() - 1) < 0.01
 
 
 def test_sizes_the_architecture_cannot_make_are_refused(capsys):
@@ -170,3 +202,41 @@ def test_bce_on_logits_not_sigmoid_outputs():
     assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
     x = torch.randn(3)
     assert torch.allclose(dcgan.g_loss(x), F.binary_cross_entropy(torch.sigmoid(x), torch.ones(3)))
+
+
+def test_d_step_scores_real_and_fake_as_separate_batches():
+    # Each batch has its own BN statistics: the loss is d_loss of D(real) and D(fake), each
+    # through D in training mode on its own (not one concatenated batch).
+    G, D, _, opt_D = _nets()
+    real = torch.rand(8, 3, 16, 16) * 2 - 1
+    fake = G(dcgan.sample_z(8, 10, "cpu")).detach()
+    before = copy.deepcopy(D)
+    r, f = before(real), before(fake)
+    loss, D_x, D_G_z = dcgan.discriminator_step(D, opt_D, real, fake)
+    assert torch.allclose(loss, dcgan.d_loss(r, f), atol=1e-6)
+    assert torch.allclose(D_x, torch.sigmoid(r).mean()) and torch.allclose(D_G_z, torch.sigmoid(f).mean())
+
+
+def test_training_alternates_one_d_step_then_one_g_step_on_the_same_fakes(monkeypatch):
+    calls = []
+    d_step, g_step = dcgan.discriminator_step, dcgan.generator_step
+
+    def spy_d(D, opt_D, real, fake, amp=False):
+        calls.append(("D", fake, opt_D, {id(p) for p in D.parameters()}))
+        return d_step(D, opt_D, real, fake, amp)
+
+    def spy_g(D, opt_G, fake, amp=False):
+        calls.append(("G", fake, opt_G, {id(p) for p in D.parameters()}))
+        return g_step(D, opt_G, fake, amp)
+
+    monkeypatch.setattr(dcgan, "discriminator_step", spy_d)
+    monkeypatch.setattr(dcgan, "generator_step", spy_g)
+    dcgan.main(TINY + ["--max-steps", "2", "--out", "run"])
+    assert [c[0] for c in calls] == ["D", "G", "D", "G"]
+    for (_, fake_d, opt_D, d_params), (_, fake_g, opt_G, _) in (calls[:2], calls[2:]):
+        assert fake_g is fake_d                       # G is updated on the z that D just judged
+        for opt in (opt_D, opt_G):                    # Sec. 4's Adam for both networks
+            assert [(g["lr"], g["betas"]) for g in opt.param_groups] == [(2e-4, (0.5, 0.999))]
+        optimised = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
+        assert optimised(opt_D) == d_params and not optimised(opt_G) & d_params
+    assert calls[0][1] is not calls[2][1]             # a new batch of fakes every step

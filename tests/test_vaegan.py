@@ -84,6 +84,9 @@ def test_the_paper_architecture_at_64_px():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in E.modules()) == 3
     assert sum(isinstance(m, nn.BatchNorm2d) for m in Dec.modules()) == 3
     assert sum(isinstance(m, nn.BatchNorm2d) for m in D.modules()) == 3
+    # and BN on every hidden dense layer: Enc's 2048, Dec's projection, Dis's 512
+    for dense, bn in ((E.dense, 2048), (Dec.dense, 256 * 8 * 8), (D.head[3:], 512)):
+        assert isinstance(dense[1], nn.BatchNorm1d) and dense[1].num_features == bn
     assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
     D.eval()
     logit, features = D(torch.zeros(2, 3, 64, 64))
@@ -293,6 +296,61 @@ def test_reconstruction_grid_puts_inputs_above_their_reconstructions(monkeypatch
     assert torch.equal(images[16:18], x[8:10]) and torch.equal(images[24:26], rec[8:10])
     assert (images[18:24] == -1).all() and (images[26:32] == -1).all()
     assert torch.allclose(mse, ((rec - x) ** 2).mean())
+
+
+def test_reconstructions_decode_the_mean_in_eval_mode():
+    _, E, Dec, _, _, _ = _setup()
+    x = torch.rand(10, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        E.logvar.bias.fill_(4.0)                                 # log σ² far from μ
+    rec = vaegan.reconstruct(E, Dec, x)
+    E.eval()
+    Dec.eval()
+    with torch.no_grad():
+        mu, logvar = E(x)
+        assert torch.allclose(rec, Dec(mu), atol=1e-6)            # z = μ, BN's running statistics
+        assert not torch.allclose(rec, Dec(logvar), atol=1e-2)
+        E.train()
+        Dec.train()
+        assert not torch.allclose(rec, Dec(E(x)[0]), atol=1e-2)  # not this batch's statistics
+
+
+def test_held_out_images_are_never_trained_on():
+    args = vaegan.parse_args(TINY_VG)
+    args.channels = 3                                            # (train sets it from the data)
+    held = vaegan.held_out(args, 16, "cpu")
+    train = common.load_dataset("shapes", image_size=16, channels=3, size=args.dataset_size)
+    (seen, _), = train.batches(len(train), 0, args.seed)
+    assert held.shape == (16, 3, 16, 16)
+    distance = (held.float()[:, None] - seen.float()[None]).abs().flatten(2).amax(2)  # (16, 64)
+    assert distance.min() > 0
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-recon-fakes"]], ids=["both-fakes", "no-recon-fakes"])
+def test_logged_metrics_and_the_gate_read_the_steps_own_logits(extra, monkeypatch, tmp_path):
+    outs, gated = [], []
+    real_forward, real_gate = vaegan.forward, vaegan.gate
+
+    def forward(*a, **k):
+        outs.append(real_forward(*a, **k))
+        return outs[-1]
+
+    def gate(real_logits, fake_logits, *a):
+        gated.append((real_logits, fake_logits))
+        return real_gate(real_logits, fake_logits, *a)
+
+    monkeypatch.setattr(vaegan, "forward", forward)
+    monkeypatch.setattr(vaegan, "gate", gate)
+    vaegan.main(TINY_VG + ["--gate", *extra, "--max-steps", "1", "--out", "run"])
+    (row,), (out,), ((g_real, g_fake),) = read_metrics(tmp_path / "run"), outs, gated
+    real, recon, prior = (t.detach() for t in out["logits"])
+    # the gate weighs the fakes that are in L_GAN: both kinds, or the prior samples alone
+    assert torch.equal(g_real, real)
+    assert torch.equal(g_fake, prior if extra else torch.cat([recon, prior]))
+    expected = {"D_x": torch.sigmoid(real).mean(), "D_x_tilde": torch.sigmoid(recon).mean(),
+                "D_x_p": torch.sigmoid(prior).mean(), "L_GAN": out["L_GAN"], "recon_mse": out["recon_mse"]}
+    for key, value in expected.items():
+        assert float(row[key]) == pytest.approx(value.item(), rel=1e-5), key
 
 
 # --- the command line -----------------------------------------------------------------------------
