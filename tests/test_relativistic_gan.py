@@ -143,13 +143,71 @@ def test_gradient_penalty_is_zero_for_a_unit_slope_critic_and_positive_otherwise
     assert torch.allclose(rg.gradient_penalty(steep, real, fake), torch.tensor(4.0))
 
 
+def test_gradient_penalty_draws_one_u_in_0_1_per_sample():
+    # C(x) = ½‖x‖²: ∇C(x̂) = x̂ = u·x_r (x_f = 0), so the penalty is mean((u_i·‖x_r‖ - 1)²) with
+    # the u_i drawn as torch.rand(B, 1, 1, 1); one u for the batch, or u ~ N(0, 1), differ
+    half_sq = lambda x: 0.5 * (x ** 2).flatten(1).sum(1)          # noqa: E731
+    real, fake = torch.full((6, 1, 2, 2), 0.5), torch.zeros(6, 1, 2, 2)   # ‖x_r‖ = 1
+    torch.manual_seed(3)
+    penalty = rg.gradient_penalty(half_sq, real, fake)
+    torch.manual_seed(3)
+    u = torch.rand(6)
+    assert u.std() > 0.1                                          # the draws differ
+    assert torch.allclose(penalty, ((u - 1) ** 2).mean())
+
+
+def test_gradient_penalty_reaches_the_critic_s_parameters():
+    # create_graph=True: the penalty is differentiable w.r.t. D's weights, else --gp trains nothing.
+    # C(x) = a·<w, x> with ‖w‖ = 1: penalty (|a| - 1)², d/da = 2(a - 1) = 4 at a = 3
+    a = torch.tensor(3.0, requires_grad=True)
+    w = torch.zeros(3 * 4 * 4)
+    w[5] = 1.0
+    critic = lambda x: a * (x.flatten(1) @ w)                      # noqa: E731
+    penalty = rg.gradient_penalty(critic, torch.randn(8, 3, 4, 4), torch.randn(8, 3, 4, 4))
+    penalty.backward()
+    assert torch.allclose(penalty, torch.tensor(4.0)) and torch.allclose(a.grad, torch.tensor(4.0))
+
+
+class _MeanCritic(nn.Module):
+    """C(x) = w · mean pixel of x: a critic whose logits are known by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, x):
+        return self.w * x.mean((1, 2, 3))
+
+
+def test_the_d_step_returns_its_loss_and_the_real_minus_fake_critic_gap():
+    args, G, _, _, _ = _nets()
+    D = _MeanCritic()
+    real = torch.ones(4, 3, 16, 16)                               # C(x_r) = 2, above any fake's
+    torch.manual_seed(7)
+    loss, gap = rg.discriminator_step(G, D, torch.optim.SGD(D.parameters(), lr=0.0), real, args)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        f = D(G(torch.randn(4, args.nz)))
+    r = torch.full((4,), 2.0)
+    assert gap > 0.5 and torch.allclose(gap, r.mean() - f.mean())
+    assert torch.allclose(loss, rg.d_loss("rasgan", r, f))
+
+
 def test_setups_and_defaults():
     a = rg.parse_args([])
     assert (a.loss, a.lr, a.beta1, a.beta2, a.n_d, a.batch_size, a.image_size, a.nz, a.d_norm) == \
         ("rasgan", 2e-4, 0.5, 0.999, 1, 32, 32, 128, "spectral")
     b = rg.parse_args(["--setup", "b"])
-    assert (b.lr, b.beta2, b.n_d) == (1e-4, 0.9, 5)
+    assert (b.lr, b.beta1, b.beta2, b.n_d) == (1e-4, 0.5, 0.9, 5)
     assert rg.parse_args(["--setup", "b", "--lr", "3e-4"]).lr == 3e-4
+    assert (a.gp, a.gp_weight) == (False, 10.0)                   # --gp: lambda = 10
+
+
+@pytest.mark.parametrize("size", ["8", "24", "48"])
+def test_image_sizes_that_are_not_a_power_of_two_from_16_are_refused(size):
+    # each stage doubles or halves the side from or to 4x4: 24 px would build a 16 px G
+    with pytest.raises(SystemExit):
+        rg.parse_args(["--image-size", size])
 
 
 def test_the_cifar_network():
@@ -169,6 +227,44 @@ def test_the_cifar_network():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in bn.net) == 6
     assert not any(hasattr(m, "parametrizations") for m in bn.modules())
     assert rg.Discriminator(image_size=64)(rg.Generator(image_size=64)(torch.randn(2, 128))).shape == (2,)
+
+
+def test_the_cifar_generator_layers():
+    # Linear to 512x4x4 straight into the first ConvT (no BN or activation), then
+    # [ConvT 4 s2, BN, ReLU] x 3 (256, 128, 64), a 3x3 conv to 3 channels, tanh
+    G = rg.Generator()
+    kinds = [type(m) for m in G.net]
+    assert kinds == [nn.ConvTranspose2d, nn.BatchNorm2d, nn.ReLU] * 3 + [nn.Conv2d, nn.Tanh]
+    convs = [m for m in G.net if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d))]
+    assert [(m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs] == [
+        (256, 4, 2), (128, 4, 2), (64, 4, 2), (3, 3, 1)]
+    out = G(100 * torch.randn(4, 128))                            # huge z: still inside [-1, 1]
+    assert out.abs().max() <= 1 and out.abs().max() > 0.9
+
+
+def test_weights_init_convs_n0_002_and_bn_scales_n1_002():
+    # the official init, on G's convs and on the raw weights under D's spectral norm
+    # (PyTorch's default init gives stds from 0.036 to 0.11 on these 16 px layers)
+    args, G, D, _, _ = _nets()
+    convs = [m for m in [*G.modules(), *D.modules()] if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert len(convs) == 3 + 5                                    # 16 px: G 3, D 5
+    for m in convs:
+        w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+        assert abs(w.std().item() - 0.02) < 0.004 and abs(w.mean().item()) < 0.004, (m, w.std())
+    bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
+    scales = torch.cat([m.weight.detach() for m in bns])
+    assert 0.01 < scales.std() < 0.03 and abs(scales.mean() - 1) < 0.01
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
+
+
+def test_both_adam_optimisers_use_the_setup_s_lr_and_betas():
+    for setup, (lr, betas) in (("a", (2e-4, (0.5, 0.999))), ("b", (1e-4, (0.5, 0.9)))):
+        _, G, D, opt_G, opt_D = _nets("rasgan", "--setup", setup)
+        for opt, net in ((opt_G, G), (opt_D, D)):
+            assert isinstance(opt, torch.optim.Adam)
+            group = opt.param_groups[0]
+            assert (group["lr"], group["betas"]) == (lr, betas)
+            assert {id(p) for p in group["params"]} == {id(p) for p in net.parameters()}
 
 
 def _nets(loss="rasgan", *flags):
