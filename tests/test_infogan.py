@@ -71,6 +71,36 @@ def test_every_multiple_of_four(size):
     assert d_logit.shape == (4,) and q["cat"].shape == (4, 2, 3) and q["mu"].shape == (4, 1)
 
 
+def test_layer_order_is_table_1():
+    # BN on every layer but D's first and G's last; ReLU in G, lReLU in D's body and Q's head
+    _, G, D, _, _ = _nets()
+    kinds = lambda seq: [type(m).__name__ for m in seq]
+    assert kinds(G.fc) == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU"]
+    assert kinds(G.deconv) == ["ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d", "Tanh"]
+    assert kinds(D.body) == ["Conv2d", "LeakyReLU", "Conv2d", "BatchNorm2d", "LeakyReLU", "Flatten",
+                             "Linear", "BatchNorm1d", "LeakyReLU"]
+    assert kinds(D.q_head) == ["Linear", "BatchNorm1d", "LeakyReLU", "Linear"]
+    assert isinstance(D.d_head, nn.Linear)
+
+
+def test_both_networks_start_from_the_official_init():
+    # every conv/linear weight N(0, 0.02) and bias 0; every BN scale N(1, 0.02) and shift 0
+    args = infogan.parse_args([])
+    torch.manual_seed(0)
+    G, D, _, _ = infogan.build(args, 1, torch.device("cpu"))
+    for name, net in (("G", G), ("D", D)):
+        weights = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
+        norms = [m for m in net.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+        assert weights and norms, name
+        for m in weights:
+            w = m.weight.detach()
+            assert abs(w.mean()) < 0.01 and 0.015 < w.std() < 0.025, (name, m)
+            assert m.bias is None or not m.bias.any(), (name, m)
+        scale = torch.cat([m.weight.detach() for m in norms])
+        assert abs(scale.mean() - 1) < 0.01 and 0.015 < scale.std() < 0.025, name
+        assert not torch.cat([m.bias.detach() for m in norms]).any(), name
+
+
 def test_bad_flags_are_refused(capsys):
     for argv in (["--image-size", "30"], ["--image-size", "4"], ["--n-cat", "0", "--n-cont", "0"],
                  ["--info-weight", "-1"]):
@@ -89,6 +119,7 @@ def test_sample_latent_follows_app_c():
     assert z.min() >= -1 and z.max() <= 1 and abs(z.mean()) < 0.01          # U(-1, 1)
     assert torch.equal(onehot, F.one_hot(codes["cat"][:, 0], 10).float())  # the one-hot of c1
     assert torch.equal(cont, codes["cont"]) and cont.min() >= -1 and cont.max() <= 1
+    assert abs(cont.mean()) < 0.02 and cont.min() < -0.99 and cont.max() > 0.99   # U(-1, 1), not U(0, 1)
     counts = torch.bincount(codes["cat"][:, 0], minlength=10)
     assert counts.min() > 400 and counts.max() < 600                        # uniform over K
 
@@ -223,7 +254,7 @@ def test_one_optimiser_per_network_and_q_belongs_to_ds():
     assert {id(p) for p in D.q_head.parameters()} <= ids(opt_D)
     assert not ids(opt_G) & ids(opt_D)
     assert opt_G.defaults["lr"] == 1e-3 and opt_D.defaults["lr"] == 2e-4
-    assert opt_G.defaults["betas"][0] == opt_D.defaults["betas"][0] == 0.5
+    assert opt_G.defaults["betas"] == opt_D.defaults["betas"] == (0.5, 0.999)   # β2: Adam's default
 
 
 def test_d_step_updates_d_and_q_only_and_g_step_updates_g_only():
@@ -239,6 +270,21 @@ def test_d_step_updates_d_and_q_only_and_g_step_updates_g_only():
     assert _same(_params(D), d1) and not _same(_params(G), g0)
     assert _same([p.grad for p in D.parameters()], d_grads)            # no gradient added to D or Q
     assert all(p.requires_grad for p in D.parameters())
+
+
+def test_d_step_reports_d_on_real_and_fake_and_its_losses():
+    args, G, D, _, opt_D = _nets()
+    real, latent = torch.rand(8, 1, 16, 16) * 2 - 1, _latent(args)
+    G_ref, D_ref = copy.deepcopy(G), copy.deepcopy(D)   # BN in train mode: the same outputs
+    metrics, q_real = infogan.discriminator_step(G, D, opt_D, real, latent, 1.0)
+    with torch.no_grad():
+        (real_logits, q_r), (fake_logits, q_f) = D_ref(real), D_ref(G_ref(latent[0]))
+    discrete, continuous = infogan.info_loss(q_f, latent[1])
+    assert torch.allclose(metrics["D_x"], torch.sigmoid(real_logits).mean())       # D(x)
+    assert torch.allclose(metrics["D_G_z"], torch.sigmoid(fake_logits).mean())     # D(G(z, c))
+    assert torch.allclose(metrics["loss_D"], infogan.d_loss(real_logits, fake_logits))
+    assert torch.allclose(metrics["discrete"], discrete) and torch.allclose(metrics["continuous"], continuous)
+    assert torch.allclose(q_real, q_r["cat"])                    # Q's code on the real batch, before the step
 
 
 def test_with_lambda_zero_q_gets_no_update():
@@ -403,3 +449,71 @@ def test_learn_sigma_and_lambda_zero_from_the_command_line(tmp_path, monkeypatch
     assert "nll_cont" not in read_metrics(tmp_path / "b")[0]
     with pytest.raises(common.UserError):
         infogan.main(["--resume", "a", "--learn-sigma", "--info-weight", "0.5"])
+
+
+def test_cli_steps_d_then_g_each_on_its_own_fresh_latent(tmp_path, monkeypatch):
+    events = []
+    d_step, g_step = infogan.discriminator_step, infogan.generator_step
+    monkeypatch.setattr(infogan, "discriminator_step", lambda G, D, opt, real, latent, *a:
+                        (events.append(("D", latent[0].clone())), d_step(G, D, opt, real, latent, *a))[1])
+    monkeypatch.setattr(infogan, "generator_step", lambda G, D, opt, latent, *a:
+                        (events.append(("G", latent[0].clone())), g_step(G, D, opt, latent, *a))[1])
+    infogan.main(TINY_IG + ["--max-steps", "3", "--out", "run"])
+    assert [who for who, _ in events] == ["D", "G"] * 3        # G's step through the D just updated
+    latents = [g_in for _, g_in in events]
+    for a, b in itertools.combinations(latents, 2):
+        assert not torch.equal(a[:, :62], b[:, :62])           # a new z for every step of each player
+    for a, b in zip(latents[::2], latents[1::2]):
+        assert not torch.equal(a[:, 62:], b[:, 62:])           # and new codes for G's step
+
+
+def test_cli_h_c_counts_every_categorical_code(tmp_path):
+    infogan.main(TINY_IG + ["--n-cat", "2", "--cat-dim", "4", "--max-steps", "2", "--out", "run"])
+    rows = read_metrics(tmp_path / "run")
+    assert all(float(r["H_c"]) == pytest.approx(2 * math.log(4)) for r in rows)   # H(c1, c2) = 2 ln K
+    assert all(float(r["L_I"]) <= 2 * math.log(4) for r in rows)
+
+
+def test_code_acc_is_the_matched_accuracy_of_q_on_each_epochs_real_images(tmp_path, monkeypatch):
+    preds, labels, seen = [], [], []
+    d_step, batches, matched = infogan.discriminator_step, common.Run.batches, infogan.matched_accuracy
+
+    def spy_d_step(*a):
+        metrics, q_real = d_step(*a)
+        preds.append(q_real[:, 0].argmax(1))                   # Q's code for each real image
+        return metrics, q_real
+
+    def spy_batches(self, *a, **k):
+        for real, y in batches(self, *a, **k):
+            labels.append(y)
+            yield real, y
+
+    monkeypatch.setattr(infogan, "discriminator_step", spy_d_step)
+    monkeypatch.setattr(common.Run, "batches", spy_batches)
+    monkeypatch.setattr(infogan, "matched_accuracy", lambda conf: (seen.append(conf.clone()), matched(conf))[1])
+    infogan.main(TINY_IG + ["--cat-dim", "4", "--dataset-size", "128", "--epochs", "2", "--out", "run"])
+    assert len(seen) == 2 and len(preds) == len(labels) == 8            # 4 steps an epoch
+    for epoch, conf in enumerate(seen):                                 # this epoch's images only
+        pred, label = torch.cat(preds[4 * epoch:4 * epoch + 4]), torch.cat(labels[4 * epoch:4 * epoch + 4])
+        expected = torch.zeros_like(conf)
+        expected.index_put_((pred, label.long()), torch.ones_like(pred), accumulate=True)
+        assert conf.shape == (4, 10) and torch.equal(conf, expected), epoch
+    accs = [float(r["code_acc"]) for r in read_metrics(tmp_path / "run") if r["code_acc"]]
+    assert accs == [pytest.approx(matched(c)) for c in seen]
+
+
+def test_traversals_come_from_g_in_eval_mode(tmp_path, monkeypatch):
+    # BN on running statistics, as every sample: a traversal must not depend on the rest of its grid
+    args, G, _, _, _ = _nets(cat_dim=4)
+    for _ in range(3):                                         # running statistics away from (0, 1)
+        G(_latent(args, 16)[0] * 3 + 1)
+    saved = []
+    monkeypatch.setattr(common, "save_grid", lambda images, path, nrow=None: saved.append(images))
+    torch.manual_seed(1)
+    infogan.write_traversals(G, args, tmp_path, "cpu")
+    assert len(saved) == 3 and not G.training
+    torch.manual_seed(1)
+    dims = (args.nz, args.n_cat, args.cat_dim, args.n_cont, "cpu")
+    with torch.no_grad():
+        for sweep, images in zip([None, 0, 1], saved):
+            assert torch.allclose(images, G(infogan.grid_latent(*dims, sweep=sweep)), atol=1e-6), sweep
