@@ -53,7 +53,7 @@ def test_the_critic_output_is_unbounded():
 def test_critic_iters_follows_the_official_schedule():
     for it in (0, 1, 24, 500, 1000, 1500):
         assert wgan.critic_iters(it, 5) == 100
-    for it in (25, 26, 499, 501, 999):
+    for it in (25, 26, 100, 250, 499, 501, 999):          # every 500th only
         assert wgan.critic_iters(it, 5) == 5
     assert wgan.critic_iters(501, 7) == 7
 
@@ -227,3 +227,95 @@ def test_a_generator_step_raises_the_critics_score_of_new_samples():
     before = critic(G(z)).mean()
     wgan.generator_step(G, critic, opt_G, 64, 10, torch.device("cpu"))
     assert critic(G(z)).mean() > before
+
+
+def test_rmsprop_keeps_torchs_smoothing_as_the_official_code():
+    # The official code calls optim.RMSprop(params, lr=...): alpha 0.99, not centred, no
+    # weight decay (not Keras/TF's rho = 0.9).
+    _, _, opt_G, opt_C = _nets()
+    for opt in (opt_G, opt_C):
+        d = opt.defaults
+        assert (d["alpha"], d["centered"], d["weight_decay"], d["eps"]) == (0.99, False, 0, 1e-8)
+
+
+def test_a_critic_step_returns_the_estimate_and_then_raises_it():
+    # G maps every z to (-1, -1); the real batch is all (1, 1); f(v) = 0.5 v_0 to start with.
+    G, critic = nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 1, bias=False), nn.Flatten(0))
+    with torch.no_grad():
+        G.weight.zero_()
+        G.bias.fill_(-1.0)
+        critic[0].weight.copy_(torch.tensor([[0.5, 0.0]]))
+    opt_C = torch.optim.RMSprop(critic.parameters(), lr=0.01)
+    real = torch.ones(4, 2)
+    W = wgan.critic_step(G, critic, opt_C, real, nz=2, clip=1.0)
+    assert W.item() == pytest.approx(1.0)                 # E f(x) - E f(G(z)) = 0.5 - (-0.5)
+    with torch.no_grad():
+        after = (critic(real).mean() - critic(G(torch.zeros(4, 2))).mean()).item()
+    assert after > 1.0                                    # the critic ascends the estimate
+
+
+def _spy_on_training(monkeypatch):
+    """Record the critic and generator steps (and the critic batches) that train() makes."""
+    events, reals, Ws = [], [], []
+    critic_step, generator_step = wgan.critic_step, wgan.generator_step
+
+    def spy_critic(G, critic, opt_C, real, *a, **k):
+        events.append("C")
+        reals.append(real.clone())
+        Ws.append(critic_step(G, critic, opt_C, real, *a, **k).item())
+        return torch.tensor(Ws[-1])
+
+    def spy_generator(*a, **k):
+        events.append("G")
+        return generator_step(*a, **k)
+
+    monkeypatch.setattr(wgan, "critic_step", spy_critic)
+    monkeypatch.setattr(wgan, "generator_step", spy_generator)
+    return events, reals, Ws
+
+
+def test_training_follows_alg1_order_with_a_fresh_batch_per_critic_step(tmp_path, monkeypatch):
+    events, reals, Ws = _spy_on_training(monkeypatch)
+    wgan.main(TINY + ["--critic-schedule", "constant", "--n-critic", "2", "--max-steps", "3",
+                      "--g-arch", "mlp", "--out", "run"])
+    assert "".join(events) == "CCG" * 3                   # n_critic critic steps, then one G step
+    assert all(not torch.equal(a, b) for a, b in zip(reals, reals[1:]))
+    rows = read_metrics(tmp_path / "run")
+    for i, row in enumerate(rows):                        # W: the mean over the critic steps
+        assert float(row["W_estimate"]) == pytest.approx(sum(Ws[2 * i:2 * i + 2]) / 2, rel=1e-5)
+
+
+def test_the_official_schedule_is_asked_with_the_generator_iteration(tmp_path, monkeypatch):
+    events, _, _ = _spy_on_training(monkeypatch)
+    asked = []
+
+    def critic_iters(gen_iteration, n_critic):
+        asked.append((gen_iteration, n_critic))
+        return 1 + gen_iteration % 3
+    monkeypatch.setattr(wgan, "critic_iters", critic_iters)
+    wgan.main(TINY + ["--n-critic", "2", "--max-steps", "3", "--g-arch", "mlp", "--out", "run"])
+    assert asked == [(0, 2), (1, 2), (2, 2)]              # 0-based, as in the official code
+    assert "".join(events) == "CG" + "CCG" + "CCCG"
+
+
+def test_the_mlp_generator_has_no_output_tanh():
+    # Official MLP_G ends on a Linear: its samples are not squashed into [-1, 1].
+    G = wgan.Generator("mlp", nz=10, channels=1, image_size=16)
+    last = [m for m in G.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(3.0)
+    assert torch.equal(G(torch.randn(2, 10)), torch.full((2, 1, 16, 16), 3.0))
+
+
+def test_critic_and_generator_layers_are_dcgans():
+    # Critic: conv + LeakyReLU(0.2) first (no BN), then conv + BN + LeakyReLU(0.2) per stage;
+    # DCGAN G: ReLU inside (BN before each), tanh out.
+    critic = wgan.Critic(ndf=8, channels=3, image_size=32)
+    kinds = [type(m).__name__ for m in critic.net]
+    assert kinds == ["Conv2d", "LeakyReLU"] + ["Conv2d", "BatchNorm2d", "LeakyReLU"] * 2 + ["Conv2d"]
+    assert all(m.negative_slope == 0.2 for m in critic.net if isinstance(m, nn.LeakyReLU))
+    G = wgan.Generator("dcgan", nz=10, ngf=8, channels=3, image_size=32)
+    kinds = [type(m).__name__ for m in G.net]
+    assert kinds == ["ConvTranspose2d", "BatchNorm2d", "ReLU"] * 3 + ["ConvTranspose2d", "Tanh"]
+
