@@ -1,9 +1,13 @@
 """common.py: the shapes data, the loaders' errors, the run folder, checkpoints and resume."""
 import argparse
 import math
+import os
+import random
+import signal
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY, fake_mnist, read_metrics, tree_digest
@@ -22,6 +26,7 @@ def test_factors_of_image_i_do_not_depend_on_how_many_images_are_drawn():
         assert torch.equal(few[key], many[key][:50]), key
     other_stream = common.shape_factors(50, stream=1)
     assert not torch.equal(few["x"], other_stream["x"])
+    assert not torch.equal(few["x"], common.shape_factors(50, seed=1)["x"])
 
 
 def test_rendering_is_deterministic_and_only_depends_on_the_image_index():
@@ -153,6 +158,56 @@ def test_batch_larger_than_the_dataset_is_a_clear_error():
     data = common.load_dataset("shapes", image_size=16, size=10)
     with pytest.raises(common.UserError, match="larger than the dataset"):
         next(data.batches(11, 0, 0))
+
+
+def test_batch_labels_belong_to_the_images_of_the_batch():
+    # images and labels both hold their own index, so a label gathered for another image shows
+    data = common.load_dataset("shapes", image_size=16, size=100)
+    data.images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 16, 16)
+    data.labels = torch.arange(100)
+
+    def index(x):
+        return ((x[:, 0, 0, 0] + 1) * 127.5).round().long()
+
+    for x, y in data.batches(10, epoch=2, seed=3, start=1):
+        assert torch.equal(index(x), y)
+    x, y = data.sample(10)
+    assert torch.equal(index(x), y)
+
+
+def test_pixels_map_from_0_255_to_minus_one_one():
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    assert torch.equal(common.ImageData.to_float(x), torch.tensor([-1.0, 51 / 127.5 - 1, 1.0]))
+
+
+def test_the_last_incomplete_batch_is_dropped_but_every_image_takes_part():
+    data = common.load_dataset("shapes", image_size=16, size=25)
+    data.images = torch.arange(25, dtype=torch.uint8).view(25, 1, 1, 1).expand(25, 3, 16, 16)
+    assert data.steps_per_epoch(10) == 2
+    seen = set()
+    for epoch in range(10):
+        batches = list(data.batches(10, epoch, seed=0))
+        assert [len(x) for x, _ in batches] == [10, 10]
+        seen |= {int((v + 1) * 127.5 + 0.5) for x, _ in batches for v in x[:, 0, 0, 0]}
+    assert seen == set(range(25))  # the dropped 5 are other images in each epoch
+
+
+def test_grayscale_shapes_are_drawn_at_their_labelled_intensity():
+    data = common.load_dataset("shapes", image_size=64, channels=1, size=200)
+    brightest = data.images.float().flatten(1).max(1).values / 255  # full coverage
+    assert (brightest - data.factors["intensity"]).abs().max() < 2 / 255
+
+
+def test_seeding_covers_python_numpy_and_torch():
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    common.seed_everything(3)
+    first = draws()
+    common.seed_everything(3)
+    assert draws() == first
+    common.seed_everything(4)
+    assert all(a != b for a, b in zip(draws(), first))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,9 +346,16 @@ def test_checkpoint_round_trip_loads_with_weights_only(tmp_path):
     ckpt = torch.load(path, weights_only=True)  # no pickled code inside
     assert ckpt["script"] == "dcgan" and ckpt["step"] == 7 and ckpt["state"]["k_t"] == 0.25
     net2 = torch.nn.Linear(3, 2)
-    resumed = common.Run("dcgan", _args(resume=str(run.dir)), {"net": net2, "opt": torch.optim.Adam(net2.parameters())})
+    opt2 = torch.optim.Adam(net2.parameters())
+    fresh = {"k_t": 0.0, "fixed": torch.zeros(3)}  # what a script builds before it resumes
+    resumed = common.Run("dcgan", _args(resume=str(run.dir)), {"net": net2, "opt": opt2}, fresh)
     assert resumed.step == 7 and resumed.state["k_t"] == 0.25
     assert torch.equal(net2.weight, net.weight)
+    saved, loaded = run.modules["opt"].state_dict()["state"], opt2.state_dict()["state"]
+    assert saved.keys() == loaded.keys() and saved                # Adam's moments and step count
+    for i in saved:
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(saved[i][key], loaded[i][key]), (i, key)
     assert torch.equal(resumed.state["fixed"], torch.arange(3.0))
 
 
@@ -349,6 +411,7 @@ def test_resume_takes_saved_flags_unless_given_again(tmp_path):
     dcgan.main(TINY + ["--max-steps", "2", "--ngf", "4", "--out", str(tmp_path / "r")])
     args = dcgan.parse_args(["--resume", str(tmp_path / "r"), "--max-steps", "5", "--ngf", "4"])
     assert args.ngf == 4 and args.image_size == 16 and args.max_steps == 5 and args.device == "cpu"
+    assert dcgan.parse_args(["--resume", str(tmp_path / "r"), "--epochs", "9"]).epochs == 9  # train longer
     with pytest.raises(common.UserError, match="--image-size was 16 for this run"):
         dcgan.parse_args(["--resume", str(tmp_path / "r"), "--image-size", "32"])
 
@@ -458,3 +521,102 @@ def test_a_logged_tensor_changed_in_place_afterwards_keeps_the_value_it_had(tmp_
     gamma.fill_(-0.4)
     run.step = 1
     assert run.flush()["gamma"] == pytest.approx(-0.2)
+
+
+def test_an_inf_loss_stops_the_run_too(tmp_path):
+    run, _ = _tiny_run(tmp_path)
+    run.log(loss=torch.tensor(float("inf")))
+    with pytest.raises(common.TrainingError, match="loss became inf"):
+        run.flush()
+
+
+def test_a_checkpoint_restores_the_data_position_and_every_rng(tmp_path):
+    data = common.load_dataset("shapes", image_size=16, size=20)
+    run, _ = _tiny_run(tmp_path)
+    run.step, run.batches_drawn = 4, 11  # more batches than steps (WGAN's critic draws several)
+    common.seed_everything(5)
+    run.save_checkpoint()
+    expected = random.random(), float(np.random.rand()), float(torch.rand(()))
+    common.seed_everything(6)
+    net = torch.nn.Linear(3, 2)
+    resumed = common.Run("dcgan", _args(resume=str(run.dir)), {"net": net, "opt": torch.optim.Adam(net.parameters())})
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+    assert (resumed.step, resumed.batches_drawn) == (4, 11)
+    x, y = next(resumed.stream(data, 5))                    # 4 batches per epoch: batch 3 of epoch 2
+    x_expected, y_expected = list(data.batches(5, epoch=2, seed=0))[3]
+    assert torch.equal(x, x_expected) and torch.equal(y, y_expected)
+
+
+def _loop_run(tmp_path, **kw):
+    net = torch.nn.BatchNorm1d(3)
+    run = common.Run("dcgan", _args(out=str(tmp_path / "loop"), log_every=1, **kw), {"net": net},
+                     sample_fn=lambda: torch.zeros(4, 3, 16, 16))
+    return run, net
+
+
+def test_each_epoch_ends_with_a_grid_and_a_checkpoint_and_the_last_epoch_ends_the_loop(tmp_path):
+    data = common.load_dataset("shapes", image_size=16, size=20)
+    run, _ = _loop_run(tmp_path, epochs=2)
+    on_disk = []
+    for x, _ in run.batches(data, 5):  # 4 steps per epoch
+        run.log(loss=x.mean())
+        path = run.dir / "checkpoint.pt"
+        on_disk.append(torch.load(path, weights_only=True)["step"] if path.exists() else None)
+    assert run.step == run.batches_drawn == 8
+    assert on_disk == [None] * 4 + [4] * 4  # the step 4 checkpoint is there while epoch 2 trains
+    assert torch.load(run.dir / "checkpoint.pt", weights_only=True)["step"] == 8
+    assert (run.dir / "samples" / "epoch-001.png").is_file() and (run.dir / "samples" / "epoch-002.png").is_file()
+    assert [float(r["epoch"]) for r in read_metrics(run.dir)] == [s / 4 for s in range(1, 9)]
+
+
+def test_ctrl_c_ends_the_step_then_saves_and_restores_the_signal_handler(tmp_path, capsys):
+    data = common.load_dataset("shapes", image_size=16, size=20)
+    run, _ = _loop_run(tmp_path, epochs=5)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(common.Interrupted) as e:
+        for x, _ in run.batches(data, 5):
+            run.log(loss=x.mean())
+            if run.step == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # a first Ctrl-C: this step still ends
+    assert f"--resume {run.dir}" in str(e.value)
+    assert torch.load(run.dir / "checkpoint.pt", weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is handler
+    assert "Ctrl-C again to abort" in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_aborts_at_once_without_a_checkpoint(tmp_path):
+    data = common.load_dataset("shapes", image_size=16, size=20)
+    run, _ = _loop_run(tmp_path, epochs=5)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in run.batches(data, 5):
+            if run.step == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+    assert run.step == 1 and not (run.dir / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_sampler_counts_images_and_an_epoch_is_len_data_images(tmp_path):
+    data = common.load_dataset("shapes", image_size=16, size=20)
+    run, _ = _tiny_run(tmp_path)
+    draw = run.sampler(data)
+    for _ in range(4):
+        x, y = draw(6)
+    assert x.shape == (6, 3, 16, 16) and y.shape == (6,)
+    assert run.batches_drawn == 24 and run.epochs_done == 1
+
+
+def test_samples_are_drawn_in_eval_mode_without_gradients_and_training_mode_returns(tmp_path):
+    seen = []
+
+    def sample(n=4):
+        seen.append((net.training, torch.is_grad_enabled()))
+        return net(torch.randn(n, 3)).view(n, 3, 1, 1).tanh()
+
+    run, net = _loop_run(tmp_path)
+    run.sample_fn = sample
+    assert run.save_samples("grid").is_file()
+    run.generate(sample, 3)
+    assert seen == [(False, False)] * 2 and net.training
+    assert torch.equal(net.running_mean, torch.zeros(3))  # BatchNorm's statistics untouched
