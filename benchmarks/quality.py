@@ -461,7 +461,7 @@ TINY_SIZE = {"cyclegan": 32}  # the others: 16 px (progan: --final-size 16)
 LAPTOP = {
     "dcgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32", "--kernel-size", "4",
                "--batch-size", "64"), 12),
-    "wgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32"), 16),
+    "wgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32"), 20),
     "relativistic_gan": (("--image-size", "32", "--channels", "1", "--width", "32"), 6),
     "infogan": (("--channels", "1", "--ngf", "32", "--ndf", "32", "--fc-units", "512"), 12),
     "began": (("--image-size", "32", "--channels", "1", "--n-filters", "32"), 4),
