@@ -630,7 +630,7 @@ def train_job(job: dict) -> dict:
         progress = json.loads(progress_file.read_text())
         ckpt = run_dir / "checkpoint.pt"
         if progress["done"]:
-            out = {**job, "wall_s": progress["wall_s"], "log": str(log), "reused": True}
+            out = {**job, "wall_s": round(progress["wall_s"], 1), "log": str(log), "reused": True}
             return {**out, "segment_steps": progress["segment_steps"]} if job.get("segments") else out
         if progress["piece_started"] and ckpt.exists():  # a stopped piece: counted until its checkpoint
             progress["wall_s"] += max(0.0, ckpt.stat().st_mtime - progress["piece_started"])
