@@ -457,19 +457,19 @@ TINY_SIZE = {"cyclegan": 32}  # the others: 16 px (progan: --final-size 16)
 # losses, optimiser settings and update schedule are the script's defaults. Each run fits 30
 # minutes on one thread of a 2-core CPU (two runs at a time), the paper's comparison runs at
 # the same configuration (variants above; relativistic_gan's on 2,000 images for as many
-# images shown to D). script -> (flags, epochs).
+# images shown to D). script -> (flags, epochs[, dataset size: default the Spec's]).
 LAPTOP = {
     "dcgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32", "--kernel-size", "4",
                "--batch-size", "64"), 12),
     "wgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32"), 20),
-    "relativistic_gan": (("--image-size", "32", "--channels", "1", "--width", "32"), 6),
+    "relativistic_gan": (("--image-size", "32", "--channels", "1", "--width", "16"), 10),
     "infogan": (("--channels", "1", "--ngf", "32", "--ndf", "32", "--fc-units", "512"), 12),
-    "began": (("--image-size", "32", "--channels", "1", "--n-filters", "32"), 4),
-    "vaegan": (("--image-size", "32", "--channels", "1", "--width", "16"), 4),
-    "sagan": (("--image-size", "32", "--channels", "1", "--ch", "16"), 6),
+    "began": (("--image-size", "32", "--channels", "1", "--n-filters", "16"), 2),
+    "vaegan": (("--image-size", "32", "--channels", "1", "--width", "16", "--batch-size", "32"), 2, 40000),
+    "sagan": (("--image-size", "32", "--channels", "1", "--ch", "16", "--batch-size", "32"), 3),
     "progan": (("--final-size", "32", "--channels", "1", "--fmap-base", "256", "--fmap-max", "64", "--nz", "64",
-                "--images-per-phase", "20000"), 4),
-    "cyclegan": (("--image-size", "32", "--channels", "1", "--ngf", "16", "--ndf", "16", "--n-blocks", "3"), 20),
+                "--images-per-phase", "10000"), 3, 30000),
+    "cyclegan": (("--image-size", "32", "--channels", "1", "--ngf", "16", "--ndf", "16", "--n-blocks", "3"), 30),
 }
 # seqgan.py on the CPU: the paper's oracle and networks, a shorter schedule.
 SEQGAN_LAPTOP = ["--pretrain-epochs", "40", "--d-pretrain-rounds", "3", "--epochs", "10", "--eval-every", "2"]
@@ -484,9 +484,11 @@ def laptop_table() -> str:
         if s == "seqgan":
             flags, comp = " ".join(SEQGAN_LAPTOP) + " --oracle FILE", "MLE only (`--mle-only`)"
         else:
-            base, epochs = LAPTOP[s]
-            flags = " ".join(base) + (f" --n-epochs/--n-epochs-decay over {epochs} epochs" if s == "cyclegan"
-                                      else f" --epochs {epochs}")
+            base, epochs, *size = LAPTOP[s]
+            n = size[0] if size else SPECS[s].dataset_size
+            flags = " ".join(base) + f" --dataset-size {n}" + (
+                f" --n-epochs {epochs - epochs * 2 // 5} --n-epochs-decay {epochs * 2 // 5}" if s == "cyclegan"
+                else f" --epochs {epochs}")
             comp = "; ".join(f"{name}: `{' '.join(f)}`" + (f" on {n:,} images" if n else "")
                              for name, (f, n) in SPECS[s].variants.items()) or "-"
         rows.append(f"| {s}.py | `{flags}` | {comp} |")
@@ -699,8 +701,10 @@ def plan(script: str, a, work: Path) -> list:
     runs = {"main": ((), None), **spec.variants}
     base, budget = (), a.budget
     if a.tier == "laptop":
-        base, epochs = LAPTOP[script]
-        budget = budget or epochs * spec.dataset_size
+        base, epochs, *size = LAPTOP[script]
+        n = size[0] if size else spec.dataset_size
+        budget = budget or epochs * n
+        runs = {name: (extra, variant_size or n) for name, (extra, variant_size) in runs.items()}
     for s in seeds:
         for name, (extra, size) in runs.items():
             flags, images = budget_flags(script, budget, size, a.tiny, base)
