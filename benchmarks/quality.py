@@ -1,13 +1,25 @@
 """Quality benchmark: does each script do what its paper says, on the built-in shapes data?
 
+    python benchmarks/quality.py --tier laptop [--oracle target_params_py3.pkl]   (all ten, a 2-core CPU)
     python benchmarks/quality.py --script dcgan [wgan ...] [--budget IMAGES] [--seeds K] [--jobs J]
                                  [--n-eval N] [--results-dir benchmarks/results] [--overwrite] [--tiny]
+    python benchmarks/quality.py --tier laptop --table          (the README's tables from the JSONs)
 
-For each named script: train it through its own main() on the built-in data for a fixed
-budget (images shown to D: `--epochs E` over `--dataset-size N` gives E x N; default the
-README's quick run, `--epochs 5` on the 60,000 shapes), once per seed, plus the runs of the
-paper's own comparison (RaSGAN vs SGAN vs RaLSGAN, attention on/off, ...); then score the
-samples and write `quality-NAME.json` and a sample grid `quality-NAME.png` to --results-dir
+Two tiers. The paper tier (the default) trains the scripts' own networks at their own sizes (64
+px; a GPU) for a budget in images shown to D (`--epochs E` over `--dataset-size N` gives E x N;
+default the README's quick run, `--epochs 5` on the 60,000 shapes). The laptop tier (`--tier
+laptop`) trains every script with its LAPTOP configuration below: only the script's own flags
+(32 px, or InfoGAN's 28 px, grayscale, reduced widths, a batch size and a number of epochs),
+its losses, optimiser settings and update schedule unchanged; each run fits 30 minutes on one
+thread of a 2-core CPU, two runs at a time. Its run folders stay in --work (default
+benchmarks/.work/laptop): a command stopped part way is run again as it was and every run goes
+on from its last checkpoint; scripts already scored are skipped. So the whole tier is one
+command, which may be spread over several sittings.
+
+For each script: once per seed, its main run plus the runs of the paper's own comparison
+(RaSGAN vs SGAN vs RaLSGAN on 2,000 images, attention on/off, grown vs fixed size, VAE-GAN vs a
+plain VAE, with and without the cycle loss, SeqGAN vs MLE); then score the samples and write
+`quality-NAME[-laptop].json` and a sample grid `quality-NAME[-laptop].png` to --results-dir
 (an existing one is replaced only with --overwrite; checked before anything trains).
 
 No Inception weights can be downloaded here, so the feature space is a small CNN trained by
@@ -29,8 +41,11 @@ cached under benchmarks/.cache/ keyed by its configuration (`ShapesNet`, `classi
               paired targets (a perfect translator would then score 0, below the floor);
               the floor is the paired targets against that set: what a perfect translator
               scores. The paired error stays on the paired targets.
-plus each paper's own measure (PAPER_MEASURES below). seqgan.py has no images: its measure is
-NLL_oracle of SeqGAN and of the MLE baseline on the same oracle (`--oracle FILE.npz`).
+plus each paper's own measure: InfoGAN's code accuracy, CycleGAN's class preservation and paired
+error, the rank correlation of WGAN's critic estimate and BEGAN's M_global with FD-shapes over
+checkpoints, and each comparison above with its sign ("comparisons" in the JSON). seqgan.py has
+no images: its measure is NLL_oracle of SeqGAN and of the MLE baseline on the same oracle
+(`--oracle FILE`, as seqgan.py takes it; without it, a fresh oracle from the seed).
 
 Runs can share one GPU: `--jobs J` trains J runs at a time in worker processes (spawned),
 each writing its log next to its run folder; the JSON of a script is written as soon as its
@@ -933,8 +948,20 @@ COMPARISONS = {
 }
 
 
+# The papers' claims about a logged quantity: it tracks sample quality over training
+# (Spearman rank correlation with FD-shapes over the checkpoints, > 0: both fall together).
+CURVE_CLAIMS = {"wgan": "the critic's estimate of the EM distance falls as samples improve",
+                "began": "M_global falls as samples improve"}
+
+
 def comparisons(script: str, runs: dict) -> list:
     out = []
+    if script in CURVE_CLAIMS:
+        key = f"spearman_{SPECS[script].curve}_vs_fd"
+        rho = runs.get("main", {}).get("metrics", {}).get(key, {}).get("mean")
+        out.append({"claim": CURVE_CLAIMS[script] + " (Spearman with FD-shapes over checkpoints > 0)",
+                    "runs": ["main"], "measure": key, "main": rho,
+                    **({"missing": True} if rho is None else {"agrees_with_paper": bool(rho > 0)})})
     for claim, a, b, key, lower in COMPARISONS.get(script, []):
         va = runs.get(a, {}).get("metrics", {}).get(key, {}).get("mean")
         vb = runs.get(b, {}).get("metrics", {}).get(key, {}).get("mean")
@@ -999,6 +1026,49 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
     return result
 
 
+def results_table(results_dir, suffix: str = "-laptop") -> str:
+    """The README's results table, from the JSONs in results_dir (scripts without one are left out)."""
+    rows = ["| script | FD-shapes (fd_position) | classes | confident | the paper's own measure | longest run |",
+            "|---|---|---|---|---|---|"]
+    for s in SCRIPTS:
+        path = Path(results_dir) / f"quality-{s}{suffix}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        m = r["runs"].get("main", r["runs"].get("seqgan", {})).get("metrics", {})
+
+        def mean(k, m=m):
+            return (m.get(k) or {}).get("mean")
+
+        own = []
+        image_targets = ("classes covered", "confident-sample", "fd_position")
+        for name, t in r["targets"].items():
+            if not any(k in name for k in image_targets):
+                v = t["value"]
+                own.append(f"{name}: {'-' if v is None else f'{v:.3g}'} ({'met' if t['met'] else 'missed'})")
+        for c in r.get("comparisons", []):
+            if c.get("missing"):
+                continue
+            if c["runs"] == ["main"]:
+                own.append(f"{c['claim'].split(' (')[0]}: ρ = {c['main']:.2f} "
+                           f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
+            else:
+                a, b = c["runs"]
+                own.append(f"{c['measure']} {a} − {b}: {c['difference']:+.3g} "
+                           f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
+        walls = [run["metrics"]["train_wall_s"]["max"] for run in r["runs"].values()
+                 if (run.get("metrics", {}).get("train_wall_s") or {}).get("max") is not None]
+        minutes = max(walls) / 60 if walls else None
+        if s == "seqgan":
+            fd = cls = conf = "-"
+        else:
+            fd = f"{mean('fd_shapes'):.1f} ({mean('fd_position'):.2f})"
+            cls, conf = f"{mean('classes_covered'):.0f}/10", f"{mean('confident_rate'):.0%}"
+        wall = "-" if minutes is None else f"{minutes:.0f} min"
+        rows.append(f"| {s}.py | {fd} | {cls} | {conf} | {'; '.join(own) or '-'} | {wall} |")
+    return "\n".join(rows)
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
@@ -1011,6 +1081,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "quality-NAME-laptop, all ten scripts unless --script, two runs at a time with one "
                         "thread each, run folders kept in --work (default benchmarks/.work/laptop) so that a "
                         "stopped command resumes its runs, and scripts whose results exist skipped")
+    p.add_argument("--table", action="store_true",
+                   help="print the results table of the JSONs in --results-dir for --tier (no training)")
     p.add_argument("--script", nargs="+", default=None, choices=SCRIPTS, metavar="NAME",
                    help=f"one or more of {', '.join(SCRIPTS)} (required with --tier paper)")
     p.add_argument("--budget", type=common.positive_int, default=None,
@@ -1045,6 +1117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the CPU smoke path: tiny networks, 16 px; pair it with a small --budget and --n-eval")
     a = p.parse_args(argv)
     laptop = a.tier == "laptop"
+    if a.table:
+        return a
     if a.script is None:
         if not laptop:
             p.error("--script is required with --tier paper (name one or more scripts)")
@@ -1091,6 +1165,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    if a.table:
+        print(laptop_table() + "\n\n" if a.tier == "laptop" else "", end="")
+        print(results_table(a.results_dir, a.suffix if a.suffix is not None else
+                            ("-laptop" if a.tier == "laptop" else "")))
+        return {}
     device = common.select_device(a.device)
     a.device = device.type
     results_dir = Path(a.results_dir)
