@@ -43,7 +43,7 @@ done
   echo "scripts: ${scripts[*]}; SEEDS=$SEEDS JOBS=$JOBS LIMIT=$LIMIT s"; } >"$OUT/log.txt" 2>&1
 t0=$SECONDS
 timeout "$LIMIT" python3 benchmarks/quality.py --script "${scripts[@]}" --seeds "$SEEDS" --jobs "$JOBS" \
-  --results-dir "$T/results" --work "$T/work" >>"$OUT/log.txt" 2>&1
+  --results-dir "$T/results" --work "$T/work" ${ORACLE:+--oracle "$ORACLE"} >>"$OUT/log.txt" 2>&1
 echo "== quality.py exit $? in $((SECONDS - t0)) s" >>"$OUT/log.txt"
 for f in "$T"/work/*/*.log; do  # the last lines of every run (epoch summaries, errors)
   [ -f "$f" ] && { echo "-- $f"; grep -E "^(epoch|step|done|phase)|rror" "$f" | tail -6; } >>"$OUT/log.txt"
