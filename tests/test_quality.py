@@ -409,3 +409,21 @@ def test_a_stopped_laptop_run_resumes_and_a_finished_one_is_reused(tmp_path, mon
                         lambda argv: pytest.fail("a finished run was trained again"))
     again = quality.train_job(job)
     assert again["reused"] and again["wall_s"] == done["wall_s"]
+
+
+def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_path):
+    def metric(v):
+        return {"mean": v, "std": 0.0, "min": v, "max": v, "n": 1, "values": [v]}
+
+    main = {k: metric(v) for k, v in (("fd_shapes", 12.3), ("fd_position", 0.25), ("classes_covered", 9),
+                                     ("confident_rate", 0.61), ("train_wall_s", 1500.0))}
+    runs = {"main": {"metrics": main}, "no-attention": {"metrics": {"fd_shapes": metric(15.0),
+                                                                     "train_wall_s": metric(1700.0)}}}
+    out = {"runs": runs, "targets": quality.targets("sagan", runs, {}, "laptop"),
+           "comparisons": quality.comparisons("sagan", runs)}
+    (tmp_path / "quality-sagan-laptop.json").write_text(json.dumps(out))
+    table = quality.results_table(tmp_path).splitlines()
+    assert len(table) == 3   # header, rule, sagan (the nine without a JSON are left out)
+    row = table[2]
+    assert row.startswith("| sagan.py | 12.3 (0.25) | 9/10 | 61% |")
+    assert "main − no-attention: -2.7 (agrees)" in row and row.endswith("| 28 min |")  # the longest run
