@@ -76,6 +76,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -634,7 +635,12 @@ def train_job(job: dict) -> dict:
     run (its progress.json says done) is returned as it was, a stopped one resumes from its
     last checkpoint (the script's --resume; the segments already sampled are kept), and a run
     stopped before its first checkpoint starts again. wall_s then adds up the pieces: each
-    stopped piece counts until its last checkpoint (what came after it is trained again)."""
+    stopped piece counts until its last checkpoint (what came after it is trained again).
+
+    cpu_s is the CPU time of the training process (time.process_time, all its threads): with one
+    thread per run it is about what the run takes alone on one core, whatever else the machine
+    was doing, where wall_s grows with the load. A stopped piece's CPU time is its wall time
+    until the checkpoint times the CPU share last seen by a heartbeat (every 15 s)."""
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
     module = importlib.import_module(job["script"])
@@ -642,31 +648,52 @@ def train_job(job: dict) -> dict:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log = log_path(job)
     progress_file = run_dir.parent / f"{run_dir.name}.progress.json"
-    progress = {"wall_s": 0.0, "segment_steps": [], "done": False, "piece_started": None}
+    progress = {"wall_s": 0.0, "cpu_s": 0.0, "segment_steps": [], "done": False, "piece_started": None}
     if job.get("resume") and progress_file.exists():
-        progress = json.loads(progress_file.read_text())
+        progress = {**progress, **json.loads(progress_file.read_text())}
         ckpt = run_dir / "checkpoint.pt"
         if progress["done"]:
-            out = {**job, "wall_s": round(progress["wall_s"], 1), "log": str(log), "reused": True}
+            out = {**job, "wall_s": round(progress["wall_s"], 1), "cpu_s": round(progress["cpu_s"], 1),
+                   "log": str(log), "reused": True}
             return {**out, "segment_steps": progress["segment_steps"]} if job.get("segments") else out
         if progress["piece_started"] and ckpt.exists():  # a stopped piece: counted until its checkpoint
-            progress["wall_s"] += max(0.0, ckpt.stat().st_mtime - progress["piece_started"])
+            wall = max(0.0, ckpt.stat().st_mtime - progress["piece_started"])
+            beat_t, beat_cpu = progress.get("beat") or (None, None)
+            share = beat_cpu / (beat_t - progress["piece_started"]) if beat_t and beat_t > progress["piece_started"] \
+                else 1.0
+            progress["wall_s"] += wall
+            progress["cpu_s"] += wall * min(share, 1.0 * (job.get("threads") or os.cpu_count() or 1))
     elif run_dir.exists():
         shutil.rmtree(run_dir)  # (our own scratch folder, from a run stopped before its first checkpoint)
     if not (run_dir / "checkpoint.pt").exists() and run_dir.exists():
         shutil.rmtree(run_dir)
+    lock = threading.Lock()
 
     def save_progress():
         if job.get("resume"):
-            progress_file.write_text(json.dumps(progress))
+            with lock:
+                tmp = progress_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(progress))
+                tmp.replace(progress_file)
+
+    stop_beat = threading.Event()
+
+    def heartbeat():
+        while not stop_beat.wait(15):
+            if progress["piece_started"] is not None:
+                progress["beat"] = (time.time(), time.process_time() - progress["piece_cpu0"])
+                save_progress()
 
     steps, error = progress["segment_steps"], None
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
     with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         try:
             segments = job.get("segments") or [None]
             for k, epochs in enumerate(segments):
                 if k < len(steps):
                     continue  # sampled before the run was stopped
+                progress["piece_cpu0"], progress["beat"] = time.process_time(), None
                 progress["piece_started"] = time.time()
                 save_progress()
                 t0 = time.perf_counter()
@@ -682,6 +709,7 @@ def train_job(job: dict) -> dict:
                     images = draw(sampler(job["script"], run_dir, device), job["curve_n"])
                     torch.save(images, run_dir / f"curve-{k:02d}.pt")
                 progress["wall_s"] += time.perf_counter() - t0
+                progress["cpu_s"] += time.process_time() - progress["piece_cpu0"]
                 progress["piece_started"] = None
                 save_progress()
             progress["done"] = True
@@ -695,7 +723,8 @@ def train_job(job: dict) -> dict:
         except Exception as e:
             traceback.print_exc()
             error = error_sentence(e)
-    out = {**job, "wall_s": round(progress["wall_s"], 1), "log": str(log)}
+    stop_beat.set()
+    out = {**job, "wall_s": round(progress["wall_s"], 1), "cpu_s": round(progress["cpu_s"], 1), "log": str(log)}
     if job.get("segments"):
         out["segment_steps"] = steps
     return {**out, "error": error} if error else out
@@ -984,6 +1013,8 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
             grid = scores.get("_grid")
         scores.pop("_grid", None)
         scores["train_wall_s"] = job["wall_s"]
+        if job.get("cpu_s") is not None:
+            scores["train_cpu_s"] = job["cpu_s"]
         per_run.setdefault(job["run"], []).append((job, scores))
     anchors = {}
     if script != "seqgan":
@@ -1027,7 +1058,9 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
 
 
 def results_table(results_dir, suffix: str = "-laptop") -> str:
-    """The README's results table, from the JSONs in results_dir (scripts without one are left out)."""
+    """The README's results table, from the JSONs in results_dir (scripts without one are left out).
+    The last column is the longest run's CPU time (its wall time where no CPU time was recorded):
+    with one thread per run, about its wall time alone on one core."""
     rows = ["| script | FD-shapes (fd_position) | classes | confident | the paper's own measure | longest run |",
             "|---|---|---|---|---|---|"]
     for s in SCRIPTS:
@@ -1056,8 +1089,10 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
                 a, b = c["runs"]
                 own.append(f"{c['measure']} {a} − {b}: {c['difference']:+.3g} "
                            f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
-        walls = [run["metrics"]["train_wall_s"]["max"] for run in r["runs"].values()
-                 if (run.get("metrics", {}).get("train_wall_s") or {}).get("max") is not None]
+        key = "train_cpu_s" if any("train_cpu_s" in run.get("metrics", {}) for run in r["runs"].values()) \
+            else "train_wall_s"
+        walls = [run["metrics"][key]["max"] for run in r["runs"].values()
+                 if (run.get("metrics", {}).get(key) or {}).get("max") is not None]
         minutes = max(walls) / 60 if walls else None
         if s == "seqgan":
             fd = cls = conf = "-"

@@ -404,11 +404,11 @@ def test_a_stopped_laptop_run_resumes_and_a_finished_one_is_reused(tmp_path, mon
     assert "error" not in done, done.get("error")
     assert list((tmp_path / "main-seed0").glob("config-resume-*.json")), "trained again instead of resumed"
     assert int(common.read_checkpoint(job["dir"], "dcgan")["step"]) == 200 * 2   # 64 images, batch 32
-    assert done["wall_s"] > 0
+    assert done["wall_s"] > 0 and 0 < done["cpu_s"] <= 1.5 * done["wall_s"]
     monkeypatch.setattr(quality.importlib.import_module("dcgan"), "main",
                         lambda argv: pytest.fail("a finished run was trained again"))
     again = quality.train_job(job)
-    assert again["reused"] and again["wall_s"] == done["wall_s"]
+    assert again["reused"] and again["wall_s"] == done["wall_s"] and again["cpu_s"] == done["cpu_s"]
 
 
 def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_path):
@@ -427,3 +427,7 @@ def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_
     row = table[2]
     assert row.startswith("| sagan.py | 12.3 (0.25) | 9/10 | 61% |")
     assert "main − no-attention: -2.7 (agrees)" in row and row.endswith("| 28 min |")  # the longest run
+    runs["main"]["metrics"]["train_cpu_s"] = metric(1200.0)   # CPU time, where recorded, over wall time
+    runs["no-attention"]["metrics"]["train_cpu_s"] = metric(1260.0)
+    (tmp_path / "quality-sagan-laptop.json").write_text(json.dumps(out))
+    assert quality.results_table(tmp_path).splitlines()[2].endswith("| 21 min |")
