@@ -54,9 +54,26 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
   - A step is one D update and one G update on one real batch; an epoch is a pass over the
     real data (60,000 shapes / 16 = 3,750 steps). The paper trains for hundreds of thousands
     of steps (the port: 500,000); five epochs show the dynamics, not the paper's quality.
+  - Defaults: γ = 0.5 (--gamma; the paper shows 0.3 to 0.7), λ_k = 0.001, n = 128 filters
+    (--n-filters; the encoder grows n, 2n, 3n, 4n at 64 px), `--lr-decay none` keeps the rate.
+    k_t stays on the device (no host sync per step) and comes back on --resume.
+
+Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in losses.png):
+  loss_D    D's loss L(x) - k_t L(G(z_D)), with the k_t of this step
+  loss_G    G's loss L(G(z_G)), D's mean absolute reconstruction error on a fresh fake batch
+            after D's update; at equilibrium γ times L_x
+  L_x       L(x), D's mean absolute reconstruction error on the real batch, in the units of
+            the pixel range [-1, 1] (0 is perfect)
+  k_t       the k_t used in this step, in [0, 1]: it rises while D reconstructs G's samples
+            too well (L(G(z)) < γ L(x)) and falls otherwise; it should settle inside (0, 1)
+  M_global  L(x) + |γ L(x) - L(G(z_G))|, the convergence measure: it should fall as the samples
+            improve; its window means drive the lr decay
+  lr        both networks' Adam learning rate in this step, halving at each stall (stored as
+            float32, so 1e-4 shows as 9.99999e-05)
 
 Run:  python began.py --epochs 5                      (built-in shapes, 64 px, no download)
       python began.py --gamma 0.7 --epochs 5          (more diversity, less quality)
+      python began.py --lr-decay fixed --lr-window 100000   (the port's lr schedule)
       python began.py --dataset celeba --data-root ./data
       python began.py --generate 64 --resume runs/began-shapes-<time>
 """

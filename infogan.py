@@ -50,10 +50,36 @@ Choices where the paper is silent or sources differ (official code: openai/InfoG
     (argmax while training), after the best one-to-one matching of codes to classes (exact;
     the Hungarian algorithm's answer), when the data has labels. The paper reports ~5% error
     on MNIST.
+  - The codes are flags (--n-cat, --cat-dim, --n-cont), and so is λ (--info-weight; 0 gives a
+    plain GAN with an untrained Q: the control).
 An epoch is one pass of D over the data (60,000 images: 468 steps of 128); a step is one D
-update and one G update.
+update and one G update, each with a fresh latent, the G update through the D just updated.
+
+Samples: the per-epoch grids have the layout of traversal-c1.png (row r: c1 = r), so each row
+should become one shape class. `--generate N` also writes the Fig. 2 traversals beside the
+samples: traversal-c1.png (rows: c1 = 0..9, columns: different z) and traversal-c2.png,
+traversal-c3.png (rows: c1 = 0..9, columns: that continuous code from -2 to 2, beyond its
+training range; z and the other code fixed).
+
+Logged (metrics.csv, besides step, epoch and images_per_s):
+  loss_D     D's GAN loss BCE(D(x), 1) + BCE(D(G(z, c)), 0), without the λ L_I term:
+             2 ln 2 ≈ 1.386 when D cannot tell
+  loss_G     G's non-saturating loss -log D(G(z, c)), without the λ L_I term
+  D_x, D_G_z mean D(x) on the real batch and D(G(z, c)) on the fake batch, in D's step
+  L_I        the bound of the categorical code(s), H(c) - cross-entropy of Q's logits on G's
+             samples (D's step, before its update), in nats; 0 for a Q that knows nothing,
+             at most H_c
+  H_c        H(c) = ln K per categorical code (ln 10 ≈ 2.303): the bound L_I should approach
+             (Fig. 1)
+  nll_cont   the continuous codes' term -E log Q(c2, c3 | x), summed over the codes; with σ = 1
+             at least 0.5 ln 2π ≈ 0.919 per code (a Q that always says 0: about 1.09 per code)
+  code_acc   once an epoch (the row at the epoch's end), with labelled data (shapes, MNIST):
+             Q's categorical code against the true class after the best matching (see above);
+             chance is 0.1, the paper about 0.95 on MNIST
 
 Run:  python infogan.py --epochs 5                       (built-in shapes, 28 px grayscale)
+      python infogan.py --learn-sigma --epochs 5         (the appendix's learned σ)
+      python infogan.py --info-weight 0 --epochs 5       (the control: no L_I)
       python infogan.py --dataset mnist --data-root ./data --download
       python infogan.py --generate 100 --resume runs/infogan-shapes-<time>   (+ Fig. 2 grids)
 """

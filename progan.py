@@ -62,10 +62,28 @@ Choices where the paper is silent or sources differ:
   - The schedule advances every step (the official code every 4 minibatches).
   - `--compile` compiles G's stages only: torch.compile does not support the double backward
     through D that the gradient penalty needs.
+  - Batch 16 up to 128 px, then --batch-sizes 256:14,512:6,1024:3 (App. A.1).
+
+A run that ends before its schedule does stops at a lower resolution: resume it with more
+--epochs. A checkpoint is written at every phase change as well as after each epoch. Sample
+grids (from the averaged G on the fixed latent, shown at the final size, nearest-neighbour) are
+written after each epoch, at the end, and at the end of each resolution: samples/res-004.png,
+res-008.png, ... res-064.png, which show how the run grows (a CPU run's: benchmarks/README.md).
+
+Logged (metrics.csv, besides step, epoch and images_per_s; epoch is real images drawn /
+dataset size, and images_per_s counts real images, whose batch changes with the resolution):
+  loss_D      D's loss E D(G(z)) - E D(x) + 10 (gradient penalty) + 0.001 E D(x)²
+  loss_G      -E D(G(z)) at the G update
+  W_estimate  E D(x) - E D(G(z)) on D's batch, before its update: the Wasserstein estimate
+  gp          the gradient penalty E(‖∇D(x̂)‖₂ - 1)², before the weight λ
+  resolution  the resolution trained (a mean over the interval: fractional across a change)
+  alpha       the fade-in α (1 outside fade-in phases)
 
 Run:  python progan.py --epochs 5                           (built-in shapes to 64x64, no download)
+      python progan.py --images-per-phase 800000 --epochs 200     (the paper's schedule)
+      python progan.py --batch-sizes 4:128,8:128,16:128,32:64,64:32 --epochs 5   (the official 1-GPU batches)
       python progan.py --dataset celeba --final-size 128 --data-root ./data --epochs 20
-      python progan.py --generate 64 --resume runs/progan-shapes-<time>
+      python progan.py --generate 64 --resume runs/progan-shapes-<time>   (at the resolution reached)
 """
 import argparse
 import copy

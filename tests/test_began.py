@@ -1,5 +1,16 @@
-"""began.py against ../shared/papers/began.md: the losses, the k_t controller, M_global, the
-autoencoder D, step isolation, the lr-decay rule, exact resume of k_t, the command line."""
+"""began.py against its paper: the losses, the k_t controller, M_global, the autoencoder D,
+step isolation, the lr-decay rule, exact resume of k_t, the command line.
+
+The spec's update_k number, k_t in [0, 1] under extreme inputs, both controllers and M_global
+against the closed form, M_global >= L(x) >= 0, the L1 loss, D an autoencoder with no
+normalisation layer and ELU only, linearly growing filters, nearest upsampling, skip
+connections, D's update independent of the fake batch when k = 0, each step updating only its
+own network, G's gradient through both G(z) and D(G(z)) and a G step following it,
+z ~ U(-1, 1), the affine FC and output layers, the skip's nearest-neighbour h0, D updated before
+G with fresh latents and M_global of the step's own losses, the stall rule at exactly the
+tolerance and the lr schedule, exact resume of k_t and the lr-decay state, the command line,
+`--generate`, `losses.png`.
+"""
 import math
 
 import pytest

@@ -1,5 +1,17 @@
-"""infogan.py against ../shared/papers/infogan.md: the bound, the Gaussian term, who owns which
-gradient, the step order, the Figure 2 layout, the toy recovery of the categorical code."""
+"""infogan.py against its paper: the bound, the Gaussian term, who owns which gradient, the
+step order, the Figure 2 layout, the toy recovery of the categorical code.
+
+Table 1 networks layer by layer and App. C defaults, both networks' init, the D step's reported
+values, D then G each on its own fresh latent, H_c over every categorical code, code_acc as Q's
+matched accuracy on each epoch's real images, traversals from G in eval mode, d_loss and the
+non-saturating g_loss against their closed forms, each step's gradient equal to that of its GAN
+loss plus both information terms (fixed and learned σ), D and Q reading one body tensor, L_I's
+gradient reaching G, the body and the Q head but not the D head, the bound ln K for a perfect Q,
+raw logits into the cross-entropy, the fixed- and learned-σ Gaussian terms against their closed
+forms, one optimiser per network, every backward after a fresh forward, the Figure 2 latent
+layout and grid sizes, a 2-D toy where the categorical code picks the mode with λ = 1 and stays
+at chance with λ = 0, exact resume, the CLI.
+"""
 import copy
 import itertools
 import math

@@ -1,5 +1,16 @@
-"""progan.py against ../shared/papers/progan.md: fade-in identities, equalised LR, pixel norm,
-minibatch stddev, the schedule, the losses, the step isolation, growing runs and exact resume."""
+"""progan.py against its paper: fade-in identities, equalised LR, pixel norm, minibatch
+stddev, the schedule, the losses, the step isolation, growing runs and exact resume.
+
+Paper defaults and bad flags, equalised layers storing unit weights with the paper's gains,
+pixel norm on the latent and every conv output, LeakyReLU 0.2 throughout, D's pooled old path
+mid-fade, D's loss as WGAN-GP with the drift on D(real), real batches box-filtered and faded in,
+samples from the weight average updated after each G step, both optimisers reset per phase, the
+minibatch-stddev channel, G's and D's fade-in identities, `fade_reals`, a monotone and complete
+schedule, the losses against their closed forms, the penalty on a linear critic and its
+per-sample u, step isolation, steps under `--amp`, the weight average, a CLI run through every
+phase, `--generate` at the resolution reached, exact resume mid-fade, a resume with a new
+schedule refused.
+"""
 import copy
 import math
 
