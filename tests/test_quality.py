@@ -405,7 +405,7 @@ def test_a_stopped_laptop_run_resumes_and_a_finished_one_is_reused(tmp_path, mon
     deadline = _time.time() + 120
     while not ckpt.exists() and proc.poll() is None and _time.time() < deadline:
         _time.sleep(0.02)
-    proc.kill()  # stopped as a session's end stops it: no Ctrl-C, no final checkpoint
+    proc.kill()  # killed outright (a machine switched off): no Ctrl-C, no final checkpoint
     proc.wait()
     stopped_at = int(torch.load(ckpt, weights_only=False)["step"])
     assert stopped_at < 200 * 2, "the run finished before it could be stopped"
