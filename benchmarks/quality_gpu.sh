@@ -19,7 +19,7 @@
 #   $OUT/classifier-*.pt the feature networks used (benchmarks/.cache/): keep them in
 #                        benchmarks/.cache/ on the GPU machine, so that every group is scored
 #                        with the same feature network
-# g5 needs the paper's oracle at .oracle/oracle_params.npz in the repository.
+# g5 needs the paper's oracle: ORACLE=FILE (the official save/target_params_py3.pkl, or its .npz form).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/quality-gpu}; LIMIT=${LIMIT:-540}; SEEDS=${SEEDS:-1}; JOBS=${JOBS:-8}
