@@ -51,8 +51,14 @@ Choices where the paper is silent or sources differ (from junyanz/pytorch-CycleG
     Ck): this is what makes the receptive field 70x70 and the map 30x30 at 256 px.
   - G's last layer is conv + tanh (no norm, no ReLU); every conv has a bias (instance norm has
     no affine parameters); downsampling convs pad with zeros, the 7x7 and residual convs reflect.
-  - lr factor per epoch e (from 0): 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1), the
-    official rule; the last epoch trains at lr / (n_epochs_decay + 1) (lr / 101), not at 0.
+  - lr factor per epoch e (from 0): 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1),
+    stepped at the end of each epoch: 100 epochs at the full rate, then 100 falling linearly,
+    the last at lr / (n_epochs_decay + 1) (lr / 101), not at 0. This is Sec. 4 and the official
+    code while its train.py stepped at the end of each epoch (the niter / niter_decay versions:
+    lambda_rule 1 - max(0, epoch + epoch_count - niter) / (niter_decay + 1)). The current
+    official master calls update_learning_rate() at the start of each epoch with the same
+    rule, which moves the schedule one epoch earlier: 99 epochs at the full rate, the decay
+    from the 100th, and the 200th at lr 0.
   - --no-cycle removes the cycle terms only; the identity term keeps its weight (5). The paper's
     "GAN alone" row (its Cityscapes runs had no identity term) is `--no-cycle --lambda-idt 0`.
   - --epochs is how far this invocation trains; the lr schedule always follows --n-epochs and

@@ -46,10 +46,14 @@ Choices where the paper is silent or sources differ:
   - D sees the real and fake batch as one concatenated batch (D has no batch norm, so this is
     the same function) and updates its power-iteration vectors once per D step; in G's step D
     is in eval mode, which here only freezes those vectors (the official update_collection="NO_OPS").
-  - Batch 64 (the paper does not give it; the official code: 4 GPUs of 32); z ~ N(0, I)^128;
-    Glorot-uniform init, zero biases (official ops.py); nearest-neighbour upsampling, 2x2 average
-    pooling; G's last BN is unconditional. (The public official generator.py has no spectral norm
-    in G; the paper, Sec. 4 and 5, puts it in both networks, and so do we.)
+  - Batch 64 (the paper does not give it), a quarter of the official code's 256: 4 towers
+    (--num_towers 4) of --batch_size 64 each, their gradients averaged. `--batch-size 256` is
+    the official batch; under torchrun on 4 GPUs each process has 64, as each tower (with its
+    own BN statistics). z ~ N(0, I)^128; Glorot-uniform init, zero biases (official ops.py);
+    nearest-neighbour upsampling, 2x2 average pooling; G's last BN is unconditional. Spectral
+    norm in G as in the paper (Sec. 4 and 5) and the official generator.py, whose generator()
+    and default generator_test() build G from snlinear and snconv2d (only the unused
+    generator_old() has none).
   - A step is one D update and one G update on one real batch; an epoch is one pass over the data
     (937 steps at batch 64 on the 60,000 built-in shapes).
 

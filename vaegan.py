@@ -57,8 +57,10 @@ Choices where the paper is silent or sources differ (official code: architecture
     against generated 1:1, i.e. each fake kind half as much as here.
   - RMSProp smoothing 0.9 (the official code's deeppy default; PyTorch's is 0.99), constant
     learning rate and no weight decay (the official code anneals the rate and uses 1e-5 decay).
-  - PyTorch's default initialisation; z = μ (no noise) for reconstructions at evaluation, as
-    the official code's test phase.
+  - PyTorch's default initialisation. Reconstruction grids and the held-out error decode
+    z = μ(x) (no noise), a choice made here: the official encoder always samples
+    z = μ + σ·ε, also in its test phase (NormalEncoder.encode in model/ae.py), so its
+    reconstructions are single draws from q(z|x). Training samples z as both do.
   - The official code's update gating (skip Dis's update when it is far ahead, Dec's when it
     is far behind) is `--gate`, off by default: Dis's update is skipped when one of its costs
     -log Dis(x), -log(1 - Dis(fake)) falls below --equilibrium - --margin (0.68 - 0.35), the
@@ -338,7 +340,8 @@ def build(args, channels: int, device):
 
 @torch.no_grad()
 def reconstruct(E, Dec, x: torch.Tensor) -> torch.Tensor:
-    """Dec(μ(x)) in eval mode (BN on running statistics), as the official code's test phase."""
+    """Dec(μ(x)) in eval mode (BN on running statistics, as the official code's test phase);
+    z = μ is our choice (the official encoder samples z ~ q(z|x) there too)."""
     modes = E.training, Dec.training
     E.eval()
     Dec.eval()

@@ -96,7 +96,8 @@ def test_layer_order_is_table_1():
 
 
 def test_both_networks_start_from_the_official_init():
-    # every conv/linear weight N(0, 0.02) and bias 0; every BN scale N(1, 0.02) and shift 0
+    # every conv/linear weight N(0, 0.02) and bias 0; every BN scale N(1, 0.02) and shift 0;
+    # D's convs truncated at two standard deviations (official custom_conv2d: truncated_normal)
     args = infogan.parse_args([])
     torch.manual_seed(0)
     G, D, _, _ = infogan.build(args, 1, torch.device("cpu"))
@@ -108,9 +109,14 @@ def test_both_networks_start_from_the_official_init():
             w = m.weight.detach()
             assert abs(w.mean()) < 0.01 and 0.015 < w.std() < 0.025, (name, m)
             assert m.bias is None or not m.bias.any(), (name, m)
+            if type(m) is nn.Conv2d:   # truncated: std 0.02 * 0.88
+                assert w.abs().max() <= 0.04 and 0.016 < w.std() < 0.0195, (name, m)
+            else:                      # plain normal: ~4.6% beyond two standard deviations
+                assert w.abs().max() > 0.04, (name, m)
         scale = torch.cat([m.weight.detach() for m in norms])
         assert abs(scale.mean() - 1) < 0.01 and 0.015 < scale.std() < 0.025, name
         assert not torch.cat([m.bias.detach() for m in norms]).any(), name
+    assert sum(type(m) is nn.Conv2d for m in D.modules()) == 2
 
 
 def test_bad_flags_are_refused(capsys):
