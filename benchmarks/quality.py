@@ -1079,7 +1079,7 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
             if not any(k in name for k in image_targets):
                 v = t["value"]
                 own.append(f"{name}: {'-' if v is None else f'{v:.3g}'} ({'met' if t['met'] else 'missed'})")
-        for c in r.get("comparisons", []):
+        for c in comparisons(s, r["runs"]):  # (from the runs' measures, whichever version wrote the JSON)
             if c.get("missing"):
                 continue
             if c["runs"] == ["main"]:
