@@ -265,7 +265,7 @@ def discriminator_step(D, opt_D, real, fake, k, amp=False):
     """One Adam step on D for L_D = L(x) - k_t L(G(z_D)). `fake` is detached: G gets no
     gradient. Returns (L_D, L(x)), detached."""
     fake = fake.detach()                              # the target of L(G(z_D)) too
-    with common.autocast(real.device, amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
         recon = D(torch.cat([real, fake]))            # (2B, C, S, S): one pass, no batch norm
         recon_real, recon_fake = recon.chunk(2)       # (B, C, S, S) each
         loss_real = ae_loss(real, recon_real)
@@ -280,7 +280,7 @@ def generator_step(G, D, opt_G, batch_size, nz, device, amp=False):
     """One Adam step on G for L_G = L(G(z_G)), a fresh z_G, through the just-updated D. The
     gradient reaches G along both paths, G(z) and D(G(z)); D's weights get none."""
     D.requires_grad_(False)  # saves computing D's weight gradients, which nobody would use
-    with common.autocast(device, amp):
+    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
         fake = G(sample_z(batch_size, nz, device))
         loss = ae_loss(fake, D(fake))
     opt_G.zero_grad(set_to_none=True)
@@ -326,7 +326,7 @@ def train(args) -> dict:
     G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     def train_step(real, k_t):
-        with torch.no_grad(), common.autocast(device, args.amp):
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
             fake = G_train(sample_z(real.size(0), args.nz, device))   # G(z_D), no graph to G
         # 1. D: minimise L(x) - k_t L(G(z_D))
         loss_D, loss_real = discriminator_step(D_train, opt_D, real, fake, k_t, args.amp)

@@ -335,9 +335,9 @@ def g_loss(fake_scores) -> torch.Tensor:
 def discriminator_step(G, D, opt_D, real, depth, alpha, args):
     """One Adam step on D with a fresh z; G is not updated. Returns loss, W estimate, penalty."""
     z = torch.randn(real.size(0), args.nz, device=real.device)
-    with torch.no_grad(), common.autocast(real.device, args.amp):
+    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
         fake = G(z, depth, alpha)
-    with common.autocast(real.device, args.amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
         # real and fake go through D as separate batches (each has its own minibatch stddev)
         real_scores, fake_scores = D(real, depth, alpha).float(), D(fake, depth, alpha).float()
         penalty = gradient_penalty(D, real, fake, depth, alpha)
@@ -352,7 +352,7 @@ def generator_step(G, D, opt_G, batch_size, depth, alpha, args, device):
     """One Adam step on G with a fresh z, through the D just updated; D's weights get no gradient."""
     D.requires_grad_(False)
     z = torch.randn(batch_size, args.nz, device=device)
-    with common.autocast(device, args.amp):
+    with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
         loss = g_loss(D(G(z, depth, alpha), depth, alpha).float())
     opt_G.zero_grad(set_to_none=True)
     loss.backward()

@@ -1,11 +1,13 @@
 """common.py: the shapes data, the loaders' errors, the run folder, checkpoints and resume."""
 import argparse
+import ast
 import math
 import os
 import random
 import signal
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -620,3 +622,25 @@ def test_samples_are_drawn_in_eval_mode_without_gradients_and_training_mode_retu
     run.generate(sample, 3)
     assert seen == [(False, False)] * 2 and net.training
     assert torch.equal(net.running_mean, torch.zeros(3))  # BatchNorm's statistics untouched
+
+
+# ------------------------------------------------------------------------------------------------
+# what the scripts take from common.py
+# ------------------------------------------------------------------------------------------------
+SCRIPTS = ("dcgan", "wgan", "relativistic_gan", "infogan", "began", "vaegan", "sagan", "progan",
+           "cyclegan", "seqgan")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_networks_losses_and_steps_need_nothing_but_torch(script):
+    # Everything a script defines above build() / train() (its networks, losses and step
+    # functions; its flags aside) can be copied into another project without common.py.
+    body = ast.parse((ROOT / f"{script}.py").read_text(encoding="utf-8")).body
+    defs = [node for node in body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    end = next(i for i, node in enumerate(defs) if node.name in ("build", "train"))
+    method = [node for node in defs[:end] if node.name != "parse_args"]
+    assert len(method) >= 3, [node.name for node in defs]
+    for node in method:
+        names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        assert "common" not in names, f"{script}.{node.name} uses common"
