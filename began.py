@@ -354,7 +354,7 @@ def train(args) -> dict:
             for group in opt_G.param_groups + opt_D.param_groups:
                 group["lr"] *= factor
             if factor != 1:
-                updates.reset()  # --fast: the graph holds the old learning rate; capture anew
+                run.recapture()  # --fast: the graph holds the old learning rate; capture anew
     return run.finish()
 
 

@@ -479,8 +479,7 @@ def train(args) -> dict:
         if run.epochs_done > sched_G.last_epoch:  # this step ended an epoch
             sched_G.step()
             sched_D.step()
-            g_update.reset()  # --fast: the graphs hold the old learning rate; capture anew
-            d_update.reset()
+            run.recapture()  # --fast: the graphs hold the old learning rate; capture anew
             if args.dataset == "shapes":  # the exact translation error on the paired test split
                 err = paired_errors(G_AB, G_BA, test_A, test_B, args.amp)
                 run.log(test_err_AB=err[0], test_err_BA=err[1])

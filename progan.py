@@ -437,7 +437,7 @@ def train(args) -> dict:
             # official reset_opt_for_new_lod: fresh Adam moments at every new phase
             opt_G.state.clear()
             opt_D.state.clear()
-            stable_step.reset()  # a new depth and fresh optimiser state: warm up and capture anew
+            run.recapture()  # --fast: a new depth and fresh optimiser state; capture anew
             state["phase"] = phase
             run.save_checkpoint()
             size = 4 * 2 ** ((phase + 1) // 2)
