@@ -5,6 +5,8 @@ import math
 import os
 import random
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -644,3 +646,19 @@ def test_networks_losses_and_steps_need_nothing_but_torch(script):
     for node in method:
         names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
         assert "common" not in names, f"{script}.{node.name} uses common"
+
+
+def test_a_plain_run_never_imports_scale(tmp_path):
+    # scale.py (torchrun, CUDA graphs) is loaded only when a run asks for it: --fast, or torchrun
+    def modules_after(*flags):
+        code = ("import sys, dcgan; dcgan.main(sys.argv[1:]); "
+                "print(' '.join(sorted(m for m in sys.modules if m in ('scale', 'common', 'dcgan'))))")
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        done = subprocess.run([sys.executable, "-c", code, *TINY, "--max-steps", "3", *flags],
+                              cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().splitlines()[-1].split()
+
+    assert modules_after("--out", "plain") == ["common", "dcgan"]
+    assert modules_after("--out", "fast", "--fast") == ["common", "dcgan", "scale"]  # (the check can fail)
