@@ -14,9 +14,8 @@ Paper -> code (section titles; the numbering differs between the arXiv versions)
   "Boundary Equilibrium GAN", the BEGAN objective:
       L_D = L(x) - k_t L(G(z_D))   for D's parameters         -> d_loss, discriminator_step
       L_G = L(G(z_G))              for G's parameters         -> generator_step
-      k_{t+1} = k_t + λ_k (γ L(x) - L(G(z_G))), k in [0, 1], k_0 = 0  -> update_k (host floats),
-                                                                 update_k_tensor (on the device)
-  "Convergence measure": M_global = L(x) + |γ L(x) - L(G(z_G))|  -> convergence_measure(_tensor)
+      k_{t+1} = k_t + λ_k (γ L(x) - L(G(z_G))), k in [0, 1], k_0 = 0  -> update_k
+  "Convergence measure": M_global = L(x) + |γ L(x) - L(G(z_G))|  -> convergence_measure
   "Model architecture", Fig. 1 (3x3 convs + ELU, no batch norm, filters growing linearly with
       each down-sampling, stride-2 sub-sampling, nearest-neighbour up-sampling, FC layers with no
       nonlinearity to and from h; G has the decoder's architecture, its own weights)
@@ -252,29 +251,19 @@ def d_loss(loss_real: torch.Tensor, loss_fake: torch.Tensor, k: torch.Tensor) ->
     return loss_real - k * loss_fake
 
 
-def update_k_tensor(k: torch.Tensor, gamma: float, loss_real, loss_fake, lambda_k: float) -> torch.Tensor:
+def update_k(k, gamma: float, loss_real, loss_fake, lambda_k: float):
     # BEGAN objective: k_{t+1} = k_t + λ_k (γ L(x) - L(G(z_G))), with k_t ∈ [0, 1] (clipped,
-    # as the port does). On the training device: no host synchronisation in the loop.
-    return torch.clamp(k + lambda_k * (gamma * loss_real - loss_fake), 0.0, 1.0)
+    # as the port does). Python numbers give a float; tensors give a tensor on their device
+    # (the training loop's case: no host synchronisation).
+    k = k + lambda_k * (gamma * loss_real - loss_fake)
+    return torch.clamp(k, 0.0, 1.0) if torch.is_tensor(k) else min(max(k, 0.0), 1.0)
 
 
-def update_k(k, gamma, loss_real, loss_fake, lambda_k) -> float:
-    """k_{t+1} from Python numbers (or scalar tensors) as a float; update_k_tensor is the same
-    equation on device tensors."""
-    k = torch.tensor(float(k), dtype=torch.float64)
-    return float(update_k_tensor(k, gamma, float(loss_real), float(loss_fake), lambda_k))
-
-
-def convergence_measure_tensor(loss_real: torch.Tensor, loss_fake: torch.Tensor, gamma: float) -> torch.Tensor:
+def convergence_measure(loss_real, loss_fake, gamma: float):
     # "Convergence measure": M_global = L(x) + |γ L(x) - L(G(z_G))|: the reconstruction of real
-    # images plus the distance from the equilibrium. Falls as training converges.
-    return loss_real + (gamma * loss_real - loss_fake).abs()
-
-
-def convergence_measure(loss_real, loss_fake, gamma) -> float:
-    """M_global from Python numbers (or scalar tensors) as a float."""
-    loss_real = torch.tensor(float(loss_real), dtype=torch.float64)
-    return float(convergence_measure_tensor(loss_real, torch.tensor(float(loss_fake), dtype=torch.float64), gamma))
+    # images plus the distance from the equilibrium. Falls as training converges. Python
+    # numbers give a float, tensors a tensor.
+    return loss_real + abs(gamma * loss_real - loss_fake)
 
 
 def stalled(window_mean: float, previous_mean: float, tol: float) -> bool:
@@ -312,7 +301,7 @@ def discriminator_step(D, opt_D, real, fake, k, amp=False):
     """One Adam step on D for L_D = L(x) - k_t L(G(z_D)). `fake` is detached: G gets no
     gradient. Returns (L_D, L(x)), detached."""
     fake = fake.detach()                              # the target of L(G(z_D)) too
-    with common.autocast(real.device, amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
         recon = D(torch.cat([real, fake]))            # (2B, C, S, S): one pass, no batch norm
         recon_real, recon_fake = recon.chunk(2)       # (B, C, S, S) each
         loss_real = ae_loss(real, recon_real)
@@ -327,7 +316,7 @@ def generator_step(G, D, opt_G, batch_size, nz, device, amp=False):
     """One Adam step on G for L_G = L(G(z_G)), a fresh z_G, through the just-updated D. The
     gradient reaches G along both paths, G(z) and D(G(z)); D's weights get none."""
     D.requires_grad_(False)  # saves computing D's weight gradients, which nobody would use
-    with common.autocast(device, amp):
+    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
         fake = G(sample_z(batch_size, nz, device))
         loss = ae_loss(fake, D(fake))
     opt_G.zero_grad(set_to_none=True)
@@ -373,7 +362,7 @@ def train(args) -> dict:
     G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     def train_step(real, k_t):
-        with torch.no_grad(), common.autocast(device, args.amp):
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
             fake = G_train(sample_z(real.size(0), args.nz, device))   # G(z_D), no graph to G
         # 1. D: minimise L(x) - k_t L(G(z_D))
         loss_D, loss_real = discriminator_step(D_train, opt_D, real, fake, k_t, args.amp)
@@ -390,10 +379,10 @@ def train(args) -> dict:
         # M_global and the lr rule agree on every process
         loss_real, loss_G = common.all_reduce(torch.stack([loss_real, loss_G])).unbind()
         # 3. the convergence measure and the controller, from this step's losses (detached)
-        M_global = convergence_measure_tensor(loss_real, loss_G, args.gamma)
+        M_global = convergence_measure(loss_real, loss_G, args.gamma)
         run.log(loss_D=loss_D, loss_G=loss_G, L_x=loss_real, k_t=state["k_t"], M_global=M_global,
                 lr=opt_G.param_groups[0]["lr"])         # k_t and lr: the values this step used
-        state["k_t"] = update_k_tensor(state["k_t"], args.gamma, loss_real, loss_G, args.lambda_k)
+        state["k_t"] = update_k(state["k_t"], args.gamma, loss_real, loss_G, args.lambda_k)
         state["window_sum"] += M_global
         # 4. at the end of a window: halve both learning rates if M_global stalled (--lr-decay)
         if (step + 1) % args.lr_window == 0:
@@ -403,7 +392,7 @@ def train(args) -> dict:
             for group in groups:
                 group["lr"] = decayed_lr(group["lr"], factor, args.lr_floor)
             if [group["lr"] for group in groups] != before:
-                updates.reset()  # --fast: the graph holds the old learning rate; capture anew
+                run.recapture()  # --fast: the graph holds the old learning rate; capture anew
     return run.finish()
 
 

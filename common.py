@@ -2,9 +2,10 @@
 
 Nothing in here is a network, a loss or an idea from a paper; each script holds its paper
 whole. Read a script first; come here when you want to know what `run.batches(data)` does.
-
-Sections:  errors and the command line | flags | device, seeding and the fast paths |
-           the built-in shapes data | datasets | the run (folder, metrics, samples, checkpoints, resume, progress)
+Several processes (torchrun) and CUDA graphs (--fast) live in scale.py, imported only by a
+run that asks for them. Sections: errors and the command line | flags | device and seeding |
+the doors to scale.py | the built-in shapes | datasets | the run (folder, metrics, samples,
+checkpoints and resume, the loop).
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import argparse
 import contextlib
 import copy
 import csv
-import inspect
 import io
 import json
 import math
@@ -31,12 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CHECKPOINT_FORMAT = 1
 
-
-# ----------------------------------------------------------------------------------------------
-# Errors and the command line
-# ----------------------------------------------------------------------------------------------
+# --- Errors and the command line --------------------------------------------------------------
 class UserError(Exception):
     """Bad input (flags, data, checkpoint): printed as one sentence, exit status 2."""
 
@@ -57,8 +53,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def cli(main) -> None:
-    """Run `main(sys.argv[1:])` as a command: known failures become one sentence and an exit code.
-    Under torchrun, the process group is shut down however main ends."""
+    """Run `main(sys.argv[1:])` as a command: the three errors above (and running out of GPU
+    memory) become one sentence and an exit code; anything else is a bug and keeps its
+    traceback. (A script turns what its own loaders raise, ValueError, into UserError.)"""
     prog, shared = Path(sys.argv[0]).name, False
     try:
         main(sys.argv[1:])
@@ -74,7 +71,7 @@ def cli(main) -> None:
     except KeyboardInterrupt:
         message, code, shared = "aborted (no checkpoint written since the last one).", 130, True
     finally:
-        shutdown()
+        shutdown()  # (under torchrun: leave the process group however main ended)
     # Under torchrun, `shared` errors happen on every process alike: rank 0 (or a node's first
     # process, for a UserError) says it.
     if _env_rank() == 0:
@@ -84,45 +81,27 @@ def cli(main) -> None:
     sys.exit(code)
 
 
-# ----------------------------------------------------------------------------------------------
-# Flags
-# ----------------------------------------------------------------------------------------------
+# --- Flags ------------------------------------------------------------------------------------
 DATASETS = ("shapes", "mnist", "fashion-mnist", "cifar10", "svhn", "celeba", "lsun", "folder")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+def _checked(convert, ok, must: str):
+    """An argparse type: convert(text), refused unless ok(value) ("must be <must>, got <text>")."""
+    def parse(text: str):
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
+        return value
+
+    parse.__name__ = convert.__name__  # (argparse: "invalid int value: 'x'")
+    return parse
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+positive_int = _checked(int, lambda v: v > 0, "a positive integer")
+non_negative_int = _checked(int, lambda v: v >= 0, "0 or more")
+positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
+non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "0 or more")
+unit_interval = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide=(), **defaults) -> None:
@@ -150,8 +129,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     g.add_argument("--out", default=None,
                    help="run folder (default runs/<script>-<dataset>-<time>); must not exist yet")
     g.add_argument("--resume", default=None, metavar="RUN_OR_CHECKPOINT",
-                   help="continue a run (its folder or its checkpoint.pt); with --generate, "
-                        "the model to sample from")
+                   help="continue a run (its folder or its checkpoint.pt); with --generate, the model to sample from")
     g.add_argument("--generate", type=positive_int, default=None, metavar="N",
                    help="write N samples from the --resume checkpoint instead of training")
     g.add_argument("--sample-every", type=non_negative_int, default=0,
@@ -195,13 +173,12 @@ def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocatio
         if args.generate is not None:
             parser.error("--generate needs --resume RUN_OR_CHECKPOINT (the model to sample from)")
         return args
-    explicit_parser = copy.deepcopy(parser)  # the same parser with no defaults: what was typed
-    explicit_parser._defaults.clear()
-    for action in explicit_parser._actions:
+    typed = copy.deepcopy(parser)  # the same parser with no defaults: what was typed
+    typed._defaults.clear()
+    for action in typed._actions:
         action.default = argparse.SUPPRESS
-    explicit = set(vars(explicit_parser.parse_args(argv)))
-    saved = read_checkpoint(args.resume, script)["args"]
-    for key, value in saved.items():
+    explicit = set(vars(typed.parse_args(argv)))
+    for key, value in read_checkpoint(args.resume, script)["args"].items():
         if not hasattr(args, key) or key in _PER_INVOCATION or key in per_invocation:
             continue
         if key not in explicit:
@@ -213,19 +190,14 @@ def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocatio
     return args
 
 
-# ----------------------------------------------------------------------------------------------
-# Device, seeding and the fast paths
-# ----------------------------------------------------------------------------------------------
+# --- Device and seeding -----------------------------------------------------------------------
 def select_device(name: str = "auto") -> torch.device:
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for, but PyTorch sees no CUDA GPU here.")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if name == "mps" and not mps:
         raise UserError("--device mps was asked for, but this PyTorch has no MPS device.")
     return torch.device(name)
 
@@ -236,159 +208,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
+def _seed_of(*numbers: int) -> int:
+    """A seed made of several numbers (the run's seed and an epoch, or a process's rank)."""
+    return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0])
+
+
 def setup(args, single_process: bool = False) -> torch.device:
-    """Seed, pick the device and switch on the fast paths that do not change the method.
-    Under torchrun, also join the process group (see `launched`); `single_process` refuses."""
+    """Seed, pick the device and switch on the fast paths that do not change the method. Under
+    torchrun, also join the process group (scale.py); `single_process` refuses torchrun."""
     seed_everything(args.seed)  # the same on every process: the networks start identical
+    device = select_device(args.device)
     if launched():
-        device = _join(args, single_process)
-    else:
-        device = select_device(args.device)
+        per_rank(args.batch_size)
+        alone = "this script" if single_process else "--generate" if getattr(args, "generate", None) else None
+        try:
+            device = _scale().join(device, alone, getattr(args, "sync_bn", False))
+        except ValueError as e:  # (a launch these flags cannot run in)
+            raise UserError(str(e)) from None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True        # pick the fastest conv algorithms once
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs on Ampere and later
         torch.backends.cudnn.allow_tf32 = True
     return device
-
-
-# ----------------------------------------------------------------------------------------------
-# Several processes: torchrun and DistributedDataParallel
-# ----------------------------------------------------------------------------------------------
-# `torchrun --nproc_per_node=N script.py ...` starts N copies of the script with RANK,
-# LOCAL_RANK and WORLD_SIZE set. Each copy trains on its share of every batch (--batch-size is
-# the global batch), DistributedDataParallel averages the gradients in backward(), and rank 0
-# alone writes the run folder. Without torchrun all of this reduces to nothing.
-def launched() -> bool:
-    """True when a launcher (torchrun) started this process, even as the only one (torchrun
-    --nproc_per_node=1 runs every collective of a distributed run, on one GPU)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _env_rank() -> int:
-    return int(os.environ.get("RANK", "0")) if launched() else 0
-
-
-def _dist() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def rank() -> int:
-    return torch.distributed.get_rank() if _dist() else 0
-
-
-def world_size() -> int:
-    return torch.distributed.get_world_size() if _dist() else 1
-
-
-def is_main() -> bool:
-    """Rank 0: the process that writes files and prints."""
-    return rank() == 0
-
-
-def per_rank(batch_size: int, flag: str | None = None) -> int:
-    """This process's share of a global batch of `batch_size` (given as `flag`)."""
-    n = int(os.environ.get("WORLD_SIZE", "1")) if launched() else 1
-    if batch_size % n:
-        raise UserError(f"{flag or f'--batch-size {batch_size}'} does not split evenly over {n} "
-                        f"processes: it is the global batch, shared by all of them; pass a multiple of {n}.")
-    return batch_size // n
-
-
-def _join(args, single_process: bool) -> torch.device:
-    if single_process:
-        raise UserError("this script runs in one process; start it with python, not torchrun.")
-    if getattr(args, "generate", None):
-        raise UserError("--generate runs in one process; start it with python, not torchrun.")
-    per_rank(args.batch_size)
-    device = select_device(args.device)
-    if device.type == "mps":
-        raise UserError("torchrun needs CUDA GPUs or the CPU; --device mps runs in one process.")
-    if getattr(args, "sync_bn", False) and device.type != "cuda":
-        raise UserError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU kernel).")
-    if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if local >= torch.cuda.device_count():
-            raise UserError(f"--nproc_per_node asks for {local + 1} or more processes on this node, "
-                            f"but it has {torch.cuda.device_count()} GPU(s).")
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    if not _dist():
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if rank() > 0:  # one copy of every message: rank 0's (errors still reach stderr)
-        sys.stdout = open(os.devnull, "w")
-    return device
-
-
-def shutdown() -> None:
-    """Leave the process group (at the end of a torchrun run, or on an error)."""
-    if _dist():
-        torch.distributed.destroy_process_group()
-
-
-def distribute(module: torch.nn.Module, args, find_unused: bool = False) -> torch.nn.Module:
-    """Under torchrun: `module` in DistributedDataParallel (its gradients averaged over all
-    processes in backward()), with --sync-bn its BatchNorm layers made SyncBatchNorm (in place:
-    the same parameters and state_dict keys). Without torchrun: `module` itself.
-
-    Train through what this returns; keep the plain module for checkpoints, samples and for
-    forwards whose weight gradients nobody uses (D in G's step). `find_unused`: parameters that
-    get no gradient in some steps (progan.py's layers of resolutions not yet reached)."""
-    if not _dist():
-        return module
-    device = next(module.parameters()).device
-    if args.sync_bn:  # (CUDA only: checked in setup)
-        module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    # No buffer broadcast before each forward: each process keeps its own BN running statistics
-    # between checkpoints (Run.save_checkpoint gives every process rank 0's); the broadcast would
-    # also modify, in place, tensors that D's first forward saved for backward (two D forwards).
-    ddp = torch.nn.parallel.DistributedDataParallel
-    no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
-               else "broadcast_buffers")  # (newer torch; older: broadcast_buffers)
-    return ddp(module, device_ids=[device.index] if device.type == "cuda" else None,
-               find_unused_parameters=find_unused, **{no_sync: False})
-
-
-def all_reduce(tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-    """The mean (or "sum") of `tensor` over all processes, in place; returns it. For method
-    state that must agree (BEGAN's k_t is updated from the global batch's losses)."""
-    if _dist():
-        torch.distributed.all_reduce(tensor)
-        if op == "mean":
-            tensor /= world_size()
-    return tensor
-
-
-def average_gradients(*modules: torch.nn.Module) -> None:
-    """Average the .grad of every parameter over the processes, in one collective. For the
-    gradients DistributedDataParallel never sees: those assigned from torch.autograd.grad
-    (vaegan.py), where DDP's hooks, which run in backward(), do not fire."""
-    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
-    if not _dist() or not grads:
-        return
-    flat = all_reduce(torch.cat([g.flatten() for g in grads]))
-    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(mean.view_as(g))
-
-
-def _on_main(fn):
-    """fn() on rank 0 alone; its result, or its UserError, reaches every process."""
-    if not _dist():
-        return fn()
-    box = [None]
-    if is_main():
-        try:
-            box[0] = (True, fn())
-        except UserError as e:
-            box[0] = (False, str(e))
-    torch.distributed.broadcast_object_list(box, src=0)
-    ok, value = box[0]
-    if not ok:
-        raise UserError(value)
-    return value
-
-
-def _rank_seed(seed: int, *more: int) -> int:
-    return int(np.random.SeedSequence([seed, *more]).generate_state(1)[0])
 
 
 def optimizer_kwargs(device: torch.device) -> dict:
@@ -398,11 +239,6 @@ def optimizer_kwargs(device: torch.device) -> dict:
     return {"fused": True} if device.type == "cuda" else {}
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast when --amp is given (a no-op context otherwise)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
 def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     """torch.compile in place (state_dict keys stay the same, so checkpoints stay portable)."""
     if enabled:
@@ -410,118 +246,68 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return module
 
 
-class Graphed:
-    """`--fast`: a training step `fn(*inputs) -> tensors` replayed as one captured CUDA graph.
-
-    A GAN step at these sizes is a few hundred small kernels, and the GPU idles while Python
-    launches them one by one. Captured once, the whole step (forward passes, backward passes,
-    optimiser updates, the latents drawn inside it) is launched with a single call. What the step
-    computes does not change; only how its kernels are launched. The step must keep all its
-    work on the GPU: no `.item()`, no Python decision on a tensor's value, tensors of fixed
-    shapes, and optimisers with `capturable=True` (Run.graphed sets that). A learning rate
-    changed between steps is baked into the graph: call `reset()` after changing one.
-
-    Tensor inputs are copied into static buffers, the step runs on those, and the outputs are
-    returned as fresh copies, so a caller sees what an eager call returns. The first `warmup`
-    calls run eagerly on a side stream (cudnn picks its algorithms, the optimisers create their
-    state), as torch.cuda.graphs requires; the next one is captured. With capture=False (not on
-    CUDA) the step runs eagerly through the same buffers (the plumbing the CPU tests check).
-    """
-
-    def __init__(self, fn, enabled: bool = True, capture: bool = False, warmup: int = 3):
-        self.fn, self.enabled, self.capture, self.warmup = fn, enabled, capture, warmup
-        self.calls, self.graph, self.inputs, self.outputs = 0, None, None, None
-        self.replays = 0  # in all, across resets (a test's evidence that graphs ran)
-
-    def reset(self) -> None:
-        """Warm up and capture again (after a learning rate or another baked-in value changed,
-        or the optimisers' state was replaced)."""
-        self.graph, self.calls = None, 0
-
-    def __call__(self, *inputs):
-        if not self.enabled:  # without --fast: a plain call
-            return self.fn(*inputs)
-        if (self.inputs is None or len(inputs) != len(self.inputs)
-                or any(not _same_layout(a, b) for a, b in zip(self.inputs, inputs))):
-            self.inputs = [x.clone() if torch.is_tensor(x) else x for x in inputs]  # static buffers
-            self.reset()
-        else:
-            for static, x in zip(self.inputs, inputs):
-                if torch.is_tensor(x):
-                    static.copy_(x)
-        if not self.capture:
-            out = self.fn(*self.inputs)
-        elif self.calls < self.warmup:
-            out = self._warm_up()
-        else:
-            if self.graph is None:
-                self._capture()
-            self.graph.replay()
-            self.replays += 1
-            out = self.outputs
-        self.calls += 1
-        return _tree_map(lambda t: t.detach().clone(), out)
-
-    def _warm_up(self):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "capturable=True ... uncaptured": expected here
-            out = self.fn(*self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        return out
-
-    def _capture(self) -> None:
-        self.graph = torch.cuda.CUDAGraph()
-        try:
-            # thread_local: a DataLoader's pin-memory thread may use CUDA while we capture
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                self.outputs = self.fn(*self.inputs)
-        except RuntimeError as e:
-            self.graph = None
-            while isinstance(e.__context__, RuntimeError):  # ending a failed capture raises anew
-                e = e.__context__
-            if isinstance(e, torch.cuda.OutOfMemoryError):
-                raise TrainingError("--fast: out of GPU memory while capturing the training step as a "
-                                    "CUDA graph; try a smaller --batch-size, or run without --fast.") from None
-            reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-            raise TrainingError(f"--fast: this training step cannot be captured as a CUDA graph "
-                                f"({reason}); run without --fast.") from None
+# --- The doors to scale.py: several processes (torchrun) and CUDA graphs (--fast) ---------------
+# scale.py is imported when a run asks for it: by setup() when torchrun started this process,
+# by Run.graphed() with --fast. Until then each door below gives what one process needs (rank
+# 0 of 1, the module itself, the tensor itself), and a plain run never loads scale.py.
+def _scale():
+    import scale
+    return scale
 
 
-def _same_layout(a, b) -> bool:
-    if torch.is_tensor(a) != torch.is_tensor(b):
-        return False
-    if not torch.is_tensor(a):
-        return a is b or a == b
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+def launched() -> bool:
+    """True when torchrun started this process, even as the only one (--nproc_per_node=1)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _tree_map(fn, x):
-    if torch.is_tensor(x):
-        return fn(x)
-    if isinstance(x, (tuple, list)):
-        return type(x)(_tree_map(fn, v) for v in x)
-    if isinstance(x, dict):
-        return {k: _tree_map(fn, v) for k, v in x.items()}
-    return x
+def _env_rank() -> int:
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
-def make_capturable(optimizer: torch.optim.Optimizer, enabled: bool = True) -> None:
-    """Switch an optimiser's capturable flag; also after loading a checkpoint, whose
-    param_groups carry the flag the run was saved with. A capturable or fused optimiser keeps
-    its step count on the parameter's device (CUDA graphs cannot read one from the host)."""
-    for group in optimizer.param_groups:
-        group["capturable"] = enabled
-    if any(g["capturable"] or g.get("fused") for g in optimizer.param_groups):
-        for param, state in optimizer.state.items():
-            if torch.is_tensor(state.get("step")):
-                state["step"] = state["step"].to(param.device, torch.float32)
+def _in_group() -> bool:
+    """True once this process has joined a torchrun process group (setup does that)."""
+    return launched() and _scale().active()
 
 
-# ----------------------------------------------------------------------------------------------
-# The built-in shapes data
-# ----------------------------------------------------------------------------------------------
+def rank() -> int: return _scale().rank() if _in_group() else 0
+def world_size() -> int: return _scale().world_size() if _in_group() else 1
+def is_main() -> bool: return rank() == 0  # the process that writes files and prints
+def shutdown() -> None: return _scale().shutdown() if _in_group() else None
+
+
+def distribute(module: torch.nn.Module, args, find_unused: bool = False) -> torch.nn.Module:
+    """Under torchrun: `module` in DistributedDataParallel (scale.distribute); else `module`.
+    Train through what this returns; keep the plain module for checkpoints, samples and
+    forwards whose weight gradients nobody uses (D in G's step)."""
+    return _scale().distribute(module, args.sync_bn, find_unused) if _in_group() else module
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
+    """Under torchrun: the mean (or "sum") of `tensor` over the processes, in place; for method
+    state that must agree (BEGAN's k_t is updated from the global batch's losses)."""
+    return _scale().all_reduce(tensor, op) if _in_group() else tensor
+
+
+def average_gradients(*modules: torch.nn.Module) -> None:
+    """Under torchrun: every .grad averaged over the processes (for gradients DDP never sees)."""
+    return _scale().average_gradients(*modules) if _in_group() else None
+
+
+def _on_main(fn):
+    """fn() on rank 0 alone; its result, or its UserError, reaches every process."""
+    return _scale().on_main(fn, UserError) if _in_group() else fn()
+
+
+def per_rank(batch_size: int, flag: str | None = None) -> int:
+    """This process's share of a global batch of `batch_size` (given as `flag`)."""
+    n = int(os.environ["WORLD_SIZE"]) if launched() else 1
+    if batch_size % n:
+        raise UserError(f"{flag or f'--batch-size {batch_size}'} does not split evenly over {n} "
+                        f"processes: it is the global batch, shared by all of them; pass a multiple of {n}.")
+    return batch_size // n
+
+
+# --- The built-in shapes ----------------------------------------------------------------------
 # Each shape is a signed distance function in the shape's own frame: p = (u, v), v pointing up,
 # the whole shape inside the unit disk (negative inside, positive outside). Rendering evaluates
 # it on every pixel of a batch at once and turns distance into antialiased coverage.
@@ -612,24 +398,19 @@ def render_shapes(factors: dict, image_size: int, channels: int = 3, style: str 
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# Datasets
-# ----------------------------------------------------------------------------------------------
+# --- Datasets ---------------------------------------------------------------------------------
 class ImageData:
-    """A fixed set of images served as training batches in [-1, 1] on the training device.
-
-    Held as one uint8 tensor on the device (small datasets: batches are gathered there, no
-    host work), rendered per batch (shapes too large to hold), or streamed from disk through a
-    DataLoader (celeba, lsun, folder). Every epoch visits the images in an order fixed by
-    (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
-    """
+    """A fixed set of images served as batches (images in [-1, 1], labels or None) on the
+    training device, from one of three sources: `images`, one uint8 tensor held on the device
+    (batches are gathered there, no host work); `render(index)` (shapes too many to hold); or
+    `files`, a torch Dataset read from disk (celeba, lsun, folder; a DataLoader's workers read
+    the batches). Every epoch visits the images in an order fixed by (seed, epoch), so a
+    resumed run sees exactly the batches an uninterrupted one would."""
 
     def __init__(self, name, n, channels, image_size, device, images=None, labels=None,
                  factors=None, render=None, files=None, workers=0, num_classes=None):
-        self.name, self.n, self.channels, self.image_size = name, n, channels, image_size
-        self.device = device
-        self.images, self.labels, self.factors = images, labels, factors
-        self.num_classes = num_classes
+        self.name, self.n, self.channels, self.image_size, self.device = name, n, channels, image_size, device
+        self.images, self.labels, self.factors, self.num_classes = images, labels, factors, num_classes
         self._render, self._files, self._workers = render, files, workers
 
     def __len__(self):
@@ -637,71 +418,53 @@ class ImageData:
 
     def steps_per_epoch(self, batch_size: int) -> int:
         if batch_size > self.n:
-            raise UserError(f"--batch-size {batch_size} is larger than the dataset "
-                            f"({self.n} images).")
+            raise UserError(f"--batch-size {batch_size} is larger than the dataset ({self.n} images).")
         return self.n // batch_size  # the last incomplete batch is dropped
-
-    def _get(self, index: torch.Tensor):
-        if self.images is not None:
-            x = self.images[index.to(self.device)]
-        else:
-            x = self._render(index)
-        y = None if self.labels is None else self.labels[index.to(self.labels.device)]
-        return x, y
 
     @staticmethod
     def to_float(x: torch.Tensor) -> torch.Tensor:
         return x.float().div_(127.5).sub_(1.0)  # uint8 [0, 255] -> float [-1, 1]
 
-    def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
-        """Yield (images, labels or None) for one epoch, from batch `start` on. With `world`
-        processes, each yields its `rank`-th share (batch_size / world) of every global batch."""
-        steps = self.steps_per_epoch(batch_size)
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0]))
-        order = torch.randperm(self.n, generator=g)[: steps * batch_size]
-        if world > 1:  # every process draws the same order and keeps its slice of each batch
-            order = order.view(steps, world, -1)[:, rank].reshape(-1)
-            batch_size //= world
-        if self._files is None:
-            order = order.to(self.device) if self.images is not None else order
-            for k in range(start, steps):
-                x, y = self._get(order[k * batch_size:(k + 1) * batch_size])
-                yield self.to_float(x), y
-            return
-        loader = torch.utils.data.DataLoader(
-            self._files, batch_size=batch_size, sampler=order[start * batch_size:].tolist(),
-            num_workers=self._workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=False, drop_last=True,
-            generator=g)  # its workers' base seed comes from g, not the global RNG: exact resume
-        for x, y in loader:
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True) if self.num_classes else None
-            yield self.to_float(x), y
-
-    def sample(self, batch_size: int):
-        """A uniformly drawn batch (torch's global RNG), for loops that need extra batches."""
-        if self._files is not None:
-            index = torch.randint(self.n, (batch_size,))
+    def _get(self, index: torch.Tensor):
+        if self._files is not None:  # (read here, one by one: for a few images, not for training)
             items = [self._files[i] for i in index.tolist()]
             x = torch.stack([a for a, _ in items]).to(self.device)
             y = torch.tensor([b for _, b in items], device=self.device) if self.num_classes else None
-            return self.to_float(x), y
-        index = torch.randint(self.n, (batch_size,), device=self.device if self.images is not None else "cpu")
-        x, y = self._get(index)
+        else:
+            x = self.images[index.to(self.device)] if self.images is not None else self._render(index)
+            y = None if self.labels is None else self.labels[index.to(self.labels.device)]
         return self.to_float(x), y
 
+    def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        """The batches of one epoch, from batch `start` on. With `world` processes, each
+        yields its `rank`-th share (batch_size / world) of every global batch."""
+        steps = self.steps_per_epoch(batch_size)
+        g = torch.Generator().manual_seed(_seed_of(seed, epoch))
+        order = torch.randperm(self.n, generator=g)[: steps * batch_size]
+        if world > 1:  # every process draws the same order and keeps its slice of each batch
+            order, batch_size = order.view(steps, world, -1)[:, rank].reshape(-1), batch_size // world
+        if self._files is None:
+            order = order.to(self.device) if self.images is not None else order  # (one copy an epoch)
+            for k in range(start, steps):
+                yield self._get(order[k * batch_size:(k + 1) * batch_size])
+            return
+        loader = torch.utils.data.DataLoader(
+            self._files, batch_size=batch_size, sampler=order[start * batch_size:].tolist(), drop_last=True,
+            num_workers=self._workers, pin_memory=self.device.type == "cuda",
+            generator=g)  # its workers' base seed comes from g, not the global RNG: exact resume
+        for x, y in loader:
+            y = y.to(self.device, non_blocking=True) if self.num_classes else None
+            yield self.to_float(x.to(self.device, non_blocking=True)), y
+
+    def sample(self, batch_size: int):
+        """A uniformly drawn batch (torch's global RNG), for loops that need extra batches."""
+        held = self._files is None and self.images is not None
+        return self._get(torch.randint(self.n, (batch_size,), device=self.device if held else "cpu"))
+
     def in_order(self, batch_size: int):
-        """Every image once, in index order (the last batch may be smaller), as (images, labels
-        or None): for evaluation and translation, where the order matters and nothing is random."""
+        """Every image once, in index order (the last batch may be smaller): for evaluation."""
         for start in range(0, self.n, batch_size):
-            index = torch.arange(start, min(start + batch_size, self.n))
-            if self._files is None:
-                x, y = self._get(index)
-            else:
-                items = [self._files[i] for i in index.tolist()]
-                x = torch.stack([a for a, _ in items]).to(self.device)
-                y = torch.tensor([b for _, b in items], device=self.device) if self.num_classes else None
-            yield self.to_float(x), y
+            yield self._get(torch.arange(start, min(start + batch_size, self.n)))
 
 
 _CACHE_BYTES = 4 * 2**30  # shapes larger than this are rendered per batch instead of held
@@ -714,23 +477,30 @@ def shapes_data(n: int, image_size: int, channels: int, device, style: str = "fi
     device = torch.device(device)
 
     def render(index):
-        sub = {k: v[index.cpu()] for k, v in factors.items()}
-        return render_shapes(sub, image_size, channels, style, device)
+        return render_shapes({k: v[index.cpu()] for k, v in factors.items()}, image_size, channels, style, device)
 
     held = n * channels * image_size**2 <= _CACHE_BYTES
-    images = render(torch.arange(n)) if held else None
-    return ImageData("shapes", n, channels, image_size, device, images=images,
-                     labels=factors["class"].to(device), factors=factors,
-                     render=None if held else render, num_classes=len(SHAPE_NAMES))
+    return ImageData("shapes", n, channels, image_size, device, images=render(torch.arange(n)) if held else None,
+                     labels=factors["class"].to(device), factors=factors, render=None if held else render,
+                     num_classes=len(SHAPE_NAMES))
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Images under a folder (recursively), resized and centre-cropped, as uint8 (C, H, W).
+def _square(image_size: int, channels: int):
+    """PIL image -> uint8 (channels, size, size): the shorter side scaled to image_size
+    (bicubic), the centre square kept."""
+    import torchvision.transforms as T
 
-    With class subfolders (root/<class>/*.png) each image is labelled by its subfolder."""
+    gray = [T.Grayscale()] if channels == 1 else []
+    return T.Compose([T.Resize(image_size, T.InterpolationMode.BICUBIC), T.CenterCrop(image_size), *gray,
+                      T.PILToTensor()])
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """The images under a folder (recursively), as uint8 squares (see _square). With class
+    subfolders (root/<class>/*.png) each image is labelled by its subfolder."""
 
     def __init__(self, root, image_size: int, channels: int):
         root = Path(root)
@@ -743,15 +513,11 @@ class ImageFiles(torch.utils.data.Dataset):
             warnings.warn(f"skipping {len(others)} file(s) in {root} that are not images, "
                           f"e.g. {others[0].relative_to(root)}", stacklevel=2)
         if not self.paths:
-            raise UserError(f"no images found in {root} (looked for "
-                            f"{', '.join(sorted(IMAGE_SUFFIXES))}).")
-        classes = sorted({p.relative_to(root).parts[0] for p in self.paths
-                          if len(p.relative_to(root).parts) > 1})
-        labelled = classes and all(len(p.relative_to(root).parts) > 1 for p in self.paths)
-        self.classes = classes if labelled else []
-        self.targets = [self.classes.index(p.relative_to(root).parts[0]) if self.classes else 0
-                        for p in self.paths]
-        self.image_size, self.channels = image_size, channels
+            raise UserError(f"no images found in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+        parts = [p.relative_to(root).parts for p in self.paths]
+        self.classes = sorted({q[0] for q in parts}) if all(len(q) > 1 for q in parts) else []
+        self.targets = [self.classes.index(q[0]) if self.classes else 0 for q in parts]
+        self.transform = _square(image_size, channels)
 
     def __len__(self):
         return len(self.paths)
@@ -759,50 +525,30 @@ class ImageFiles(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from PIL import Image
 
-        path = self.paths[i]
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB" if self.channels == 3 else "L")
-                w, h = im.size
-                s = self.image_size / min(w, h)  # shorter side -> image_size, then centre crop
-                im = im.resize((max(self.image_size, round(w * s)), max(self.image_size, round(h * s))),
-                               Image.BICUBIC)
-                left = (im.size[0] - self.image_size) // 2
-                top = (im.size[1] - self.image_size) // 2
-                im = im.crop((left, top, left + self.image_size, top + self.image_size))
-                x = torch.from_numpy(np.array(im, dtype=np.uint8))
+            with Image.open(self.paths[i]) as im:
+                return self.transform(im.convert("RGB")), self.targets[i]
         except (OSError, ValueError, SyntaxError) as e:
-            raise UserError(f"cannot read image {path}: it is damaged or not an image "
+            raise UserError(f"cannot read image {self.paths[i]}: it is damaged or not an image "
                             f"({type(e).__name__}); remove it and run again.") from None
-        return (x[None] if x.ndim == 2 else x.permute(2, 0, 1)), self.targets[i]
 
 
-def _torchvision_dataset(name: str, root: str, download: bool):
+def _torchvision_dataset(name: str, root: str, download: bool, transform=None):
+    """torchvision's training split of `name`; missing data or a failed download: one sentence."""
     import torchvision.datasets as tvd
 
-    def make():
-        if name == "mnist":
-            return tvd.MNIST(root, train=True, download=download)
-        if name == "fashion-mnist":
-            return tvd.FashionMNIST(root, train=True, download=download)
-        if name == "cifar10":
-            return tvd.CIFAR10(root, train=True, download=download)
-        if name == "svhn":
-            return tvd.SVHN(root, split="train", download=download)
-        if name == "celeba":
-            return tvd.CelebA(root, split="train", target_type="attr", download=download)
-        if name == "lsun":
-            if download:
-                raise UserError("torchvision cannot download LSUN; fetch it with the LSUN tools "
-                                f"and put the lmdb folders under {root}.")
-            return tvd.LSUN(root, classes=["bedroom_train"])
-
-    quiet = io.StringIO()
+    if name == "lsun" and download:
+        raise UserError(f"torchvision cannot download LSUN; fetch it with the LSUN tools and put the "
+                        f"lmdb folders under {root}.")
+    make = {"mnist": lambda: tvd.MNIST(root, train=True, download=download),
+            "fashion-mnist": lambda: tvd.FashionMNIST(root, train=True, download=download),
+            "cifar10": lambda: tvd.CIFAR10(root, train=True, download=download),
+            "svhn": lambda: tvd.SVHN(root, split="train", download=download),
+            "celeba": lambda: tvd.CelebA(root, "train", "attr", transform, download=download),
+            "lsun": lambda: tvd.LSUN(root, ["bedroom_train"], transform)}[name]
     try:
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             return make()
-    except UserError:
-        raise
     except ImportError as e:
         raise UserError(f"{name} needs the Python package '{e.name}' (pip install {e.name}).") from None
     except Exception as e:
@@ -818,60 +564,38 @@ def _resize_uint8(x: torch.Tensor, size: int, channels: int) -> torch.Tensor:
     """(N, C, h, w) uint8 -> (N, channels, size, size) uint8, antialiased, in chunks."""
     if x.shape[1] != channels:  # RGB <-> grayscale
         x = x.float().mean(1, keepdim=True).round().to(torch.uint8) if channels == 1 else x.expand(-1, 3, -1, -1)
-    if x.shape[-1] == size and x.shape[-2] == size:
+    if x.shape[-2:] == (size, size):
         return x.contiguous()
-    out = [F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True,
-                         align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-           for c in x.split(4096)]
-    return torch.cat(out)
+    return torch.cat([F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True)
+                      .round_().clamp_(0, 255).to(torch.uint8) for c in x.split(4096)])
 
 
 def load_dataset(name: str, root: str = "./data", image_size: int = 64, channels: int | None = None,
-                 download: bool = False, device="cpu", size: int | None = None,
-                 workers: int = 0) -> ImageData:
-    """The training images of `name` (see DATASETS) as an ImageData on `device`."""
+                 download: bool = False, device="cpu", size: int | None = None, workers: int = 0) -> ImageData:
+    """The training images of `name` (see DATASETS), the first `size` of them, on `device`."""
     device = torch.device(device)
     if name == "shapes":
         return shapes_data(size or 60000, image_size, channels or 3, device)
-    if name == "folder":
-        files = ImageFiles(root, image_size, channels or 3)
-    elif name in ("celeba", "lsun"):
-        import torchvision.transforms as T
-        base = _torchvision_dataset(name, root, download)
-        gray = [T.Grayscale()] if channels == 1 else []
-        files = _Transformed(base, T.Compose([T.Resize(image_size), T.CenterCrop(image_size),
-                                              *gray, T.PILToTensor()]))
-    elif name in ("mnist", "fashion-mnist", "cifar10", "svhn"):
+    if name in ("mnist", "fashion-mnist", "cifar10", "svhn"):  # held on the device
         base = _torchvision_dataset(name, root, download)
         data = torch.as_tensor(base.data)
-        data = data[:, None] if data.ndim == 3 else data        # MNIST: (N, 28, 28)
+        data = data[:, None] if data.ndim == 3 else data                  # MNIST: (N, 28, 28)
         data = data.permute(0, 3, 1, 2) if data.shape[-1] == 3 else data  # CIFAR: NHWC
-        labels = torch.as_tensor(base.labels if name == "svhn" else base.targets).long()
-        if size:
-            data, labels = data[:size], labels[:size]
-        images = _resize_uint8(data, image_size, channels or data.shape[1]).to(device)
+        labels = torch.as_tensor(base.labels if name == "svhn" else base.targets).long()[:size]
+        images = _resize_uint8(data[:size], image_size, channels or data.shape[1]).to(device)
         return ImageData(name, len(images), images.shape[1], image_size, device, images=images,
                          labels=labels.to(device), num_classes=10)
+    if name == "folder":  # read from disk
+        files = ImageFiles(root, image_size, channels or 3)
+    elif name in ("celeba", "lsun"):
+        files = _torchvision_dataset(name, root, download, _square(image_size, channels or 3))
     else:
         raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}.")
-    num_classes = len(getattr(files, "classes", []))
+    num_classes = len(files.classes) if name == "folder" else 0  # (labelled by subfolder)
     if size:
         files = torch.utils.data.Subset(files, range(min(size, len(files))))
-    return ImageData(name, len(files), channels or 3, image_size, device, files=files,
-                     workers=workers, num_classes=num_classes or None)
-
-
-class _Transformed(torch.utils.data.Dataset):
-    """A torchvision dataset of PIL images with a transform applied and the target dropped."""
-
-    def __init__(self, base, transform):
-        self.base, self.transform = base, transform
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        return self.transform(self.base[i][0]), 0
+    return ImageData(name, len(files), channels or 3, image_size, device, files=files, workers=workers,
+                     num_classes=num_classes or None)
 
 
 def load_unpaired(name: str, root: str = "./data", image_size: int = 64, channels: int | None = None,
@@ -882,30 +606,24 @@ def load_unpaired(name: str, root: str = "./data", image_size: int = 64, channel
             split="test" gives the paired split: B[i] is exactly A[i] drawn in B's style.
     folder: root/trainA and root/trainB (root/testA, root/testB for split="test"), the layout
             of the public CycleGAN datasets."""
-    device = torch.device(device)
+    device, channels = torch.device(device), channels or 3
+    if name == "shapes" and split == "train":
+        return (shapes_data(size or 60000, image_size, channels, device, "filled", stream=0),
+                shapes_data(size or 60000, image_size, channels, device, "outline", stream=2))
     if name == "shapes":
-        channels = channels or 3
-        if split == "train":
-            n = size or 60000
-            return (shapes_data(n, image_size, channels, device, "filled", stream=0),
-                    shapes_data(n, image_size, channels, device, "outline", stream=2))
-        factors = shape_factors(size or 1000, seed=0, stream=1)
-        return (shapes_data(len(factors["class"]), image_size, channels, device, "filled", factors=factors),
-                shapes_data(len(factors["class"]), image_size, channels, device, "outline", factors=factors))
+        f = shape_factors(size or 1000, seed=0, stream=1)
+        return tuple(shapes_data(len(f["class"]), image_size, channels, device, style, factors=f)
+                     for style in ("filled", "outline"))
     if name == "folder":
         return tuple(load_dataset("folder", str(Path(root) / f"{split}{d}"), image_size, channels,
                                   device=device, size=size, workers=workers) for d in "AB")
     raise UserError(f"unpaired data comes from 'shapes' or 'folder' ({root}/trainA, trainB), not '{name}'.")
 
 
-# ----------------------------------------------------------------------------------------------
-# The run: folder, metrics, samples, checkpoints, resume, progress
-# ----------------------------------------------------------------------------------------------
+# --- The run: folder, metrics, samples, checkpoints and resume, the loop ------------------------
 def read_checkpoint(path, script: str, map_location="cpu") -> dict:
     """Load a checkpoint written by `script`, or say clearly why it cannot be used."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}.")
     try:
@@ -932,11 +650,8 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> None:
 class StopFlag:
     """First Ctrl-C asks the loop to stop at the end of the step; a second one aborts at once."""
 
-    def __init__(self):
-        self.requested = False
-
     def __enter__(self):
-        self._old = None
+        self.requested, self._old = False, None
         if threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)
         return self
@@ -963,135 +678,73 @@ class Run:
     `state` holds method state (tensors or numbers: the fixed latent, BEGAN's k_t, ...);
     both are saved in every checkpoint and restored on --resume, with the RNG states, so a
     resumed run continues exactly. `sample_fn()` returns images in [-1, 1] for sample grids.
-    """
+    Under torchrun every process has its Run; rank 0 alone writes files."""
 
-    def __init__(self, script: str, args, modules: dict, state: dict | None = None,
-                 sample_fn=None, device=None):
+    def __init__(self, script: str, args, modules: dict, state: dict | None = None, sample_fn=None, device=None):
         self.script, self.args, self.modules = script, args, modules
-        self.state = state if state is not None else {}
-        self.sample_fn, self.device = sample_fn, device
-        self.step = 0
-        self.batches_drawn = 0
-        self._sums, self._counts, self._header = {}, {}, None
+        self.state, self.sample_fn, self.device = {} if state is None else state, sample_fn, device
+        self.step = self.batches_drawn = 0  # steps taken; batches drawn (images, with sampler())
+        self._sums, self._counts, self._header, self.last_metrics = {}, {}, None, {}
         self._images, self._steps_per_epoch, self._saved_step = 0, 1, None
         self._last_log = (time.perf_counter(), 0)
-        self.last_metrics: dict = {}
         if rank() > 0:  # after the networks were built alike: other latents, crops, pool coins
-            seed_everything(_rank_seed(args.seed, rank()))
+            seed_everything(_seed_of(args.seed, rank()))
         if args.resume:
-            ckpt = read_checkpoint(args.resume, script)
-            self.dir = (Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent)
-            self._restore(ckpt)
+            self.dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+            self._restore(read_checkpoint(args.resume, script))
         elif args.generate is None:
             self.dir = _on_main(self._new_folder)  # rank 0 makes it; every process learns its path
         if args.generate is None:
             _on_main(self._write_config)
             _on_main(self._trim_metrics)
-        # --fast on CUDA (not under torchrun: DDP's gradient all-reduce is not captured here).
-        # Optimisers start uncaptured (a checkpoint of a --fast run may say otherwise); the
-        # first graphed() step makes them capturable.
-        wanted = bool(getattr(args, "fast", False)) and args.generate is None
-        self.fast = wanted and torch.device(device or "cpu").type == "cuda" and not launched()
-        self._optimizers = [m for m in modules.values() if isinstance(m, torch.optim.Optimizer)]
-        for m in self._optimizers:
-            make_capturable(m, False)
-        if wanted and not self.fast and is_main():
+        # --fast: steps captured as CUDA graphs on a CUDA device (not under torchrun: DDP's
+        # gradient all-reduce is not captured here); elsewhere they run eagerly (see graphed).
+        self.fast, self._graphed = args.fast and args.generate is None, []
+        self.capture = self.fast and torch.device(device or "cpu").type == "cuda" and not launched()
+        if self.fast and not self.capture and is_main():
             print("--fast: CUDA graphs are not used under torchrun; each step runs eagerly." if launched() else
                   f"--fast: CUDA graphs need a CUDA device; on {device} each step runs eagerly.")
 
-    # -- folder -------------------------------------------------------------------------------
+    # -- folder ---------------------------------------------------------------------------------
     def _new_folder(self) -> Path:
-        # Each folder is claimed by one mkdir that fails if it exists, so two runs started at
-        # the same moment never share a folder.
+        # A folder is claimed by a mkdir that fails if it exists: two runs never share one.
         if self.args.out:
             path = Path(self.args.out)
             if path.exists() and not path.is_dir():
                 raise UserError(f"--out {path} is a file; name a new folder.")
+            path.mkdir(parents=True, exist_ok=True)
             try:
-                path.mkdir(parents=True, exist_ok=True)
                 (path / "samples").mkdir()
-                if len(list(path.iterdir())) > 1:
+                if len(list(path.iterdir())) > 1:  # an empty folder may be used, not a full one
                     (path / "samples").rmdir()
                     raise FileExistsError
             except FileExistsError:
                 raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.") from None
             return path
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        Path("runs").mkdir(exist_ok=True)
+        stem = f"{self.script}-{self.args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
         for k in range(1, 10_000):
-            path = Path("runs") / (f"{self.script}-{self.args.dataset}-{stamp}" + (f"-{k}" if k > 1 else ""))
-            try:
-                path.mkdir()
-            except FileExistsError:
-                continue
-            (path / "samples").mkdir()
-            return path
-        raise UserError(f"runs/ holds too many folders named {self.script}-{self.args.dataset}-{stamp}*.")
+            path = Path("runs") / (stem + (f"-{k}" if k > 1 else ""))
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(parents=True)
+                (path / "samples").mkdir()
+                return path
+        raise UserError(f"runs/ holds too many folders named {stem}*.")
 
     def _write_config(self) -> None:
+        import torchvision
+
+        versions = {"python": platform.python_version(), "torch": torch.__version__,
+                    "torchvision": torchvision.__version__, "numpy": np.__version__}
+        if self.device is not None and torch.device(self.device).type == "cuda":
+            versions["gpu"] = torch.cuda.get_device_name()
         config = {"script": f"{self.script}.py", "args": vars(self.args), "argv": sys.argv,
                   "device": str(self.device), "processes": world_size(),
                   "started": datetime.now().isoformat(timespec="seconds"),
-                  "resumed_from_step": self.step or None, "versions": _versions(self.device)}
-        name = "config.json" if not self.args.resume else f"config-resume-{self.step}.json"
-        k = 2
+                  "resumed_from_step": self.step or None, "versions": versions}
+        name, k = "config.json" if not self.args.resume else f"config-resume-{self.step}.json", 2
         while self.args.resume and (self.dir / name).exists():  # resumed twice from one checkpoint
             name, k = f"config-resume-{self.step}-{k}.json", k + 1
         (self.dir / name).write_text(json.dumps(config, indent=2, default=str))
-
-    # -- checkpoints --------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
-        """Called by every process under torchrun: rank 0 writes, the others wait for it."""
-        self.flush()  # never save a state whose losses we have not checked
-        path = self.dir / "checkpoint.pt"
-        rng = _rng_state()
-        if _dist():
-            # every process goes on from rank 0's BN statistics, as saved (see distribute)
-            for m in self.modules.values():
-                for buffer in m.buffers() if isinstance(m, torch.nn.Module) else ():
-                    torch.distributed.broadcast(buffer, 0)
-            ranks = [None] * world_size()
-            torch.distributed.all_gather_object(ranks, rng)  # each process's RNG: exact resume
-        if is_main():
-            ckpt = {
-                "script": self.script, "format": CHECKPOINT_FORMAT, "args": vars(self.args),
-                "step": self.step, "batches_drawn": self.batches_drawn,
-                "modules": {k: m.state_dict() for k, m in self.modules.items()},
-                "state": self.state, "rng": rng, **({"rng_ranks": ranks} if _dist() else {}),
-            }
-            tmp = path.with_suffix(".pt.tmp")
-            torch.save(ckpt, tmp)
-            os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
-        if _dist():
-            torch.distributed.barrier()  # no process runs on (or stops) before the file is whole
-        self._saved_step = self.step
-        return path
-
-    def _restore(self, ckpt: dict) -> None:
-        # An optimiser's state_dict carries the fused/foreach choice of the device it was saved
-        # on; this device's choice (optimizer_kwargs) is kept.
-        kept = {name: [{k: g[k] for k in ("fused", "foreach") if k in g} for g in m.param_groups]
-                for name, m in self.modules.items() if isinstance(m, torch.optim.Optimizer)}
-        try:
-            for name, module in self.modules.items():
-                module.load_state_dict(ckpt["modules"][name])
-                for group, flags in zip(module.param_groups, kept[name]) if name in kept else ():
-                    group.update(flags)
-        except (KeyError, RuntimeError, ValueError) as e:
-            lines = str(e).strip().splitlines() or [type(e).__name__]
-            raise UserError(f"the checkpoint in {self.args.resume} does not fit this model "
-                            f"(were flags such as the image size changed?): {lines[-1].strip()}") from None
-        for key, value in ckpt["state"].items():
-            self.state[key] = value.to(self.device) if torch.is_tensor(value) else value
-        self.step, self.batches_drawn = ckpt["step"], ckpt["batches_drawn"]
-        if self.args.generate is None:
-            ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]  # one per process of the saved run
-            if len(ranks) == world_size():
-                _set_rng_state(ranks[rank()])
-            elif rank() == 0:  # another number of processes: rank 0 goes on as the saved rank 0
-                _set_rng_state(ranks[0])
-            else:
-                seed_everything(_rank_seed(self.args.seed, rank(), self.step))
 
     # -- metrics --------------------------------------------------------------------------------
     def log(self, **metrics) -> None:
@@ -1110,7 +763,7 @@ class Run:
         if not self._sums:
             return self.last_metrics
         keys = list(self._sums)
-        device = self.device if _dist() else next(iter(self._sums.values())).device
+        device = self.device if _in_group() else self._sums[keys[0]].device
         values = torch.stack([self._sums[k].to(device) / self._counts[k] for k in keys])
         values = all_reduce(values).tolist()  # 1 sync; under torchrun the mean over processes
         self._sums, self._counts = {}, {}
@@ -1119,20 +772,15 @@ class Run:
             raise TrainingError(f"{bad[0]} became {values[keys.index(bad[0])]} by step {self.step}; "
                                 f"stopping. The last good checkpoint is kept in {self.dir} (try "
                                 f"--resume {self.dir} with a lower learning rate).")
-        now = time.perf_counter()
-        seconds, images = now - self._last_log[0], self._images - self._last_log[1]
+        now, (then, images) = time.perf_counter(), self._last_log
         self._last_log = (now, self._images)
         row = {"step": self.step, "epoch": round(self.batches_drawn / self._steps_per_epoch, 3),
-               "images_per_s": round(images / max(seconds, 1e-9), 1), **dict(zip(keys, values))}
-        self.last_metrics = row
+               "images_per_s": round((self._images - images) / max(now - then, 1e-9), 1), **dict(zip(keys, values))}
+        self.last_metrics, path = row, self.dir / "metrics.csv"
         if not is_main():
             return row
-        path = self.dir / "metrics.csv"
-        if self._header is None or not set(row) <= set(self._header):  # first row, or a new metric
-            old = []
-            if path.exists():
-                with open(path, newline="") as f:
-                    old = list(csv.DictReader(f))
+        if self._header is None or not set(row) <= set(self._header):  # the first row or a new metric:
+            old = _read_csv(path) if path.exists() else []                 # the header grows
             self._header = (self._header or []) + [k for k in row if k not in (self._header or [])]
             with open(path, "w", newline="") as f:
                 writer = csv.DictWriter(f, self._header)
@@ -1145,28 +793,24 @@ class Run:
     def _trim_metrics(self) -> None:
         # On resume, drop rows written after the checkpoint: those steps are trained again.
         path = self.dir / "metrics.csv"
-        if not path.exists():
-            return
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
-        if rows:
-            self._header = rows[0]
-            keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= self.step]
+        if path.exists():
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+            self._header = rows[0] if rows else None
             with open(path, "w", newline="") as f:
-                csv.writer(f).writerows(keep)
+                csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= self.step])
 
     # -- samples --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def _eval(self):
-        nets = [m for m in self.modules.values() if isinstance(m, torch.nn.Module)]
-        modes = [m.training for m in nets]
+        nets = {m: m.training for m in self.modules.values() if isinstance(m, torch.nn.Module)}
         try:
             for m in nets:
                 m.eval()
             with torch.no_grad():
                 yield
         finally:
-            for m, mode in zip(nets, modes):
+            for m, mode in nets.items():
                 m.train(mode)
 
     def save_samples(self, name: str) -> Path | None:
@@ -1174,49 +818,92 @@ class Run:
             return None
         with self._eval():
             images = self.sample_fn()
-        path = self.dir / "samples" / f"{name}.png"
-        path.parent.mkdir(exist_ok=True)
-        save_grid(images, path)
-        return path
+        (self.dir / "samples").mkdir(exist_ok=True)
+        save_grid(images, self.dir / "samples" / f"{name}.png")
+        return self.dir / "samples" / f"{name}.png"
 
     def generate(self, fn, n: int) -> Path:
         """--generate N: write N samples of fn(k) (a grid and one PNG each) to a new folder."""
         import torchvision.utils as vutils
 
-        out = self.dir / f"generated-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        k = 2
+        out, k = self.dir / f"generated-{datetime.now():%Y%m%d-%H%M%S}", 2
         while out.exists():
-            out = out.with_name(out.name.split("_")[0] + f"_{k}")
-            k += 1
+            out, k = out.with_name(out.name.split("_")[0] + f"_{k}"), k + 1
         out.mkdir(parents=True)
-        chunks = []
         with self._eval():
-            for start in range(0, n, self.args.batch_size):
-                chunks.append(fn(min(self.args.batch_size, n - start)).float().cpu())
-        images = torch.cat(chunks)
+            bs = self.args.batch_size
+            images = torch.cat([fn(min(bs, n - start)).float().cpu() for start in range(0, n, bs)])
         save_grid(images, out / "grid.png")
         for i, img in enumerate(images):
             vutils.save_image(img.add(1).div(2).clamp(0, 1), out / f"{i:05d}.png")
         print(f"wrote {n} samples to {out}/ (grid.png and {n} PNGs)")
         return out
 
+    # -- checkpoints and resume -----------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        """Write checkpoint.pt, atomically. Under torchrun every process calls it: rank 0
+        writes, the others wait for it."""
+        self.flush()  # never save a state whose losses we have not checked
+        path = self.dir / "checkpoint.pt"
+        ckpt = {"script": self.script, "format": 1, "args": vars(self.args), "step": self.step,
+                "batches_drawn": self.batches_drawn, "state": self.state, "rng": _rng_state()}
+        if _in_group():  # every process goes on from rank 0's BN statistics, as saved, and
+            _scale().broadcast_buffers(self.modules.values())  # each process's RNG is saved
+            ckpt["rng_ranks"] = _scale().gather(ckpt["rng"])
+        if is_main():
+            ckpt["modules"] = {k: m.state_dict() for k, m in self.modules.items()}
+            torch.save(ckpt, path.with_suffix(".pt.tmp"))
+            os.replace(path.with_suffix(".pt.tmp"), path)  # atomic: a crash leaves the last one whole
+        if _in_group():
+            _scale().barrier()  # no process runs on (or stops) before the file is whole
+        self._saved_step = self.step
+        return path
+
+    def _restore(self, ckpt: dict) -> None:
+        try:
+            for name, module in self.modules.items():
+                saved = ckpt["modules"][name]
+                # an optimiser keeps this device's fused/foreach/capturable choices, not the saved ones
+                for group, ours in zip(saved.get("param_groups", ()), getattr(module, "param_groups", ())):
+                    group.update({k: ours[k] for k in ("fused", "foreach", "capturable") if k in ours})
+                module.load_state_dict(saved)
+        except (KeyError, RuntimeError, ValueError) as e:
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            raise UserError(f"the checkpoint in {self.args.resume} does not fit this model "
+                            f"(were flags such as the image size changed?): {lines[-1].strip()}") from None
+        for key, value in ckpt["state"].items():
+            self.state[key] = value.to(self.device) if torch.is_tensor(value) else value
+        self.step, self.batches_drawn = ckpt["step"], ckpt["batches_drawn"]
+        if self.args.generate is None:
+            ranks = ckpt.get("rng_ranks") or [ckpt["rng"]]  # one per process of the saved run
+            if len(ranks) == world_size() or rank() == 0:  # (other numbers of processes: rank 0
+                _set_rng_state(ranks[rank()])               # goes on as the saved rank 0)
+            else:
+                seed_everything(_seed_of(self.args.seed, rank(), self.step))
+
     # -- the loop -------------------------------------------------------------------------------
-    def graphed(self, fn, warmup: int = 3) -> Graphed:
-        """`fn` (one training step: tensors in, tensors out) as a Graphed step: with --fast
-        captured as a CUDA graph on a GPU (eager through static buffers elsewhere); without
-        --fast a plain call of fn."""
-        if self.fast and not all(g["capturable"] for m in self._optimizers for g in m.param_groups):
-            for m in self._optimizers:  # CUDA graphs need the step count on the GPU
-                make_capturable(m, True)
-            # an eager step of a capturable optimiser (ProGAN's fade-in) is expected here
-            warnings.filterwarnings("ignore", message="This instance was constructed with capturable=True")
-        return Graphed(fn, enabled=bool(getattr(self.args, "fast", False)), capture=self.fast, warmup=warmup)
+    def graphed(self, fn, warmup: int = 3):
+        """A training step `fn` (tensors in, tensors out) as the loop calls it: fn itself without
+        --fast; with --fast a scale.Graphed step, a CUDA graph on a GPU (elsewhere eager,
+        through the same static buffers)."""
+        if not self.fast:
+            return fn
+        for opt in self.modules.values() if self.capture else ():  # a graph needs the optimisers'
+            if isinstance(opt, torch.optim.Optimizer):                # step counts on the GPU
+                _scale().make_capturable(opt, True)
+        self._graphed.append(_scale().Graphed(fn, capture=self.capture, warmup=warmup, error=TrainingError))
+        return self._graphed[-1]
+
+    def recapture(self) -> None:
+        """--fast: capture the graphed steps anew after something baked into them changed (a
+        learning rate, the optimisers' state). Without --fast there is nothing to do."""
+        for step in self._graphed:
+            step.reset()
 
     def stream(self, data: ImageData, batch_size: int | None = None):
-        """An endless iterator of (images, labels) batches, epoch after epoch.
-
-        Its position (batches drawn so far) is saved in every checkpoint, so a resumed run
-        draws exactly the batches the uninterrupted run would have drawn next."""
+        """An endless iterator of (images, labels) batches, epoch after epoch. Its position
+        (batches drawn so far) is saved in every checkpoint, so a resumed run draws exactly the
+        batches the uninterrupted run would have drawn next."""
         batch_size = batch_size or self.args.batch_size
         self._steps_per_epoch = data.steps_per_epoch(batch_size)
         per_rank(batch_size)  # under torchrun each process yields its share of each batch
@@ -1232,11 +919,10 @@ class Run:
         return endless()
 
     def sampler(self, data: ImageData):
-        """For loops whose batch size changes during a run (progan.py): returns draw(batch_size),
-        a batch drawn uniformly at random (data.sample, torch's RNG, saved in checkpoints).
-        The run then counts images, not batches: an epoch is len(data) images drawn, and the
-        checkpoint's batches_drawn holds the images drawn so far. Under torchrun batch_size is
-        the global batch: each process draws its share, with its own RNG stream."""
+        """For loops whose batch size changes (progan.py): draw(batch_size), a batch drawn
+        uniformly (data.sample: torch's RNG, saved in checkpoints). The run then counts images,
+        not batches: an epoch is len(data) images. Under torchrun batch_size is the global
+        batch: each process draws its share, with its own RNG stream."""
         self._steps_per_epoch = len(data)
 
         def draw(batch_size: int):
@@ -1247,8 +933,7 @@ class Run:
         return draw
 
     def count(self, n: int) -> None:
-        """Count n more items (images, sequences) shown to D, for the images_per_s column of
-        loops that draw their data themselves (seqgan.py)."""
+        """Count n more items shown to D, for loops that draw their data themselves (seqgan.py)."""
         self._images += n
 
     @property
@@ -1270,8 +955,7 @@ class Run:
         def new_bar():
             return tqdm(total=self._steps_per_epoch, initial=self.batches_drawn % self._steps_per_epoch,
                         desc=f"epoch {self.epochs_done + 1}/{args.epochs}", leave=False,
-                        disable=None if is_main() else True,
-                        dynamic_ncols=True)
+                        disable=None if is_main() else True, dynamic_ncols=True)
 
         bar, drawn = new_bar(), self.batches_drawn
         with StopFlag() as stop:
@@ -1295,20 +979,15 @@ class Run:
                     self.save_samples(f"epoch-{epoch:03d}")
                     self.save_checkpoint()
                     bar = new_bar()
-                if (synced and self._anyone(stop.requested)) if _dist() else stop.requested:
+                # Under torchrun Ctrl-C reaches each process at its own step; they agree to stop at
+                # the next --log-every step or epoch end, so all save and stop at the same step.
+                if (synced and _scale().anyone(stop.requested, self.device)) if _in_group() else stop.requested:
                     bar.close()
                     path = self.save_checkpoint()
-                    raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to "
-                                      f"{path}. Resume with: python {self.script}.py --resume {self.dir}"
-                                      + (" (or the same under torchrun)" if _dist() else ""))
+                    raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to {path}. Resume with: "
+                                      f"python {self.script}.py --resume {self.dir}"
+                                      + (" (or the same under torchrun)" if _in_group() else ""))
         bar.close()
-
-    def _anyone(self, flag: bool) -> bool:
-        # Under torchrun, Ctrl-C reaches each process at its own step; they agree to stop at
-        # the next --log-every step or epoch end, so all save and stop at the same step.
-        t = torch.tensor([float(flag)], device=self.device)
-        torch.distributed.all_reduce(t, torch.distributed.ReduceOp.MAX)
-        return bool(t.item())
 
     def batches(self, data: ImageData, batch_size: int | None = None):
         """The simplest loop: one batch per step (`for real, labels in run.batches(data):`)."""
@@ -1328,6 +1007,11 @@ class Run:
         return dict(self.last_metrics)
 
 
+def _read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _short(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("step", "epoch", "images_per_s")}
 
@@ -1340,17 +1024,13 @@ def plot_metrics(csv_path, png_path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    if not Path(csv_path).exists():
-        return
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    keys = [k for k in (rows[0] if rows else {}) if k not in ("step", "epoch", "images_per_s")]
+    rows = _read_csv(csv_path) if Path(csv_path).exists() else []
+    keys = list(_short(rows[0])) if rows else []
     if not keys:
         return
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.8 * len(keys)), sharex=True, squeeze=False)
-    steps = [int(r["step"]) for r in rows]
     for ax, key in zip(axes[:, 0], keys):
-        ax.plot(steps, [float(r[key]) if r[key] else math.nan for r in rows], lw=1)
+        ax.plot([int(r["step"]) for r in rows], [float(r[key]) if r[key] else math.nan for r in rows], lw=1)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
@@ -1360,32 +1040,22 @@ def plot_metrics(csv_path, png_path) -> None:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    np_state = np.random.get_state()
-    state["numpy"] = [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]
+    """python's, numpy's, torch's (and CUDA's) RNG states, in a form torch.load(weights_only) reads."""
+    kind, keys, *rest = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), *rest]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
+    def as_tuple(x):
+        return tuple(as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
+
     torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
+    random.setstate(as_tuple(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
-
-
-def _versions(device) -> dict:
-    import torchvision
-
-    v = {"python": platform.python_version(), "torch": torch.__version__,
-         "torchvision": torchvision.__version__, "numpy": np.__version__}
-    if device is not None and torch.device(device).type == "cuda":
-        v["gpu"] = torch.cuda.get_device_name()
-    return v

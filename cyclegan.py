@@ -338,7 +338,7 @@ def generator_step(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, lambda_cyc=10.0,
     D_B frozen. Returns the fakes (detached, for the pools) and the loss terms (unweighted)."""
     for D in (D_A, D_B):
         D.requires_grad_(False)  # no gradient for the discriminators' weights at all
-    with common.autocast(real_A.device, amp):
+    with torch.autocast(real_A.device.type, torch.bfloat16, enabled=amp):
         fake_B, fake_A = G_AB(real_A), G_BA(real_B)                     # G(x), F(y)
         adv_AB, adv_BA = lsgan_g_loss(D_B(fake_B)), lsgan_g_loss(D_A(fake_A))
         with torch.set_grad_enabled(cycle):  # --no-cycle: the cycle error is only measured
@@ -364,7 +364,7 @@ def generator_step(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, lambda_cyc=10.0,
 def discriminator_step(D_A, D_B, opt_D, real_A, real_B, fake_A, fake_B, amp=False):
     """One Adam step on D_A and D_B together. The fakes come from the pools, detached: the
     generators get no gradient. Returns the two (halved) LSGAN losses."""
-    with common.autocast(real_A.device, amp):
+    with torch.autocast(real_A.device.type, torch.bfloat16, enabled=amp):
         loss_A = lsgan_d_loss(D_A(real_A), D_A(fake_A))  # D_X: real a against F(b)
         loss_B = lsgan_d_loss(D_B(real_B), D_B(fake_B))  # D_Y: real b against G(a)
     opt_D.zero_grad(set_to_none=True)
@@ -425,7 +425,7 @@ def paired_errors(G_AB, G_BA, test_A, test_B, amp=False) -> torch.Tensor:
     the identity mapping's mean |a - b|, per pixel in [-1, 1] units. A (3,) tensor (no sync)."""
     sums = 0
     for (a, _), (b, _) in zip(test_A.in_order(EVAL_BATCH), test_B.in_order(EVAL_BATCH)):
-        with common.autocast(a.device, amp):
+        with torch.autocast(a.device.type, torch.bfloat16, enabled=amp):
             fake_B, fake_A = G_AB(a).float(), G_BA(b).float()
         sums = sums + torch.stack([(fake_B - b).abs().sum(), (fake_A - a).abs().sum(), (a - b).abs().sum()])
     return sums / (test_A.n * a[0].numel())
@@ -444,7 +444,7 @@ def generate(args, run, G_AB, G_BA, device) -> dict:
     for name, G, back, data in (("A2B", G_AB, G_BA, test_A), ("B2A", G_BA, G_AB, test_B)):
         (out / name).mkdir(parents=True)
         for page, (x, _) in enumerate(data.in_order(EVAL_BATCH)):
-            with common.autocast(device, args.amp):
+            with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
                 y = G(x).float()
                 rows = torch.stack([x, y, back(y)], 1).flatten(0, 1)  # (3k, C, S, S)
             common.save_grid(rows, out / f"{name}-{page:03d}.png", nrow=3)
@@ -516,8 +516,7 @@ def train(args) -> dict:
         if run.epochs_done > sched_G.last_epoch:  # this step ended an epoch
             sched_G.step()
             sched_D.step()
-            g_update.reset()  # --fast: the graphs hold the old learning rate; capture anew
-            d_update.reset()
+            run.recapture()  # --fast: the graphs hold the old learning rate; capture anew
             if args.dataset == "shapes":  # the exact translation error on the paired test split
                 err = paired_errors(G_AB, G_BA, test_A, test_B, args.amp)
                 run.log(test_err_AB=err[0], test_err_BA=err[1])

@@ -194,7 +194,7 @@ def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 def discriminator_step(D, opt_D, real, fake, amp=False):
     """One Adam step on D for d_loss. `fake` is detached: G receives no gradient."""
-    with common.autocast(real.device, amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
         # real and fake go through D as separate batches, so each has its own BN statistics
         real_logits, fake_logits = D(real), D(fake.detach())
         loss = d_loss(real_logits, fake_logits)
@@ -207,7 +207,7 @@ def discriminator_step(D, opt_D, real, fake, amp=False):
 def generator_step(D, opt_G, fake, amp=False):
     """One Adam step on G for g_loss, through the just-updated D; D's weights get no gradient."""
     D.requires_grad_(False)  # saves computing D's weight gradients, which nobody would use
-    with common.autocast(fake.device, amp):
+    with torch.autocast(fake.device.type, torch.bfloat16, enabled=amp):
         loss = g_loss(D(fake))
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
@@ -250,7 +250,7 @@ def train(args) -> dict:
     G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     def train_step(real):
-        with common.autocast(device, args.amp):
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
             fake = G_train(sample_z(real.size(0), args.nz, device, args.z_dist))
         # 1. update D: maximise log D(x) + log(1 - D(G(z)))
         loss_D, D_x, D_G_z = discriminator_step(D_train, opt_D, real, fake, args.amp)

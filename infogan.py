@@ -316,9 +316,9 @@ def discriminator_step(G, D, opt_D, real, latent, info_weight, learn_sigma=False
     generator input, codes). The fake is detached: G receives no gradient.
     Returns (metrics, Q's categorical logits on the real batch)."""
     g_in, codes = latent
-    with torch.no_grad(), common.autocast(real.device, amp):
+    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
         fake = G(g_in)
-    with common.autocast(real.device, amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
         # real and fake go through D as separate batches (separate BN statistics), as the official code
         real_logits, q_real = D(real)
         fake_logits, q_fake = D(fake)
@@ -339,7 +339,7 @@ def generator_step(G, D, opt_G, latent, info_weight, learn_sigma=False, amp=Fals
     (a new forward pass: nothing of D's step is reused). D and Q are not updated."""
     D.requires_grad_(False)  # no gradient for D's or Q's weights: G's optimiser owns G alone
     g_in, codes = latent
-    with common.autocast(g_in.device, amp):
+    with torch.autocast(g_in.device.type, torch.bfloat16, enabled=amp):
         fake_logits, q_fake = D(G(g_in))
         adv = g_loss(fake_logits)
         discrete, continuous = info_loss(q_fake, codes, learn_sigma)

@@ -127,12 +127,11 @@ def parse_batch_sizes(text: str) -> dict:
     return sizes
 
 
-def group_size(text: str):
-    """--mbstd-group: 'all' -> None (the whole batch), else a positive integer."""
-    return None if text == "all" else common.positive_int(text)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
+    def group_size(text: str):
+        """--mbstd-group: 'all' -> None (the whole batch), else a positive integer."""
+        return None if text == "all" else common.positive_int(text)
+
     p = argparse.ArgumentParser(
         description="Progressive Growing of GANs (Karras et al., 2018). --epochs E: the run shows D "
                     "E x (dataset size) real images in all, drawn at random (official total_kimg); the "
@@ -395,9 +394,9 @@ def g_loss(fake_scores) -> torch.Tensor:
 def discriminator_step(G, D, opt_D, real, depth, alpha, args):
     """One Adam step on D with a fresh z; G is not updated. Returns loss, W estimate, penalty."""
     z = torch.randn(real.size(0), args.nz, device=real.device)
-    with torch.no_grad(), common.autocast(real.device, args.amp):
+    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
         fake = G(z, depth, alpha)
-    with common.autocast(real.device, args.amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
         # real and fake go through D as separate batches (each has its own minibatch stddev)
         real_scores, fake_scores = D(real, depth, alpha).float(), D(fake, depth, alpha).float()
         penalty = gradient_penalty(D, real, fake, depth, alpha, args.image_size)
@@ -412,7 +411,7 @@ def generator_step(G, D, opt_G, batch_size, depth, alpha, args, device):
     """One Adam step on G with a fresh z, through the D just updated; D's weights get no gradient."""
     D.requires_grad_(False)
     z = torch.randn(batch_size, args.nz, device=device)
-    with common.autocast(device, args.amp):
+    with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
         loss = g_loss(D(G(z, depth, alpha), depth, alpha).float())
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
@@ -502,7 +501,7 @@ def train(args) -> dict:
             # official reset_opt_for_new_lod: fresh Adam moments at every new phase
             opt_G.state.clear()
             opt_D.state.clear()
-            stable_step.reset()  # a new depth and fresh optimiser state: warm up and capture anew
+            run.recapture()  # --fast: a new depth and fresh optimiser state; capture anew
             state["phase"] = phase
             run.save_checkpoint()
             size = 4 * 2 ** ((phase + 1) // 2)

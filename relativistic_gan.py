@@ -243,9 +243,9 @@ def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> to
 def discriminator_step(G, D, opt_D, real, args):
     """One Adam step on D with a fresh z (and the penalty with --gp); G is not updated."""
     z = torch.randn(real.size(0), args.nz, device=real.device)
-    with torch.no_grad(), common.autocast(real.device, args.amp):
+    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
         fake = G(z)
-    with common.autocast(real.device, args.amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
         r, f = D(real), D(fake)
         loss = d_loss(args.loss, r, f)
         if args.gp:
@@ -261,7 +261,7 @@ def generator_step(G, D, opt_G, real, args, batch_size, device):
     or None (baselines). D's weights are not updated and get no gradient."""
     D.requires_grad_(False)
     z = torch.randn(batch_size, args.nz, device=device)
-    with common.autocast(device, args.amp):
+    with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
         f = D(G(z))
         with torch.no_grad():    # r does not depend on G: no graph needed
             r = D(real) if real is not None else None

@@ -322,7 +322,7 @@ def g_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 def discriminator_step(D, opt_D, real, fake, y, amp=False):
     """One Adam step on D for L_D; `fake` is detached. Real and fake go through D as one batch
     (no batch norm in D: the same function), so SN's power iteration runs once per D step."""
-    with common.autocast(real.device, amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
         logits = D(torch.cat([real, fake.detach()]), None if y is None else torch.cat([y, y]))
         real_logits, fake_logits = logits.chunk(2)  # (B,), (B,)
         loss = d_hinge_loss(real_logits, fake_logits)
@@ -337,7 +337,7 @@ def generator_step(D, opt_G, fake, y, amp=False):
     keeps its SN vectors u, v fixed (official: update_collection="NO_OPS" on the fake pass)."""
     D.requires_grad_(False)
     D.eval()  # D has no BN or dropout: eval only stops the power-iteration update
-    with common.autocast(fake.device, amp):
+    with torch.autocast(fake.device.type, torch.bfloat16, enabled=amp):
         loss = g_hinge_loss(D(fake, y))
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
@@ -438,7 +438,7 @@ def train(args) -> dict:
     G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 
     def train_step(real, y):
-        with common.autocast(device, args.amp):
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
             fake = G_train(torch.randn(real.size(0), args.nz, device=device), y)
         # 1. D step on L_D (lr 4e-4), then 2. G step on L_G (lr 1e-4) through the updated D
         loss_D, D_real, D_fake = discriminator_step(D_train, opt_D, real, fake, y, args.amp)

@@ -272,10 +272,10 @@ class Oracle(Generator):
                 "lstm.bias_hh_l0": torch.zeros(4 * a["U_i"].shape[0]),
                 "out.weight": a["W_out"].t(), "out.bias": a["b_out"]})
         except FileNotFoundError:
-            raise common.UserError(f"--oracle {path}: no such file.") from None
+            raise ValueError(f"--oracle {path}: no such file.") from None
         except Exception as e:  # not a zip, missing names, wrong shapes
-            raise common.UserError(f"--oracle {path} is not an oracle .npz (embedding, W_i, U_i, b_i, ..., "
-                                   f"W_out, b_out; see Oracle.from_npz): {type(e).__name__}.") from None
+            raise ValueError(f"--oracle {path} is not an oracle .npz (embedding, W_i, U_i, b_i, ..., "
+                             f"W_out, b_out; see Oracle.from_npz): {type(e).__name__}.") from None
 
 
 class Discriminator(nn.Module):
@@ -318,7 +318,7 @@ def real_prob(D: nn.Module, tokens: torch.Tensor, amp=False, chunk: int = 8192) 
     """D_φ(Y) (B,): D's probability that each sequence is real, dropout off (official: keep 1.0)."""
     was_training = D.training
     D.eval()
-    with common.autocast(tokens.device, amp):
+    with torch.autocast(tokens.device.type, torch.bfloat16, enabled=amp):
         p = torch.cat([D(part).float().softmax(-1)[:, 1] for part in tokens.split(chunk)])
     D.train(was_training)
     return p
@@ -435,7 +435,7 @@ def d_epochs(D, opt, real, fake, batch_size, k, l2, amp=False):
     D.train()
     for _ in range(k):
         for xb, yb in zip(xs, ys):
-            with common.autocast(xb.device, amp):
+            with torch.autocast(xb.device.type, torch.bfloat16, enabled=amp):
                 logits = D(xb)
                 loss = d_loss(logits, yb, D.out.weight, D.out.bias, l2)
             opt.zero_grad(set_to_none=True)
@@ -457,15 +457,15 @@ def read_text(path, tokens="word", vocab_size=5000, seq_len=20, test_fraction=0.
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise common.UserError(f"--text {path}: no such file.") from None
+        raise ValueError(f"--text {path}: no such file.") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise common.UserError(f"cannot read --text {path} as UTF-8 text ({type(e).__name__}).") from None
+        raise ValueError(f"cannot read --text {path} as UTF-8 text ({type(e).__name__}).") from None
     lines = [line.split() if tokens == "word" else list(line.strip()) for line in text.splitlines() if line.strip()]
     if len(lines) < 2:
-        raise common.UserError(f"--text {path} has {len(lines)} non-empty line(s); it needs at least 2 "
-                               f"(one sequence per line, some held out for nll_test).")
+        raise ValueError(f"--text {path} has {len(lines)} non-empty line(s); it needs at least 2 "
+                         f"(one sequence per line, some held out for nll_test).")
     if vocab_size < 3:
-        raise common.UserError("--vocab-size must be 3 or more with --text (<pad>, <unk> and a token).")
+        raise ValueError("--vocab-size must be 3 or more with --text (<pad>, <unk> and a token).")
     order = torch.randperm(len(lines), generator=torch.Generator().manual_seed(seed)).tolist()
     n_test = min(len(lines) - 1, max(1, round(test_fraction * len(lines))))
     test_lines, train_lines = [lines[i] for i in order[:n_test]], [lines[i] for i in order[n_test:]]
@@ -500,17 +500,20 @@ def train(args) -> dict:
     device = common.setup(args, single_process=True)  # (under torchrun: a clear refusal)
     state = {"oracle": None, "vocab": None, "train": None, "test": None}  # the data, saved with the run
     if args.resume is None:  # a new run; a resumed one takes its data from the checkpoint
-        if args.text:
-            vocab, train_set, test_set = read_text(args.text, args.tokens, args.vocab_size, args.seq_len,
-                                                   args.test_fraction, args.seed)
-            args.vocab_size = len(vocab)  # saved with the checkpoint's flags
-            state.update(vocab=vocab, train=train_set.to(device), test=test_set.to(device))
-        else:
-            oracle = (Oracle.from_npz(args.oracle) if args.oracle
-                      else Oracle(args.vocab_size, args.emb_dim, args.hidden_dim)).to(device)
-            args.vocab_size = oracle.out.out_features
-            state.update(oracle=oracle.state_dict(), train=oracle.sample(args.num_samples, args.seq_len),
-                         test=oracle.sample(args.eval_samples, args.seq_len))
+        try:  # a --text or --oracle file the loaders cannot use (their ValueError): one sentence
+            if args.text:
+                vocab, train_set, test_set = read_text(args.text, args.tokens, args.vocab_size, args.seq_len,
+                                                       args.test_fraction, args.seed)
+                args.vocab_size = len(vocab)  # saved with the checkpoint's flags
+                state.update(vocab=vocab, train=train_set.to(device), test=test_set.to(device))
+            else:
+                oracle = (Oracle.from_npz(args.oracle) if args.oracle
+                          else Oracle(args.vocab_size, args.emb_dim, args.hidden_dim)).to(device)
+                args.vocab_size = oracle.out.out_features
+                state.update(oracle=oracle.state_dict(), train=oracle.sample(args.num_samples, args.seq_len),
+                             test=oracle.sample(args.eval_samples, args.seq_len))
+        except ValueError as e:
+            raise common.UserError(str(e)) from None
         if args.batch_size > len(state["train"]):
             raise common.UserError(f"--batch-size {args.batch_size} is larger than the training set "
                                    f"({len(state['train'])} sequences).")

@@ -314,12 +314,14 @@ def set_gradients(out: dict, E, Dec, D=None) -> None:
             p.grad = g
 
 
-def gate(real_logits, fake_logits, equilibrium: float, margin: float):
+def gate(real_logits, fake_logits, equilibrium: float, margin: float, mean_over_processes=None):
     """The official code's update gating: (update Dec?, update Dis?). Reads two numbers from
-    the device, so --gate costs one host sync per step."""
+    the device, so --gate costs one host sync per step. Under torchrun train passes
+    `mean_over_processes` (common.all_reduce): the costs of the global batch, so every process
+    gates alike."""
     real_cost, fake_cost = F.softplus(-real_logits).mean(), F.softplus(fake_logits).mean()
-    # under torchrun: the costs of the global batch, so that every process gates alike
-    real_cost, fake_cost = common.all_reduce(torch.stack([real_cost, fake_cost])).unbind()
+    if mean_over_processes is not None:
+        real_cost, fake_cost = mean_over_processes(torch.stack([real_cost, fake_cost])).unbind()
     lo, hi = torch.stack([torch.minimum(real_cost, fake_cost), torch.maximum(real_cost, fake_cost)]).tolist()
     update_dis = lo >= equilibrium - margin   # Dis too far ahead: a cost near 0
     update_dec = hi <= equilibrium + margin   # Dis too far behind: a cost far above ln 2
@@ -394,7 +396,7 @@ def train(args) -> dict:
         common.maybe_compile(net, args.compile)
 
     def train_step(real):
-        with common.autocast(device, args.amp):
+        with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
             out = forward(E, Dec, D, real, args)       # Alg. 1: all losses from one forward pass
         set_gradients(out, E, Dec, D)                  # each network: its own loss's gradient only
         # Under torchrun: averaged over the processes here, as DDP would in backward(); the
@@ -405,7 +407,7 @@ def train(args) -> dict:
         if D is not None and args.gate:                # (a host decision: never captured, see below)
             real_l, recon_l, prior_l = out["logits"]
             fake_l = prior_l if args.no_recon_fakes else torch.cat([recon_l, prior_l])
-            update["Dec"], update["Dis"] = gate(real_l, fake_l, args.equilibrium, args.margin)
+            update["Dec"], update["Dis"] = gate(real_l, fake_l, args.equilibrium, args.margin, common.all_reduce)
             metrics.update(Dec_updated=float(update["Dec"]), Dis_updated=float(update["Dis"]))
         for name, opt in opts.items():                 # the three updates of Alg. 1, from the same pass
             if update[name]:

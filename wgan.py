@@ -210,9 +210,9 @@ def critic_step(G, critic, opt_C, real, nz, clip, amp=False) -> torch.Tensor:
     """Alg. 1 lines 3-7: one RMSProp step on the critic with a fresh z, then the clip.
     Returns the EM estimate W = E f(x) - E f(G(z)) on this batch (before the step)."""
     z = torch.randn(real.size(0), nz, device=real.device)
-    with torch.no_grad(), common.autocast(real.device, amp):
+    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
         fake = G(z)                      # G gets no gradient from the critic's update
-    with common.autocast(real.device, amp):
+    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
         loss = critic_loss(critic(real), critic(fake))
     opt_C.zero_grad(set_to_none=True)
     loss.backward()
@@ -225,7 +225,7 @@ def generator_step(G, critic, opt_G, batch_size, nz, device, amp=False) -> torch
     """Alg. 1 lines 9-11: one RMSProp step on G with a fresh z; the critic is not updated."""
     critic.requires_grad_(False)         # no gradient for the critic's weights at all
     z = torch.randn(batch_size, nz, device=device)
-    with common.autocast(device, amp):
+    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
         loss = generator_loss(critic(G(z)))
     opt_G.zero_grad(set_to_none=True)
     loss.backward()

@@ -69,7 +69,7 @@ def test_update_k_gives_the_spec_number():
 
 def test_k_stays_in_the_unit_interval_under_extreme_inputs(k, real, fake, lambda_k, expected):
     assert began.update_k(k, 0.5, real, fake, lambda_k) == expected
-    on_device = began.update_k_tensor(torch.tensor(k), 0.5, torch.tensor(real), torch.tensor(fake), lambda_k)
+    on_device = began.update_k(torch.tensor(k), 0.5, torch.tensor(real), torch.tensor(fake), lambda_k)
     assert on_device.item() == expected
 
 
@@ -84,12 +84,12 @@ def test_both_controllers_and_measures_match_the_closed_form():
         k_ref = min(max(k + lambda_k * (gamma * real - fake), 0.0), 1.0)
         m_ref = real + abs(gamma * real - fake)
         host = began.update_k(k, gamma, real, fake, lambda_k)
-        device = began.update_k_tensor(torch.tensor(k), gamma, torch.tensor(real), torch.tensor(fake), lambda_k)
+        device = began.update_k(torch.tensor(k), gamma, torch.tensor(real), torch.tensor(fake), lambda_k)
         assert type(host) is float and device.dtype == torch.float32
         assert host == pytest.approx(k_ref, abs=1e-12)
         assert device.item() == pytest.approx(k_ref, abs=1e-6)
         assert began.convergence_measure(real, fake, gamma) == pytest.approx(m_ref, abs=1e-12)
-        assert began.convergence_measure_tensor(torch.tensor(real), torch.tensor(fake), gamma).item() == \
+        assert began.convergence_measure(torch.tensor(real), torch.tensor(fake), gamma).item() == \
             pytest.approx(m_ref, abs=1e-6)
 
 
@@ -344,7 +344,7 @@ def test_cli_logs_m_global_and_k_t_and_resumes_exactly(tmp_path):
     assert lrs[0] == pytest.approx(1e-4) and lrs[-1] < lrs[0]
     assert float(rows[0]["k_t"]) == pytest.approx(0.3)            # k_0, the value step 1 used
     last = {c: torch.tensor(float(rows[-1][c])) for c in ("k_t", "L_x", "loss_G")}
-    k_next = began.update_k_tensor(last["k_t"], 0.5, last["L_x"], last["loss_G"], 0.05)
+    k_next = began.update_k(last["k_t"], 0.5, last["L_x"], last["loss_G"], 0.05)
     ckpt = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["k_t"].item() == k_next.item()           # k_t is checkpointed after its update
     # step 6 ends a window, which stalls (tol 90%): the checkpoint holds the halved lr

@@ -9,12 +9,16 @@ aborting), samples drawn in eval mode without gradients, a NaN or Inf loss stopp
 metrics averaged over the values as logged even when a logged tensor changes in place afterwards.
 """
 import argparse
+import ast
 import math
 import os
 import random
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -629,3 +633,41 @@ def test_samples_are_drawn_in_eval_mode_without_gradients_and_training_mode_retu
     run.generate(sample, 3)
     assert seen == [(False, False)] * 2 and net.training
     assert torch.equal(net.running_mean, torch.zeros(3))  # BatchNorm's statistics untouched
+
+
+# ------------------------------------------------------------------------------------------------
+# what the scripts take from common.py
+# ------------------------------------------------------------------------------------------------
+SCRIPTS = ("dcgan", "wgan", "relativistic_gan", "infogan", "began", "vaegan", "sagan", "progan",
+           "cyclegan", "seqgan")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_networks_losses_and_steps_need_nothing_but_torch(script):
+    # Everything a script defines above build() / train() (its networks, losses and step
+    # functions; its flags aside) can be copied into another project without common.py.
+    body = ast.parse((ROOT / f"{script}.py").read_text(encoding="utf-8")).body
+    defs = [node for node in body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    end = next(i for i, node in enumerate(defs) if node.name in ("build", "train"))
+    method = [node for node in defs[:end] if node.name != "parse_args"]
+    assert len(method) >= 3, [node.name for node in defs]
+    for node in method:
+        names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+        assert "common" not in names, f"{script}.{node.name} uses common"
+
+
+def test_a_plain_run_never_imports_scale(tmp_path):
+    # scale.py (torchrun, CUDA graphs) is loaded only when a run asks for it: --fast, or torchrun
+    def modules_after(*flags):
+        code = ("import sys, dcgan; dcgan.main(sys.argv[1:]); "
+                "print(' '.join(sorted(m for m in sys.modules if m in ('scale', 'common', 'dcgan'))))")
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+        done = subprocess.run([sys.executable, "-c", code, *TINY, "--max-steps", "3", *flags],
+                              cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().splitlines()[-1].split()
+
+    assert modules_after("--out", "plain") == ["common", "dcgan"]
+    assert modules_after("--out", "fast", "--fast") == ["common", "dcgan", "scale"]  # (the check can fail)

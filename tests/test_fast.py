@@ -1,10 +1,10 @@
-"""--fast (common.Graphed, Run.graphed, make_capturable): the fast path must not change what a
-training step computes. On the CPU the step runs eagerly through Graphed's static buffers
+"""--fast (scale.Graphed, common.Run.graphed, scale.make_capturable): the fast path must not change
+what a training step computes. On the CPU the step runs eagerly through Graphed's static buffers
 (the plumbing a CUDA graph replays from), so a --fast run must end with exactly the weights
 and losses of a default run.
 
 On the CPU: every image script ends with exactly the weights and losses of a default run; the
-static buffers and returned copies of common.Graphed; optimisers switched to and from
+static buffers and returned copies of scale.Graphed; optimisers switched to and from
 `capturable`, a 0-dim parameter included; a GPU --fast checkpoint resumed on the CPU with this
 device's optimiser choices; --no-fast on resume; --compile --fast (inductor) giving the eager
 weights and a checkpoint that resumes uncompiled; seqgan refusing --fast. On a GPU only
@@ -12,6 +12,7 @@ weights and a checkpoint that resumes uncompiled; seqgan refusing --fast. On a G
 step that cannot be captured ending in one sentence, and every script trained (graphs replayed)
 and resumed with --fast.
 """
+import argparse
 import importlib
 import shutil
 
@@ -21,6 +22,7 @@ import torch.nn as nn
 from conftest import TINY, TINY_RUN, read_metrics
 
 import common
+import scale
 
 # script -> tiny flags (each script's own test file uses the same sizes)
 SCRIPTS = {
@@ -71,11 +73,15 @@ def test_fast_path_on_cpu_changes_nothing_a_step_computes(script, tmp_path, caps
         assert a == b
 
 
-def test_graphed_without_fast_is_a_plain_call():
+def test_graphed_without_fast_is_a_plain_call(tmp_path):
+    p = argparse.ArgumentParser()
+    common.add_run_args(p)
+    run = common.Run("dcgan", p.parse_args(["--out", str(tmp_path / "run")]), {})
     seen = []
-    step = common.Graphed(lambda x: seen.append(x) or x, enabled=False)
+    step = run.graphed(lambda x: seen.append(x) or x)
     x = torch.ones(2)
     assert step(x) is x and seen[0] is x
+    run.recapture()  # (nothing to capture anew)
 
 
 def test_graphed_steps_run_on_static_buffers_and_return_copies():
@@ -85,7 +91,7 @@ def test_graphed_steps_run_on_static_buffers_and_return_copies():
         calls.append(x)
         return {"same": x, "scaled": x * scale}  # "same" is the static buffer itself
 
-    step = common.Graphed(fn, enabled=True, capture=False)
+    step = scale.Graphed(fn, capture=False)
     a, b = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])
     out_a = step(a, 2.0)
     out_b = step(b, 2.0)
@@ -107,10 +113,10 @@ def test_make_capturable_switches_flag_and_keeps_step_counts_as_float_tensors():
         opt.step()
         for state in opt.state.values():
             state["step"] = state["step"].double()  # as a non-capturable step count may be
-        common.make_capturable(opt, True)
+        scale.make_capturable(opt, True)
         assert opt.param_groups[0]["capturable"]
         assert all(s["step"].dtype == torch.float32 for s in opt.state.values())
-        common.make_capturable(opt, False)
+        scale.make_capturable(opt, False)
         assert not opt.param_groups[0]["capturable"]
 
 
@@ -183,7 +189,7 @@ def test_captured_step_matches_eager_steps_on_cuda():
             for _ in range(2)]
     nets[1].load_state_dict(nets[0].state_dict())
     opts = [torch.optim.Adam(n.parameters(), lr=1e-2, fused=True) for n in nets]
-    common.make_capturable(opts[1], True)
+    scale.make_capturable(opts[1], True)
 
     def step(net, opt, x):
         loss = net(x).square().mean()
@@ -192,7 +198,7 @@ def test_captured_step_matches_eager_steps_on_cuda():
         opt.step()
         return loss.detach()
 
-    graphed = common.Graphed(lambda x: step(nets[1], opts[1], x), enabled=True, capture=True, warmup=2)
+    graphed = scale.Graphed(lambda x: step(nets[1], opts[1], x), capture=True, warmup=2)
     for _ in range(8):  # 2 warm-up calls, a capture, 5 replays
         x = torch.randn(32, 8, device="cuda")
         eager, replayed = step(nets[0], opts[0], x), graphed(x)
@@ -204,14 +210,14 @@ def test_captured_step_matches_eager_steps_on_cuda():
 
 @cuda
 def test_random_draws_inside_a_captured_step_are_fresh_at_every_replay():
-    step = common.Graphed(lambda x: x + torch.randn(4, device="cuda"), enabled=True, capture=True, warmup=1)
+    step = scale.Graphed(lambda x: x + torch.randn(4, device="cuda"), capture=True, warmup=1)
     outs = [step(torch.zeros(4, device="cuda")) for _ in range(4)]  # 1 warm-up, a capture, 2 replays
     assert step.replays == 3 and len({tuple(o.tolist()) for o in outs}) == 4
 
 
 @cuda
 def test_a_step_that_cannot_be_captured_ends_with_one_sentence():
-    step = common.Graphed(lambda x: x * x.sum().item(), enabled=True, capture=True, warmup=1)
+    step = scale.Graphed(lambda x: x * x.sum().item(), capture=True, warmup=1, error=common.TrainingError)
     step(torch.ones(4, device="cuda"))
     with pytest.raises(common.TrainingError) as e:
         step(torch.ones(4, device="cuda"))
@@ -225,12 +231,12 @@ def test_a_step_that_cannot_be_captured_ends_with_one_sentence():
 def test_every_script_trains_with_fast_on_cuda(script, tmp_path, monkeypatch):
     steps = []
 
-    class Spy(common.Graphed):
+    class Spy(scale.Graphed):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             steps.append(self)
 
-    monkeypatch.setattr(common, "Graphed", Spy)
+    monkeypatch.setattr(scale, "Graphed", Spy)
     module = importlib.import_module(script)
     flags = [f if f != "cpu" else "cuda" for f in SCRIPTS[script]] + CUDA_FLAGS.get(script, [])
     result = module.main(flags + ["--max-steps", "12", "--fast", "--out", str(tmp_path / "run")])

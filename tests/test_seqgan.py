@@ -211,8 +211,10 @@ def test_npz_errors_are_one_sentence(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     np.savez(tmp_path / "partial.npz", embedding=np.zeros((5, 3), np.float32))
     for name in ("bad.npz", "partial.npz", "missing.npz"):
-        with pytest.raises(common.UserError, match="--oracle"):
+        with pytest.raises(ValueError, match="--oracle"):     # the loader: a plain Python exception
             seqgan.Oracle.from_npz(tmp_path / name)
+        with pytest.raises(common.UserError, match="--oracle"):  # the command line: one sentence
+            seqgan.main(TINY + ["--oracle", str(tmp_path / name)])
 
 
 @pytest.mark.skipif(not SHARED_ORACLE.is_file(), reason=f"the paper's oracle is not at {SHARED_ORACLE}")
@@ -401,7 +403,7 @@ def test_read_text_vocabulary_padding_truncation_and_split(tmp_path):
     vocab_c, train_c, _ = seqgan.read_text(f, "char", vocab_size=50, seq_len=6, test_fraction=0.25, seed=0)
     assert " " in vocab_c and all(len(t) == 1 for t in vocab_c[2:])
     assert seqgan.decode(train_c[:1], vocab_c, char=True)[0] in ("a b c ", "a a b", "b a x", "c a b")
-    with pytest.raises(common.UserError, match="no such file"):
+    with pytest.raises(ValueError, match="no such file"):
         seqgan.read_text(tmp_path / "none.txt")
 
 
