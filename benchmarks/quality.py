@@ -1057,6 +1057,16 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
     return result
 
 
+def real_grid(results_dir, suffix: str = "-laptop") -> Path:
+    """quality-real-laptop.png: 64 held-out real shapes (stream 1) as the laptop tier renders them
+    (32 px grayscale), the gallery's reference beside the scripts' grids."""
+    path = Path(results_dir) / f"quality-real{suffix}.png"
+    if not path.exists():
+        f = common.shape_factors(64, stream=1)
+        common.save_grid(common.render_shapes(f, 32, 1, "filled", "cpu").float().div(127.5).sub(1), path, nrow=8)
+    return path
+
+
 def results_table(results_dir, suffix: str = "-laptop") -> str:
     """The README's results table, from the JSONs in results_dir (scripts without one are left out).
     The last column is the longest run's CPU time (its wall time where no CPU time was recorded):
@@ -1201,6 +1211,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     a = parse_args(argv)
     if a.table:
+        if a.tier == "laptop":
+            real_grid(a.results_dir)
         print(laptop_table() + "\n\n" if a.tier == "laptop" else "", end="")
         print(results_table(a.results_dir, a.suffix if a.suffix is not None else
                             ("-laptop" if a.tier == "laptop" else "")))
