@@ -7,7 +7,9 @@ ReLU highway), samples following the probabilities of the forward pass (start to
 temperature), the MLE and policy-gradient updates clipping the global gradient norm, the policy
 gradient scoring tokens by G_β's rollouts, the adversarial phase starting G_β as the pretrained G
 with D's negatives from G_θ and separate Adam states, a fresh N(0, 1) oracle drawn from the
-seed, the .npz loader against the documented equations in numpy and its errors, the paper's
+seed, the inverse-CDF sampler against the categorical distribution, the oracle loader (the
+official pickle through an unpickler that admits only numpy arrays, and the .npz form)
+against the documented equations in numpy and its errors, the paper's
 oracle's reference NLLs (skipped unless the oracle file is found: SEQGAN_ORACLE names it),
 rollouts keeping each prefix, rewards in [0, 1] with the last one D itself and Monte Carlo
 values of the prefix, pg_loss, d_loss and the MLE loss against their closed forms, the policy
@@ -19,7 +21,9 @@ after Ctrl-C, `--mle-only` identical up to the fork, `--oracle`, bad input refus
 """
 import math
 import os
+import pickle
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,7 @@ import seqgan
 
 SHARED_ORACLE = Path(os.environ.get("SEQGAN_ORACLE", Path(__file__).resolve().parents[2]
                                     / "shared" / "seqgan" / "oracle_params.npz"))
+OFFICIAL_PICKLE = SHARED_ORACLE.with_name("target_params_py3.pkl")   # the official file, byte for byte
 # vocabulary 12, length 6, 64 training sequences in batches of 16, a D of 20 filters: a whole
 # schedule (3 MLE epochs, 2 D rounds, 3 adversarial epochs) in a few seconds on a CPU
 TINY = ["--device", "cpu", "--vocab-size", "12", "--seq-len", "6", "--emb-dim", "8", "--hidden-dim", "8",
@@ -100,7 +105,7 @@ def _fake_npz(path, V=7, E=3, H=4, seed=0):
 
 
 def _numpy_log_likelihood(a, seq):
-    """The oracle's equations (an LSTM with one bias per gate, as Oracle.from_npz reads it), in numpy."""
+    """The oracle's equations (official target_lstm.py; seqgan.ORACLE_ARRAYS), in numpy."""
     sig = lambda z: 1 / (1 + np.exp(-z))
     h = c = np.zeros(a["U_i"].shape[0])
     prev, total = 0, 0.0
@@ -151,6 +156,52 @@ def test_samples_follow_the_probabilities_the_forward_pass_gives():
     assert torch.allclose(counts / 40000, p, atol=0.01), (counts / 40000, p)
 
 
+def _chi_square(counts, p):
+    expected = p * counts.sum()
+    keep = p > 0
+    return float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+
+
+def test_inverse_cdf_draws_the_softmax_distribution_and_never_a_zero_probability_token():
+    # 400,000 draws of a fixed distribution with zeros (the first, inner and last tokens): the
+    # chi-square statistic of the counts (4 degrees of freedom) stays below 30 (p < 1e-5 by chance).
+    p = torch.tensor([0.0, 0.05, 0.3, 0.0, 0.15, 0.4, 0.1, 0.0])
+    counts = torch.bincount(seqgan.sample_categorical(p.log().expand(400_000, 8).clone(),
+                                                      torch.Generator().manual_seed(0)), minlength=8)
+    assert counts[p == 0].sum() == 0 and len(counts) == 8
+    assert _chi_square(counts.double(), p.double()) < 30, (counts, p)
+    # a wide one, V = 5,000 at the scale of the N(0, 1) oracle's logits: the 10 likeliest tokens
+    # and the rest together, 20,000 draws (10 degrees of freedom, below 40: p < 1e-5 by chance)
+    logits = torch.randn(5000, generator=torch.Generator().manual_seed(1)) * 3
+    rng = torch.Generator().manual_seed(2)
+    draws = torch.cat([seqgan.sample_categorical(logits.expand(2000, 5000).clone(), rng) for _ in range(10)])
+    top = logits.softmax(-1).double().topk(10)
+    p_bins = torch.cat([top.values, 1 - top.values.sum(0, keepdim=True)])
+    counts = torch.cat([(draws[:, None] == top.indices).sum(0), (~torch.isin(draws, top.indices)).sum()[None]])
+    assert _chi_square(counts.double(), p_bins) < 40, (counts, p_bins * 20_000)
+
+
+def test_inverse_cdf_never_steps_past_the_last_token_of_positive_probability(monkeypatch):
+    # u·S_V can round up to S_V; simulated with u = 1 the draw is the last token that can occur
+    rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones_like(rand(*a, **k)))
+    logits = torch.tensor([[0.0, 1.0, 2.0, -math.inf, -math.inf], [0.0, 1.0, 2.0, 3.0, 4.0]])
+    assert seqgan.sample_categorical(logits).tolist() == [2, 4]
+
+
+def test_sampling_is_deterministic_under_a_seed_and_moves_only_its_generator():
+    torch.manual_seed(0)
+    G = seqgan.Generator(50, 4, 4, init_std=1.0)
+    a = G.sample(100, 7, generator=torch.Generator().manual_seed(3))
+    state = torch.get_rng_state()
+    b = G.sample(100, 7, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and torch.equal(torch.get_rng_state(), state)    # the global RNG did not move
+    torch.manual_seed(4)
+    c = G.sample(100, 7)
+    torch.manual_seed(4)
+    assert torch.equal(c, G.sample(100, 7)) and not torch.equal(a, c)
+
+
 def test_discriminator_has_1720_filters_highway_and_dropout():
     D = seqgan.Discriminator(5000, 20)
     assert [(c.kernel_size[0], c.out_channels) for c in D.convs] == list(seqgan.WINDOWS)
@@ -199,7 +250,7 @@ def test_a_fresh_n01_oracle_scores_its_own_samples_low_and_uniform_tokens_high()
 
 def test_npz_loader_reproduces_the_documented_equations(tmp_path):
     a = _fake_npz(tmp_path / "o.npz")
-    oracle = seqgan.Oracle.from_npz(tmp_path / "o.npz")
+    oracle = seqgan.Oracle.from_file(tmp_path / "o.npz")
     assert oracle.out.out_features == 7 and oracle.lstm.hidden_size == 4
     seqs = torch.randint(7, (4, 9))
     ours = oracle(seqs).gather(2, seqs[..., None]).sum((1, 2)).double()
@@ -212,14 +263,92 @@ def test_npz_errors_are_one_sentence(tmp_path):
     np.savez(tmp_path / "partial.npz", embedding=np.zeros((5, 3), np.float32))
     for name in ("bad.npz", "partial.npz", "missing.npz"):
         with pytest.raises(ValueError, match="--oracle"):     # the loader: a plain Python exception
-            seqgan.Oracle.from_npz(tmp_path / name)
+            seqgan.Oracle.from_file(tmp_path / name)
         with pytest.raises(common.UserError, match="--oracle"):  # the command line: one sentence
             seqgan.main(TINY + ["--oracle", str(tmp_path / name)])
 
 
+class _RunsACommand:
+    """Unpickled by plain pickle.load, this would run `touch <marker>`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_the_official_pickle_format_loads_as_the_npz_does(tmp_path):
+    # a list of 15 arrays in the official order (target_lstm.py's params), pickled as the official
+    # file is (protocol 3) or by today's default (4): the same oracle as the .npz of the same arrays
+    a = _fake_npz(tmp_path / "o.npz", V=7, E=3, H=4)
+    for protocol in (3, 4):
+        (tmp_path / "o.pkl").write_bytes(pickle.dumps([a[k].astype(np.float32) for k in seqgan.ORACLE_ARRAYS],
+                                                      protocol=protocol))
+        loaded = seqgan.read_oracle_arrays(tmp_path / "o.pkl")
+        assert list(loaded) == list(seqgan.ORACLE_ARRAYS)
+        assert all(np.array_equal(loaded[k], a[k].astype(np.float32)) for k in seqgan.ORACLE_ARRAYS)
+        sd_pkl, sd_npz = (seqgan.Oracle.from_file(tmp_path / f).state_dict() for f in ("o.pkl", "o.npz"))
+        assert all(torch.equal(sd_pkl[k], sd_npz[k]) for k in sd_npz)
+
+
+def test_a_pickle_that_asks_for_more_than_numpy_arrays_is_refused_before_it_runs(tmp_path):
+    marker = tmp_path / "ran"
+    payloads = {"system": _RunsACommand(marker),                                   # posix.system
+                "hidden in the list": [np.zeros(3, np.float32), _RunsACommand(marker)],
+                "another numpy function": None}
+    (tmp_path / "system.pkl").write_bytes(pickle.dumps(payloads["system"], protocol=3))
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps(payloads["hidden in the list"], protocol=3))
+    (tmp_path / "numpy.pkl").write_bytes(b"cnumpy\nload\n(S'x.npy'\ntR.")           # numpy.load('x.npy')
+    for name, asked in (("system.pkl", "system"), ("list.pkl", "system"), ("numpy.pkl", "numpy.load")):
+        with pytest.raises(ValueError, match=f"asks for .*{asked}.*only numpy arrays"):
+            seqgan.read_oracle_arrays(tmp_path / name)
+        with pytest.raises(ValueError, match=f"--oracle .*{name}.*asks for"):
+            seqgan.Oracle.from_file(tmp_path / name)
+    assert not marker.exists()
+    pickle.loads((tmp_path / "system.pkl").read_bytes())                           # the payload does work
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("content, error", [
+    (pickle.dumps({"embedding": np.zeros((5, 3), np.float32)}, protocol=3), "holds a dict, not a list of 15"),
+    (pickle.dumps([np.zeros((5, 3), np.float32)] * 3, protocol=3), "holds a list of 3, not a list of 15"),
+    (pickle.dumps([np.zeros((5, 3), np.float32)] * 15, protocol=3), "W_i has shape"),
+    (pickle.dumps([np.zeros((5, 3), np.int64)] * 15, protocol=3), "embedding holds int64"),
+    (pickle.dumps(list(range(15)), protocol=3), "not a list of 15 numpy arrays"),
+    (b"\x80\x03]q\x00(cnumpy", "neither an .npz nor a pickle"),                     # cut short
+    (b"not an oracle", "neither an .npz nor a pickle"),
+])
+def test_a_pickle_that_is_not_the_oracle_is_refused(tmp_path, content, error):
+    (tmp_path / "bad.pkl").write_bytes(content)
+    with pytest.raises(ValueError, match=error):
+        seqgan.read_oracle_arrays(tmp_path / "bad.pkl")
+
+
+def test_a_bad_oracle_file_is_one_sentence_on_the_command_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(_RunsACommand(tmp_path / "ran"), protocol=3))
+    monkeypatch.setattr(sys, "argv", ["seqgan.py", *TINY, "--oracle", "evil.pkl"])
+    with pytest.raises(SystemExit) as exit_:
+        common.cli(seqgan.main)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and not (tmp_path / "ran").exists()
+    assert err.count("\n") == 1 and err.startswith("seqgan.py: error: --oracle evil.pkl is not an oracle's "
+                                                   "parameters: the pickle asks for posix.system"), err
+
+
+@pytest.mark.skipif(not OFFICIAL_PICKLE.is_file(), reason=f"the official oracle file is not at {OFFICIAL_PICKLE}")
+def test_the_official_file_as_downloaded_loads_to_the_papers_oracle():
+    loaded = seqgan.read_oracle_arrays(OFFICIAL_PICKLE)
+    with np.load(SHARED_ORACLE) as npz:
+        assert sorted(npz.files) == sorted(loaded)
+        assert all(loaded[k].dtype == npz[k].dtype and np.array_equal(loaded[k], npz[k]) for k in npz.files)
+    a, b = (seqgan.Oracle.from_file(f).state_dict() for f in (OFFICIAL_PICKLE, SHARED_ORACLE))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
 @pytest.mark.skipif(not SHARED_ORACLE.is_file(), reason=f"the paper's oracle is not at {SHARED_ORACLE}")
 def test_the_papers_oracle_reproduces_its_reference_nlls():
-    oracle = seqgan.Oracle.from_npz(SHARED_ORACLE)
+    oracle = seqgan.Oracle.from_file(SHARED_ORACLE)
     assert oracle.out.out_features == 5000 and oracle.embedding.embedding_dim == oracle.lstm.hidden_size == 32
     torch.manual_seed(0)
     own = seqgan.oracle_nll(oracle, oracle.sample(1000, 20))        # standard error about 0.017
@@ -244,6 +373,35 @@ def test_rollouts_keep_each_prefix_and_sample_the_rest():
     for t in range(1, 6):
         assert torch.equal(rolls[t - 1, :, :, :t], tokens[:, :t].expand(5, 3, t))
         assert (rolls[t - 1, :, :, t:] != tokens[:, t:]).float().mean() > 0.8   # resampled, 49/50 differ
+
+
+def test_rollouts_continue_each_prefix_with_G_betas_conditional_distribution():
+    # G_β far from uniform (V = 3, T = 4): the completions of the prefix Y_{1:t} occur as often
+    # as G_β(y_{t+1} | Y_{1:t}) ··· G_β(y_T | Y_{1:T-1}) says; a rollout started from the wrong
+    # state (the prefix one token short or long, another sequence's) would not.
+    torch.manual_seed(0)
+    G = seqgan.Generator(3, 4, 4, init_std=1.5)
+    tokens = torch.tensor([[2, 0, 1, 1], [1, 2, 2, 0]])
+    torch.manual_seed(1)
+    rolls = seqgan.rollouts(G, tokens, num=20000)                          # (3, N, 2, 4)
+    for t in range(1, 4):
+        for b in range(2):
+            tails = torch.cartesian_prod(*[torch.arange(3)] * (4 - t)).view(-1, 4 - t)   # every completion
+            seqs = torch.cat([tokens[b, :t].expand(len(tails), t), tails], 1)
+            p = G(seqs)[:, t:].gather(2, tails[..., None]).sum((1, 2)).exp().detach()  # G_β(completion | prefix)
+            code = lambda x: (x * 3 ** torch.arange(x.size(-1) - 1, -1, -1)).sum(-1)  # completion -> index
+            counts = torch.bincount(code(rolls[t - 1, :, b, t:]), minlength=len(tails))
+            assert torch.equal(rolls[t - 1, :, b, :t], tokens[b, :t].expand(20000, t))
+            assert _chi_square(counts.double(), p.double()) < 3 * len(tails) + 30, (t, b, counts, p * 20000)
+
+
+def test_rollouts_draw_only_the_tokens_after_each_prefix(monkeypatch):
+    # N·B rollouts of each prefix length t = 1..T-1 draw T - t tokens each: N·B·T(T-1)/2 draws in
+    # all, none for a position its prefix fixes (half of what drawing every position would cost)
+    drawn, sample = [], seqgan.sample_categorical
+    monkeypatch.setattr(seqgan, "sample_categorical", lambda logits, *a: drawn.append(len(logits)) or sample(logits, *a))
+    seqgan.rollouts(_uniform_G(9), torch.randint(9, (3, 6)), num=5)
+    assert sum(drawn) == 5 * 3 * 6 * 5 // 2
 
 
 def test_rewards_shape_range_and_the_last_one_is_D_itself():
@@ -306,8 +464,8 @@ def test_d_loss_and_mle_loss_closed_forms():
     w, b = torch.tensor([[1.0, 2.0]]), torch.tensor([3.0])
     ce = (math.log(1 + math.exp(2)) + math.log(1 + math.exp(-1))) / 2        # -log softmax[label]
     assert math.isclose(seqgan.d_loss(logits, labels, w, b, 0.2).item(), ce + 0.2 * (1 + 4 + 9) / 2, rel_tol=1e-6)
-    log_probs = torch.log(torch.tensor([[[0.25, 0.75], [0.5, 0.5]]]))
-    assert math.isclose(seqgan.mle_loss(log_probs, torch.tensor([[1, 0]])).item(),
+    logits = torch.log(torch.tensor([[[0.25, 0.75], [0.5, 0.5]]])) + torch.tensor([[[3.0], [-1.0]]])  # unnormalised
+    assert math.isclose(seqgan.mle_loss(logits, torch.tensor([[1, 0]])).item(),
                         -(math.log(0.75) + math.log(0.5)) / 2, rel_tol=1e-6)
 
 
