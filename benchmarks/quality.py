@@ -487,8 +487,10 @@ LAPTOP = {
                 "--images-per-phase", "10000"), 3, 30000),
     "cyclegan": (("--image-size", "32", "--channels", "1", "--ngf", "16", "--ndf", "16", "--n-blocks", "3"), 30),
 }
-# seqgan.py on the CPU: the paper's oracle and networks, a shorter schedule.
-SEQGAN_LAPTOP = ["--pretrain-epochs", "40", "--d-pretrain-rounds", "3", "--epochs", "10", "--eval-every", "2"]
+# seqgan.py on the CPU: the paper's oracle, networks and pretraining (120 MLE epochs, 10 D rounds),
+# 2,000 training and evaluation sequences in place of 10,000, 10 adversarial epochs.
+SEQGAN_LAPTOP = ["--num-samples", "2000", "--eval-samples", "2000", "--pretrain-epochs", "120",
+                 "--d-pretrain-rounds", "10", "--epochs", "10"]
 LAPTOP_TARGETS = {"classes": 8, "confident": 0.5, "fd_position": 0.3, "code_accuracy": 0.7}
 PAPER_TARGETS = {"classes": NUM_CLASSES, "confident": 0.7, "fd_position": WIDE_MARGIN, "code_accuracy": 0.9}
 
@@ -770,8 +772,9 @@ def seqgan_flags(a) -> list:
                  "--rollout-num", "4", "--k-epochs", "1", "--d-steps", "2", "--eval-every", "2",
                  "--pretrain-epochs", "3", "--d-pretrain-rounds", "2", "--epochs", "3"]
     elif a.tier == "laptop":
-        flags = SEQGAN_LAPTOP if a.budget is None else [*SEQGAN_LAPTOP[:-4], "--epochs", str(a.budget),
-                                                        *SEQGAN_LAPTOP[-2:]]
+        flags = list(SEQGAN_LAPTOP)
+        if a.budget is not None:
+            flags[flags.index("--epochs") + 1] = str(a.budget)
     else:
         flags = [] if a.budget is None else ["--epochs", str(a.budget)]
     return flags + (["--oracle", str(a.oracle)] if a.oracle and not a.tiny else [])

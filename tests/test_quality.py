@@ -328,7 +328,7 @@ def test_a_failed_comparison_run_leaves_the_script_scored_from_the_others(tmp_pa
 _LAPTOP_MAY_CHANGE = {"image_size", "final_size", "channels", "ngf", "ndf", "width", "ch", "n_filters", "fc_units",
                       "kernel_size", "fmap_base", "fmap_max", "nz", "n_blocks", "batch_size", "dataset_size", "epochs",
                       "n_epochs", "n_epochs_decay", "images_per_phase", "seed", "device", "attention_res", "load_size",
-                      "pretrain_epochs", "d_pretrain_rounds", "eval_every"}
+                      "num_samples", "eval_samples", "pretrain_epochs", "d_pretrain_rounds", "eval_every", "oracle"}
 
 
 @pytest.mark.parametrize("script", quality.SCRIPTS)
