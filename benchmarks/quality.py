@@ -937,7 +937,8 @@ def targets(script: str, runs: dict, anchors: dict, tier: str = "paper") -> dict
         t[name] = {"value": mean(m, "classes_covered"), "met": lowest is not None and lowest >= goal["classes"]}
         t[f"confident-sample rate >= {goal['confident']:.0%}"] = {
             "value": mean(m, "confident_rate"), "met": (mean(m, "confident_rate") or 0) >= goal["confident"]}
-        t[f"fd_position <= {goal['fd_position']}"] = {"value": pos, "met": pos is not None and pos <= goal["fd_position"]}
+        t[f"fd_position <= {goal['fd_position']}"] = {"value": pos,
+                                                      "met": pos is not None and pos <= goal["fd_position"]}
     if script == "infogan":
         t[f"code accuracy >= {goal['code_accuracy']:.0%} (Q on real shapes)"] = {
             "value": mean(m, "code_acc_q_real"), "met": (mean(m, "code_acc_q_real") or 0) >= goal["code_accuracy"]}

@@ -399,7 +399,8 @@ def test_rollouts_draw_only_the_tokens_after_each_prefix(monkeypatch):
     # N·B rollouts of each prefix length t = 1..T-1 draw T - t tokens each: N·B·T(T-1)/2 draws in
     # all, none for a position its prefix fixes (half of what drawing every position would cost)
     drawn, sample = [], seqgan.sample_categorical
-    monkeypatch.setattr(seqgan, "sample_categorical", lambda logits, *a: drawn.append(len(logits)) or sample(logits, *a))
+    monkeypatch.setattr(seqgan, "sample_categorical",
+                        lambda logits, *a: drawn.append(len(logits)) or sample(logits, *a))
     seqgan.rollouts(_uniform_G(9), torch.randint(9, (3, 6)), num=5)
     assert sum(drawn) == 5 * 3 * 6 * 5 // 2
 
