@@ -23,8 +23,8 @@ Paper -> code (section titles; the numbering differs between the arXiv versions)
                                                                  Generator
   "Optional improvement: vanishing residuals" (h0 up-sampled and concatenated after each
       up-sampling step)                                       -> Decoder(skip=True), --skip
-  Experiments: Adam, lr 1e-4 "decaying by a factor of 2 when the measure of convergence stalls",
-      N_h = N_z = 64, z ~ U(-1, 1)                            -> parse_args, stalled, lr_factor, train
+  Experiments: Adam, lr in [5e-5, 1e-4] "decaying by a factor of 2 when the measure of
+      convergence stalls", N_h = N_z = 64, z ~ U(-1, 1)       -> parse_args, stalled, lr_factor, train
 
 Deviations from the paper (each tagged `# DEVIATION:` below):
   1. Images of any power-of-two size from 16 up (the paper trains 32 to 256, "adding or
@@ -39,6 +39,14 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
     schedule, every 100,000 of its 500,000 steps (`--lr-decay fixed --lr-window 100000`). Five
     windows per run is the port's ratio, five epochs here. The window's running sum and the
     previous mean are method state, checkpointed with k_t; the lr is in the optimisers' state.
+  - The lr never halves below --lr-floor (2e-5), in both rules: the port's halving is
+    max(lr / 2, 2e-5) (its lr_lower_boundary, which its commented-out stall rule shares). The
+    paper names no floor; `--lr-floor 0` halves without end. A rate already below the floor
+    is left alone, not raised.
+  - Learning rate 1e-4 (the top of the paper's range [5e-5, 1e-4]); the port starts at 8e-5.
+  - Adam's betas (0.9, 0.999): the paper gives none, and the port declares beta1 0.5 in
+    config.py but never passes it (trainer.py builds AdamOptimizer(lr)), so it trains with
+    TensorFlow's defaults (0.9, 0.999), epsilon 1e-8 as here. `--beta1 0.5` is the declared value.
   - Update order: one Adam step on D (real batch, z_D), then one on G with a fresh z_G through
     the just-updated D, then k_t from that step's L(x) and L(G(z_G)), as the paper's separate
     z_D and z_G suggest. The port draws one z and steps both networks from one forward pass.
@@ -47,15 +55,32 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
     to 8x8xn, per stage two convs at n channels, up-sampling between stages, a last conv to the
     image channels. No output nonlinearity anywhere (no tanh): sample grids are clamped to
     [-1, 1] when saved. Init: Xavier-uniform weights, zero biases (TF-slim's defaults, which
-    the port uses). Batch 16 and Adam's betas (0.5, 0.999) are the port's defaults.
+    the port uses). Batch 16 is the port's default.
   - In a step, D sees the real and fake batches as one concatenated batch (no batch norm, so
     this changes nothing but speed). Under --amp the L1 losses are computed in float32.
   - A step is one D update and one G update on one real batch; an epoch is a pass over the
     real data (60,000 shapes / 16 = 3,750 steps). The paper trains for hundreds of thousands
     of steps (the port: 500,000); five epochs show the dynamics, not the paper's quality.
+  - Defaults: γ = 0.5 (--gamma; the paper shows 0.3 to 0.7), λ_k = 0.001, n = 128 filters
+    (--n-filters; the encoder grows n, 2n, 3n, 4n at 64 px), `--lr-decay none` keeps the rate.
+    k_t stays on the device (no host sync per step) and comes back on --resume.
+
+Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in losses.png):
+  loss_D    D's loss L(x) - k_t L(G(z_D)), with the k_t of this step
+  loss_G    G's loss L(G(z_G)), D's mean absolute reconstruction error on a fresh fake batch
+            after D's update; at equilibrium γ times L_x
+  L_x       L(x), D's mean absolute reconstruction error on the real batch, in the units of
+            the pixel range [-1, 1] (0 is perfect)
+  k_t       the k_t used in this step, in [0, 1]: it rises while D reconstructs G's samples
+            too well (L(G(z)) < γ L(x)) and falls otherwise; it should settle inside (0, 1)
+  M_global  L(x) + |γ L(x) - L(G(z_G))|, the convergence measure: it should fall as the samples
+            improve; its window means drive the lr decay
+  lr        both networks' Adam learning rate in this step, halving at each stall (stored as
+            float32, so 1e-4 shows as 9.99999e-05)
 
 Run:  python began.py --epochs 5                      (built-in shapes, 64 px, no download)
       python began.py --gamma 0.7 --epochs 5          (more diversity, less quality)
+      python began.py --lr-decay fixed --lr-window 100000   (the port's lr schedule)
       python began.py --dataset celeba --data-root ./data
       python began.py --generate 64 --resume runs/began-shapes-<time>
 """
@@ -87,14 +112,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the paper's optional skip connections: h0 up-sampled and concatenated after each "
                         "up-sampling step (vanishing residuals)")
     p.add_argument("--lr", type=common.positive_float, default=1e-4,
-                   help="initial Adam learning rate of D and G (paper and port: 1e-4)")
-    p.add_argument("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (port: 0.5)")
-    p.add_argument("--beta2", type=common.unit_interval, default=0.999, help="Adam beta2 (port: 0.999)")
+                   help="initial Adam learning rate of D and G (paper: in [5e-5, 1e-4]; port: 8e-5)")
+    p.add_argument("--beta1", type=common.unit_interval, default=0.9,
+                   help="Adam beta1 (the paper gives none; the port trains with TensorFlow's default 0.9: it "
+                        "declares 0.5 but never passes it to its optimiser)")
+    p.add_argument("--beta2", type=common.unit_interval, default=0.999,
+                   help="Adam beta2 (port: TensorFlow's default 0.999)")
     p.add_argument("--lr-decay", choices=("stall", "fixed", "none"), default="stall",
                    help="halve both lrs when M_global stalls (paper), every --lr-window steps (port), or never")
     p.add_argument("--lr-window", type=common.positive_int, default=3750,
                    help="steps per window: M_global is averaged over each window and compared with the "
                         "previous one (stall), or the halving period (fixed; port: 100000)")
+    p.add_argument("--lr-floor", type=common.non_negative_float, default=2e-5,
+                   help="the lr never halves below this (port: lr_lower_boundary 2e-5; 0: no floor)")
     p.add_argument("--stall-tol", type=common.unit_interval, default=0.01,
                    help="a window stalled when its mean M_global is not this fraction below the previous "
                         "window's (the port's commented-out rule: 1%%)")
@@ -258,6 +288,12 @@ def lr_factor(state: dict, decay: str, window: int, tol: float) -> float:
     return factor
 
 
+def decayed_lr(lr: float, factor: float, floor: float) -> float:
+    """lr * factor, but not below `floor` (the port: max(lr / 2, lr_lower_boundary)); a rate
+    already below the floor stays where it is."""
+    return max(lr * factor, min(lr, floor))
+
+
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
@@ -351,9 +387,11 @@ def train(args) -> dict:
         # 4. at the end of a window: halve both learning rates if M_global stalled (--lr-decay)
         if (step + 1) % args.lr_window == 0:
             factor = lr_factor(state, args.lr_decay, args.lr_window, args.stall_tol)
-            for group in opt_G.param_groups + opt_D.param_groups:
-                group["lr"] *= factor
-            if factor != 1:
+            groups = opt_G.param_groups + opt_D.param_groups
+            before = [group["lr"] for group in groups]
+            for group in groups:
+                group["lr"] = decayed_lr(group["lr"], factor, args.lr_floor)
+            if [group["lr"] for group in groups] != before:
                 run.recapture()  # --fast: the graph holds the old learning rate; capture anew
     return run.finish()
 

@@ -144,7 +144,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     g.add_argument("--compile", action=on_off, default=False, help="torch.compile the networks")
     g.add_argument("--fast", action=on_off, default=False,
                    help="run each training step as one captured CUDA graph (CUDA only: the same "
-                        "step with a fraction of the kernel-launch overhead; README 'Speed')")
+                        "step with a fraction of the kernel-launch overhead; docs/fast.md)")
     g.add_argument("--sync-bn", action=on_off, default=False,
                    help="under torchrun: BatchNorm statistics over the whole global batch "
                         "(SyncBatchNorm, CUDA only; one collective per BN layer per forward)")

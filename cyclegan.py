@@ -51,14 +51,51 @@ Choices where the paper is silent or sources differ (from junyanz/pytorch-CycleG
     Ck): this is what makes the receptive field 70x70 and the map 30x30 at 256 px.
   - G's last layer is conv + tanh (no norm, no ReLU); every conv has a bias (instance norm has
     no affine parameters); downsampling convs pad with zeros, the 7x7 and residual convs reflect.
-  - lr factor per epoch e (from 0): 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1), the
-    official rule; the last epoch trains at lr / (n_epochs_decay + 1) (lr / 101), not at 0.
+  - lr factor per epoch e (from 0): 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1),
+    stepped at the end of each epoch: 100 epochs at the full rate, then 100 falling linearly,
+    the last at lr / (n_epochs_decay + 1) (lr / 101), not at 0. This is Sec. 4 and the official
+    code while its train.py stepped at the end of each epoch (the niter / niter_decay versions:
+    lambda_rule 1 - max(0, epoch + epoch_count - niter) / (niter_decay + 1)). The current
+    official master calls update_learning_rate() at the start of each epoch with the same
+    rule, which moves the schedule one epoch earlier: 99 epochs at the full rate, the decay
+    from the 100th, and the 200th at lr 0.
   - --no-cycle removes the cycle terms only; the identity term keeps its weight (5). The paper's
     "GAN alone" row (its Cityscapes runs had no identity term) is `--no-cycle --lambda-idt 0`.
   - --epochs is how far this invocation trains; the lr schedule always follows --n-epochs and
     --n-epochs-decay (default --epochs: their sum, the whole schedule).
 
-An epoch on the built-in data is 1,000 steps of one image per domain (about 70 s on one H100).
+Data: the built-in two-domain shapes (1,000 images a domain by default, the size of the paper's
+datasets), or `--dataset folder --data-root DIR` in the public CycleGAN layout DIR/trainA,
+DIR/trainB (and testA, testB; a folder without them is translated from its first training
+images, and the script says so). A step is one image of each domain: an A image in shuffled
+order, a B image drawn at random. An epoch on the built-in data is 1,000 steps. `--epochs 5`
+alone stops 5 epochs into the 200-epoch schedule at the full lr (it says so), and
+`--resume RUN --epochs 200` carries on with the same schedule; for a short run that decays,
+shrink the schedule itself (--n-epochs 3 --n-epochs-decay 2).
+
+Samples: samples/epoch-NNN.png holds six fixed test pairs, one a row:
+a | G_AB(a) | G_BA(G_AB(a)) | b | G_BA(b) | G_AB(G_BA(b)). `--generate N` translates the first N
+test images each way into translated-<time>/ in the run folder: pages of rows input |
+translated | reconstructed (A2B-000.png, B2A-000.png, 32 rows a page) and each translation alone
+(A2B/00000.png, ...). On the shapes it also prints the paired errors (below) against the
+identity mapping's |a - b|.
+
+Logged (metrics.csv, besides step, epoch and images_per_s; the LSGAN and L1 terms unweighted;
+images_per_s counts A images, so at batch 1 it is steps per second):
+  loss_G                 the generators' whole loss: adversarial + λ cycle + 0.5 λ identity
+                         (without the cycle term under --no-cycle)
+  adv_AB, adv_BA         the LSGAN G losses mean (D_B(G_AB(a)) - 1)² and mean (D_A(G_BA(b)) - 1)²:
+                         0.25 when D outputs ½ for everything
+  cyc_A, cyc_B           mean |G_BA(G_AB(a)) - a| and mean |G_AB(G_BA(b)) - b| (logged under
+                         --no-cycle too, untrained there)
+  idt_A, idt_B           mean |G_BA(a) - a| and mean |G_AB(b) - b| (absent with --lambda-idt 0)
+  loss_D_A, loss_D_B     each D's halved LSGAN loss ½[mean (D(real) - 1)² + mean D(pool fake)²]:
+                         0.25 when D outputs ½ for everything, 0 when it wins outright
+  lr                     the learning rate of this step (both optimisers share it)
+  test_err_AB, test_err_BA   built-in data only, in the row at each epoch's end: the paired
+                         error on 200 test pairs, mean |G_AB(a) - b| and |G_BA(b) - a| per pixel
+                         in [-1, 1] units (the identity mapping scores 0.194)
+
 Run:  python cyclegan.py --n-epochs 3 --n-epochs-decay 2     (quick: the whole schedule in 5 epochs)
       python cyclegan.py                                     (the paper's 100 + 100 epochs)
       python cyclegan.py --no-cycle --n-epochs 3 --n-epochs-decay 2   (the ablation)
@@ -451,7 +488,7 @@ def train(args) -> dict:
     for net in (G_AB, G_BA, D_A, D_B):
         common.maybe_compile(net, args.compile)
     # Under torchrun: DDP wrappers (gradients averaged over the processes); the generators' step
-    # calls the plain discriminators. The image pools stay each process's own (see the README).
+    # calls the plain discriminators. The image pools stay each process's own (docs/multi-gpu.md).
     G_AB_train, G_BA_train, D_A_train, D_B_train = (common.distribute(net, args) for net in (G_AB, G_BA, D_A, D_B))
     total = args.n_epochs + args.n_epochs_decay
     if args.epochs < total:

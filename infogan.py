@@ -16,8 +16,9 @@ Paper -> code:
   Sec. 5, the InfoGAN game min_{G,Q} max_D V(D, G) - λ L_I(G, Q)     -> discriminator_step
       (D's optimiser: shared body, D head, Q head), generator_step (G's optimiser), train
   Sec. 6 + App. C, Table 1 (MNIST): shared D/Q body, Q head FC 128, lReLU 0.1, G input
-      62 + 10 + 2, λ = 1, Adam lr 2e-4 (D) / 1e-3 (G), β1 0.5, batch 128  -> Generator,
-      Discriminator, parse_args
+      62 + 10 + 2, λ = 1, Adam lr 2e-4 (D) / 1e-3 (G)       -> Generator, Discriminator, parse_args
+  Official code (openai/InfoGAN): Adam β1 0.5 (infogan_trainer.py), batch 128
+      (launchers/run_mnist_exp.py), the init (misc/custom_ops.py)  -> parse_args, weights_init
   App. C, the latents z ~ U(-1, 1)^62, c1 ~ Cat(10), c2, c3 ~ U(-1, 1)   -> sample_latent
   Fig. 1 (L_I reaches its maximum H(c) = ln 10 ≈ 2.30 early in training) -> the logged L_I, H_c
   Fig. 2, latent traversals (one code varied along a row, the rest fixed) -> grid_latent, --generate
@@ -44,16 +45,44 @@ Choices where the paper is silent or sources differ (official code: openai/InfoG
     is 0.5 (c - μ)² + 0.5 ln 2π per code; `--learn-sigma` is the appendix's σ = exp(output)
     (the official code's learned variant is σ = sqrt(exp(output)), the same up to a factor 2
     of the output). Q always outputs a μ and a log σ per continuous code, as the official code.
-  - lReLU slope 0.1 (paper; the official code's default is 0.01); init N(0, 0.02) for every
-    conv and linear weight, BN scale N(1, 0.02) (official code); Adam β2 0.999 (not stated).
+  - lReLU slope 0.1 (paper; the official code's default is 0.01). Init as the official code:
+    D's convs N(0, 0.02) truncated at ±0.04, G's transposed convs and every linear layer
+    N(0, 0.02), BN scale N(1, 0.02). App. C gives neither β1 nor the batch size: β1 0.5 and
+    batch 128 are the official code's; β2 0.999 is Adam's default there.
   - code_acc: the accuracy of Q's first categorical code on the real images of each epoch
     (argmax while training), after the best one-to-one matching of codes to classes (exact;
     the Hungarian algorithm's answer), when the data has labels. The paper reports ~5% error
     on MNIST.
+  - The codes are flags (--n-cat, --cat-dim, --n-cont), and so is λ (--info-weight; 0 gives a
+    plain GAN with an untrained Q: the control).
 An epoch is one pass of D over the data (60,000 images: 468 steps of 128); a step is one D
-update and one G update.
+update and one G update, each with a fresh latent, the G update through the D just updated.
+
+Samples: the per-epoch grids have the layout of traversal-c1.png (row r: c1 = r), so each row
+should become one shape class. `--generate N` also writes the Fig. 2 traversals beside the
+samples: traversal-c1.png (rows: c1 = 0..9, columns: different z) and traversal-c2.png,
+traversal-c3.png (rows: c1 = 0..9, columns: that continuous code from -2 to 2, beyond its
+training range; z and the other code fixed).
+
+Logged (metrics.csv, besides step, epoch and images_per_s):
+  loss_D     D's GAN loss BCE(D(x), 1) + BCE(D(G(z, c)), 0), without the λ L_I term:
+             2 ln 2 ≈ 1.386 when D cannot tell
+  loss_G     G's non-saturating loss -log D(G(z, c)), without the λ L_I term
+  D_x, D_G_z mean D(x) on the real batch and D(G(z, c)) on the fake batch, in D's step
+  L_I        the bound of the categorical code(s), H(c) - cross-entropy of Q's logits on G's
+             samples (D's step, before its update), in nats; 0 for a Q that knows nothing,
+             at most H_c
+  H_c        H(c) = ln K per categorical code (ln 10 ≈ 2.303): the bound L_I should approach
+             (Fig. 1)
+  nll_cont   the continuous codes' term -E log Q(c2, c3 | x), summed over the codes; with σ = 1
+             at least 0.5 ln 2π ≈ 0.919 per code (a Q that always says 0: about 1.09 per code)
+  code_acc   once an epoch (the row at the epoch's end), with labelled data (shapes, MNIST):
+             Q's categorical code against the true class after the best matching (see above);
+             chance is 0.1, the paper about 0.95 on MNIST
 
 Run:  python infogan.py --epochs 5                       (built-in shapes, 28 px grayscale)
+      python infogan.py --learn-sigma --epochs 5         (the appendix's learned σ)
+      python infogan.py --info-weight 0 --epochs 5       (the control: no L_I)
       python infogan.py --dataset mnist --data-root ./data --download
       python infogan.py --generate 100 --resume runs/infogan-shapes-<time>   (+ Fig. 2 grids)
 """
@@ -87,7 +116,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Adam learning rate of D and Q (App. C: 2e-4)")
     p.add_argument("--lr-g", type=common.positive_float, default=1e-3,
                    help="Adam learning rate of G (App. C: 1e-3)")
-    p.add_argument("--beta1", type=common.unit_interval, default=0.5, help="Adam beta1 (App. C: 0.5)")
+    p.add_argument("--beta1", type=common.unit_interval, default=0.5,
+                   help="Adam beta1 (not in the paper; official infogan_trainer.py: 0.5)")
     p.add_argument("--beta2", type=common.unit_interval, default=0.999,
                    help="Adam beta2 (not stated; Adam's default)")
     p.add_argument("--ngf", type=common.positive_int, default=64,
@@ -98,7 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="units of G's first and D's last fully connected layer (Table 1: 1024)")
     p.add_argument("--q-units", type=common.positive_int, default=128,
                    help="units of the Q head's hidden layer (Table 1: FC 128)")
-    # App. C: batch 128, MNIST 28x28 grayscale
+    # batch 128 (official run_mnist_exp.py; the paper gives none), MNIST 28x28 grayscale
     common.add_run_args(p, batch_size=128, image_size=28, channels=1)
     args = common.parse_args(p, argv, "infogan")
     if args.image_size < 8 or args.image_size % 4:
@@ -169,8 +199,14 @@ class Discriminator(nn.Module):
 
 
 def weights_init(m: nn.Module) -> None:
-    """Official code: weights N(0, 0.02), biases 0; BN scale N(1, 0.02), shift 0."""
-    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+    """Official code (custom_ops.py): D's convs N(0, 0.02) truncated at two standard deviations
+    (TF's truncated_normal_initializer: draws beyond ±0.04 are redrawn), the transposed convs
+    and fully connected layers N(0, 0.02); biases 0; BN scale N(1, 0.02), shift 0."""
+    if isinstance(m, nn.Conv2d):
+        nn.init.trunc_normal_(m.weight, 0.0, 0.02, -0.04, 0.04)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.ConvTranspose2d, nn.Linear)):
         nn.init.normal_(m.weight, 0.0, 0.02)
         if m.bias is not None:
             nn.init.zeros_(m.bias)

@@ -20,6 +20,7 @@ Paper -> code:
   Official loss.py D_wgangp_acgan / G_wgan_acgan                -> gradient_penalty, d_loss, g_loss
   Official train.py TrainingSchedule, reset_opt_for_new_lod, G_smoothing 0.999
                                                         -> schedule, phase_of, update_ema, train
+  Official train.py process_reals, mirror_augment (CelebA-HQ, LSUN)       -> mirror_augment, --mirror
 
 Depth and alpha: `depth` d means a 4*2^d pixel network (0: 4x4); during a fade-in phase of
 depth d, alpha rises from 0 (only the upsampled depth-(d-1) output counts) to 1 (only the new
@@ -54,18 +55,55 @@ Choices where the paper is silent or sources differ:
     pooling repeated: the official multi-resolution dataset is made the same way). Datasets
     read from disk (celeba, lsun, folder) are then read in the main process, without
     DataLoader workers: slower than the other scripts on those.
-  - Minibatch stddev on a batch that is not a multiple of the group size (the paper's 14 at
-    256 px) uses the largest group size that divides it (the official code asserts).
+  - Minibatch stddev over the whole batch by default: Sec. 3 takes it "over the minibatch", and
+    the configuration that produced the paper's results (the official preset-v1, group size 16
+    with batches of 16 or fewer; the Theano original's averaging over all) does that. The
+    later official v2 default, groups of 4, is `--mbstd-group 4`; a group size must divide
+    every batch of the run (the official code asserts it), so 4 needs --batch-sizes without
+    the paper's 14, 6 and 3. Under torchrun the batch is each process's share, as the official
+    multi-GPU code computes the statistic on each GPU's part.
+  - The gradient penalty's norm is taken in final-size pixels (the paper is silent): the
+    official code (both versions) feeds D final-size images at every stage, the current
+    resolution's upscaled by nearest neighbour, and D box-filters them down, so its
+    ||grad D(x_hat)|| at resolution r of a final size F is the current-resolution norm divided
+    by F / r. gradient_penalty computes it at the current resolution and divides (tested equal
+    to the upscaled form). A current-resolution norm would hold 4x4 to a Lipschitz target
+    F / 4 times tighter, and the target would jump at every new resolution.
+  - Mirror augmentation (each real image flipped left-right with probability 1/2, the
+    official mirror_augment) is on for celeba and lsun by default, as both official versions
+    train CelebA(-HQ) and LSUN with it (the Theano original: all LSUN categories but the full
+    bedroom and dog sets); off for the rest, the shapes included. `--mirror on|off` overrides.
+  - No learning-rate ramp-up: the Theano original raises the rate over the first 40k images
+    (factor exp(-5 (1 - t)^2)); App. A.1 names no ramp-up and the official TensorFlow release,
+    whose preset-v1 reproduces the paper, has none.
   - G's weight average (0.999 per step) is updated after each G step; the official code runs
     it with the D step, which is the same sequence one step earlier. Sample grids and
     --generate use the averaged G.
   - The schedule advances every step (the official code every 4 minibatches).
   - `--compile` compiles G's stages only: torch.compile does not support the double backward
     through D that the gradient penalty needs.
+  - Batch 16 up to 128 px, then --batch-sizes 256:14,512:6,1024:3 (App. A.1).
+
+A run that ends before its schedule does stops at a lower resolution: resume it with more
+--epochs. A checkpoint is written at every phase change as well as after each epoch. Sample
+grids (from the averaged G on the fixed latent, shown at the final size, nearest-neighbour) are
+written after each epoch, at the end, and at the end of each resolution: samples/res-004.png,
+res-008.png, ... res-064.png, which show how the run grows (a CPU run's: benchmarks/README.md).
+
+Logged (metrics.csv, besides step, epoch and images_per_s; epoch is real images drawn /
+dataset size, and images_per_s counts real images, whose batch changes with the resolution):
+  loss_D      D's loss E D(G(z)) - E D(x) + 10 (gradient penalty) + 0.001 E D(x)²
+  loss_G      -E D(G(z)) at the G update
+  W_estimate  E D(x) - E D(G(z)) on D's batch, before its update: the Wasserstein estimate
+  gp          the gradient penalty E(‖∇D(x̂)‖₂ - 1)², before the weight λ
+  resolution  the resolution trained (a mean over the interval: fractional across a change)
+  alpha       the fade-in α (1 outside fade-in phases)
 
 Run:  python progan.py --epochs 5                           (built-in shapes to 64x64, no download)
+      python progan.py --images-per-phase 800000 --epochs 200     (the paper's schedule)
+      python progan.py --batch-sizes 4:128,8:128,16:128,32:64,64:32 --epochs 5   (the official 1-GPU batches)
       python progan.py --dataset celeba --final-size 128 --data-root ./data --epochs 20
-      python progan.py --generate 64 --resume runs/progan-shapes-<time>
+      python progan.py --generate 64 --resume runs/progan-shapes-<time>   (at the resolution reached)
 """
 import argparse
 import copy
@@ -87,6 +125,11 @@ def parse_batch_sizes(text: str) -> dict:
             raise ValueError(item)
         sizes[res] = n
     return sizes
+
+
+def group_size(text: str):
+    """--mbstd-group: 'all' -> None (the whole batch), else a positive integer."""
+    return None if text == "all" else common.positive_int(text)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -120,8 +163,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="epsilon_drift, weight of D(x)^2 in D's loss (App. A.1: 0.001)")
     p.add_argument("--ema", type=common.unit_interval, default=0.999,
                    help="decay of G's weight average, used for samples (App. A.1 / official code: 0.999)")
-    p.add_argument("--mbstd-group", type=common.positive_int, default=4,
-                   help="minibatch standard deviation group size (Sec. 3 / official code: 4)")
+    p.add_argument("--mbstd-group", type=group_size, default="all",
+                   help="samples per group of the minibatch standard deviation: all, the whole batch (Sec. 3; "
+                        "the official preset-v1 and the Theano original, which produced the paper's results), "
+                        "or N (4: the official v2 default); N must divide every batch of the run")
+    p.add_argument("--mirror", choices=("auto", "on", "off"), default="auto",
+                   help="flip each real image left-right with probability 1/2 (official mirror_augment); "
+                        "auto: on for celeba and lsun, as the official CelebA-HQ and LSUN runs")
     common.add_run_args(p, batch_size=16)  # App. A.1: minibatch 16 up to 128x128
     args = common.parse_args(p, argv, "progan")
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
@@ -181,19 +229,20 @@ class PixelNorm(nn.Module):
 
 
 class MinibatchStdDev(nn.Module):
-    """Sec. 3: the standard deviation of each feature over a group of samples, averaged over
-    features and pixels, appended as one constant feature map. As the official code: groups of
-    min(group_size, N), sample i in group i mod (N / G), population std with 1e-8 in the sqrt."""
+    """Sec. 3: the standard deviation of each feature over the minibatch, averaged over features
+    and pixels, appended as one constant feature map. group_size None: over the whole batch (the
+    paper's configuration); G: over groups of min(G, N) samples, sample i in group i mod (N / G),
+    N a multiple of G (the official v2 code, G = 4). Population std with 1e-8 in the sqrt."""
 
-    def __init__(self, group_size=4):
+    def __init__(self, group_size=None):
         super().__init__()
         self.group_size = group_size
 
     def forward(self, x):
         n, c, h, w = x.shape
-        g = min(self.group_size, n)
-        while n % g:  # (official: N must be a multiple of G; we take the largest G that divides N)
-            g -= 1
+        g = n if self.group_size is None else min(self.group_size, n)
+        if n % g:  # (train() refuses such a run up front; the official code asserts)
+            raise ValueError(f"a batch of {n} does not split into minibatch-stddev groups of {g}")
         y = x.reshape(g, n // g, c, h, w)           # (G, M, C, H, W)
         y = y - y.mean(dim=0, keepdim=True)
         y = torch.sqrt(y.pow(2).mean(dim=0) + 1e-8)  # (M, C, H, W): std over each group
@@ -254,7 +303,7 @@ class Discriminator(nn.Module):
     map) -> dense to 1 (gain 1, linear). Fade-in mirrors G:
     h = lerp(from_rgb[d-1](avgpool(x)), blocks[d](from_rgb[d](x)), alpha)."""
 
-    def __init__(self, final_size=64, channels=3, fmap_base=8192, fmap_max=512, mbstd_group=4):
+    def __init__(self, final_size=64, channels=3, fmap_base=8192, fmap_max=512, mbstd_group=None):
         super().__init__()
         nf = _widths(fmap_base, fmap_max)
         self.blocks = nn.ModuleList([nn.Sequential(
@@ -288,6 +337,12 @@ def fade_reals(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return torch.lerp(low, x, alpha)
 
 
+def mirror_augment(x: torch.Tensor) -> torch.Tensor:
+    """Official mirror_augment: each image flipped left-right with probability 1/2."""
+    flip = torch.rand(x.size(0), 1, 1, 1, device=x.device) < 0.5
+    return torch.where(flip, x.flip(-1), x)
+
+
 # ---------------------------------------------------------------------------------------------
 # The schedule (Sec. 2, App. A.1; official TrainingSchedule)
 # ---------------------------------------------------------------------------------------------
@@ -309,12 +364,17 @@ def schedule(images_seen: int, images_per_phase: int, max_depth: int) -> tuple:
 # ---------------------------------------------------------------------------------------------
 # Losses (WGAN-GP with the drift term; official loss.py)
 # ---------------------------------------------------------------------------------------------
-def gradient_penalty(D: nn.Module, real, fake, depth, alpha=1.0) -> torch.Tensor:
-    """E[(‖∇D(x̂)‖₂ - 1)²] at x̂ = x + u·(x̃ - x), u ~ U[0, 1] per sample (official lerp)."""
+def gradient_penalty(D: nn.Module, real, fake, depth, alpha, final_size) -> torch.Tensor:
+    """E[(‖∇D(x̂)‖₂ - 1)²] at x̂ = x + u·(x̃ - x), u ~ U[0, 1] per sample (official lerp), the
+    norm in final-size pixels, as the official code: its D takes x̂ nearest-neighbour upscaled
+    by k = final_size / r and average-pools it back by k, so its gradient is ours upscaled and
+    divided by k², and its norm ours divided by k. (Tested equal to that upscaled form.)"""
     u = torch.rand(real.size(0), 1, 1, 1, device=real.device)
     x_hat = torch.lerp(real, fake.detach().to(real.dtype), u).requires_grad_(True)  # (--amp: G gives bf16)
     (grad,) = torch.autograd.grad(D(x_hat, depth, alpha).sum(), x_hat, create_graph=True)
-    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+    # (the paper is silent on the scale; the official code's, see the docstring's choices)
+    k = final_size / real.size(-1)                      # F / r: 1 at the final resolution
+    return ((grad.flatten(1).norm(2, dim=1) / k - 1) ** 2).mean()
 
 
 def d_loss(real_scores, fake_scores, penalty, gp_weight=10.0, drift=0.001) -> torch.Tensor:
@@ -340,7 +400,7 @@ def discriminator_step(G, D, opt_D, real, depth, alpha, args):
     with torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
         # real and fake go through D as separate batches (each has its own minibatch stddev)
         real_scores, fake_scores = D(real, depth, alpha).float(), D(fake, depth, alpha).float()
-        penalty = gradient_penalty(D, real, fake, depth, alpha)
+        penalty = gradient_penalty(D, real, fake, depth, alpha, args.image_size)
         loss = d_loss(real_scores, fake_scores, penalty, args.gp_weight, args.drift)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
@@ -392,7 +452,11 @@ def train(args) -> dict:
     batch_sizes = parse_batch_sizes(args.batch_sizes)
     for res in (4 * 2 ** d for d in range(max_depth + 1)):  # under torchrun, each batch this run
         n = batch_sizes.get(res, args.batch_size)            # uses must split over the processes
-        common.per_rank(n, f"--batch-sizes {res}:{n}" if res in batch_sizes else None)
+        m = common.per_rank(n, f"--batch-sizes {res}:{n}" if res in batch_sizes else None)
+        if args.mbstd_group and m % min(args.mbstd_group, m):  # (official: asserted)
+            raise common.UserError(f"--mbstd-group {args.mbstd_group} does not divide the batch of {m} at {res} px"
+                                   f"{' on each process' if m != n else ''}; pass a group size that divides "
+                                   f"every batch of the run, or all (the whole batch).")
     # Method state, saved in every checkpoint: images seen (the schedule's clock), the phase of
     # the last step (to notice a new one) and the depth and alpha of the last step (for samples).
     state = {"fixed_z": torch.randn(64, args.nz, device=device), "images_seen": 0, "phase": 0,
@@ -427,6 +491,7 @@ def train(args) -> dict:
 
     # --fast: the steps of a stabilise phase as one CUDA graph, captured anew at every phase (a
     # fade-in's alpha changes every step, so fade-in steps run as plain calls)
+    mirror = args.mirror == "on" or (args.mirror == "auto" and args.dataset in ("celeba", "lsun"))
     stable_step = run.graphed(train_step)
     draw = run.sampler(data)  # real batches of any size; the run counts epochs in images
     for _ in run.loop():
@@ -450,6 +515,8 @@ def train(args) -> dict:
         real, _ = draw(batch_size)
         if res < args.image_size:
             real = F.avg_pool2d(real, args.image_size // res)  # (B, C, res, res)
+        if mirror:  # (commutes with the pooling; official: before it)
+            real = mirror_augment(real)
         real = fade_reals(real, alpha)
         loss_D, loss_G, W, penalty = (train_step if alpha < 1 else stable_step)(real, depth, alpha)
         run.log(loss_D=loss_D, loss_G=loss_G, W_estimate=W, gp=penalty, resolution=res, alpha=alpha)

@@ -18,7 +18,9 @@ Paper -> code (section titles rather than numbers, which differ between the arXi
   CIFAR-10 experiments: setups (a) and (b), the standard CNN     -> --setup, Generator,
                                                                     Discriminator
   Gradient-penalty variants (WGAN-GP's penalty on D)             -> gradient_penalty, --gp
-The paper is d_loss and g_loss: read those two functions.
+The paper is d_loss and g_loss: read those two functions. The relativistic G losses take the
+real logits r too; ports that overwrite them with the standard G loss lose exactly that (a test
+holds g_loss to it).
 
 Notation: C(x) is the discriminator's raw output (a logit, no sigmoid); r = C(x_real),
 f = C(x_fake) over a batch; r̄, f̄ are batch means (gradients flow through them).
@@ -39,11 +41,22 @@ Choices where the paper is silent (from the official code, --arch 1):
   - D has spectral norm on every conv and no batch norm, as in the official script of the
     paper's CIFAR-10 runs (code/stable.sh passes --spectral True to every run of setups (a)
     and (b)). `--d-norm batch` is the code's own default, batch norm after every conv but the
-    last; on the built-in shapes (one CPU run each) RaSGAN with it let D win outright within
-    400 steps (loss_D 5e-5, samples noise) where spectral norm trained.
+    last; spectral norm stays the default because on the built-in shapes RaSGAN trained with
+    it and not with batch norm (benchmarks/README.md, "relativistic_gan.py").
   - Init: convs N(0, 0.02), BN scale N(1, 0.02); linear layers keep PyTorch's default.
   - The G step draws a fresh real batch only for the relativistic losses (the baselines'
     G losses do not look at real data).
+  - z ~ N(0, I)^128, batch 32, 32 px (`--image-size 64` adds a stage); `--gp` is WGAN-GP's
+    penalty with λ = 10 (`--gp-weight`).
+A step is one generator iteration: n_D D updates (setup a: 1, setup b: 5), each on a fresh real
+batch, then one G update.
+
+Logged (metrics.csv, besides step, epoch and images_per_s):
+  loss_D  D's loss for --loss, plus the penalty with --gp; RaSGAN: ln 2 ≈ 0.693 when D cannot
+          tell, RaLSGAN and RaHinge: 1
+  loss_G  G's loss for --loss
+  C_gap   mean C(x_real) - mean C(x_fake) on D's batches: how much more real D finds the real
+          data, the quantity the relativistic losses are built on
 
 Run:  python relativistic_gan.py --epochs 5                  (RaSGAN, built-in shapes, 32 px)
       python relativistic_gan.py --loss sgan --epochs 5      (the baseline, same everything else)

@@ -46,17 +46,36 @@ Choices where the paper is silent or sources differ:
   - D sees the real and fake batch as one concatenated batch (D has no batch norm, so this is
     the same function) and updates its power-iteration vectors once per D step; in G's step D
     is in eval mode, which here only freezes those vectors (the official update_collection="NO_OPS").
-  - Batch 64 (the paper does not give it; the official code: 4 GPUs of 32); z ~ N(0, I)^128;
-    Glorot-uniform init, zero biases (official ops.py); nearest-neighbour upsampling, 2x2 average
-    pooling; G's last BN is unconditional. (The public official generator.py has no spectral norm
-    in G; the paper, Sec. 4 and 5, puts it in both networks, and so do we.)
+  - Batch 64 (the paper does not give it), a quarter of the official code's 256: 4 towers
+    (--num_towers 4) of --batch_size 64 each, their gradients averaged. `--batch-size 256` is
+    the official batch; under torchrun on 4 GPUs each process has 64, as each tower (with its
+    own BN statistics). z ~ N(0, I)^128; Glorot-uniform init, zero biases (official ops.py);
+    nearest-neighbour upsampling, 2x2 average pooling; G's last BN is unconditional. Spectral
+    norm in G as in the paper (Sec. 4 and 5) and the official generator.py, whose generator()
+    and default generator_test() build G from snlinear and snconv2d (only the unused
+    generator_old() has none).
   - A step is one D update and one G update on one real batch; an epoch is one pass over the data
     (937 steps at batch 64 on the 60,000 built-in shapes).
-  - `--generate N` also writes attention.png: for the first few samples, the image beside the
-    attention map of one query position in G's attention block (the paper's Fig. 1).
+
+Samples: the per-epoch grids are 10 rows of 10 from a fixed latent, row r from class r.
+`--generate N --resume RUN` draws the classes uniformly; `--class K` draws every sample from
+class K (an out-of-range K, or --class with an unconditional model, is refused). With attention
+it also writes attention.png (the paper's Fig. 1): for the first (up to 8) samples, the sample
+beside the attention map of one query position (green: the brightest cell of G's 32x32
+attention map) over the image. Data without labels is trained unconditionally, with a note.
+
+Logged (metrics.csv, besides step, epoch and images_per_s):
+  loss_D            D's hinge loss mean relu(1 - D(x)) + mean relu(1 + D(G(z))): 2 when D
+                    outputs 0 for everything, 0 when every real logit is >= 1 and every fake <= -1
+  loss_G            G's loss -mean D(G(z)), through the D just updated
+  D_real, D_fake    mean logit D(x, y) on the real batch and D(G(z), y) on the fake batch,
+                    before D's update
+  gamma_G, gamma_D  the attention blocks' γ in G and D: 0 at the start; how much each network
+                    has come to use attention (absent with --no-attention)
 
 Run:  python sagan.py --epochs 5                             (built-in shapes, 64 px, conditional)
       python sagan.py --no-attention --epochs 5              (the ablation: same network, no attention)
+      python sagan.py --unconditional --epochs 5
       python sagan.py --generate 64 --class 3 --resume runs/sagan-shapes-<time>
 """
 from __future__ import annotations

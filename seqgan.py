@@ -24,8 +24,9 @@ Paper -> code:
   sequence_gan.py, generator.py, discriminator.py, rollout.py, target_lstm.py).
 
 Rollouts are batched: every prefix length t = 1..T-1 and all N rollouts of every sequence are
-one batch of (T-1)·N·B rows, sampled by one loop over the T positions (teacher forcing on each
-row's prefix, sampling after it); there is no loop over samples, prefixes or rollouts.
+one batch of (T-1)·N·B rows (19 × 16 × 64 = 19,456 at the defaults), sampled by one loop over
+the T positions (teacher forcing on each row's prefix, sampling after it); there is no loop over
+samples, prefixes or rollouts.
 
 Deviations from the paper and the official code (each tagged `# DEVIATION:` below):
   1. The default schedule is shortened so a run takes minutes on a GPU: 10 rounds of D
@@ -54,8 +55,48 @@ Choices where the paper is silent or the sources differ:
     continues MLE for --epochs epochs in place of the adversarial ones.
   - Highway layers: TF's default init (Glorot uniform, biases too) as the official code.
 
+The oracle: without --oracle a fresh N(0, 1) oracle is drawn from --seed, so runs with different
+seeds have different oracles. The paper's own oracle is the official repository's
+save/target_params_py3.pkl (github.com/LantaoYu/SeqGAN; not shipped here), given as --oracle
+FILE. The oracle and its samples are saved in the checkpoint. The MLE baseline's run of a seed
+logs exactly the SeqGAN run's numbers up to the end of pretraining; the two runs' last
+nll_oracle are Table 1's MLE and SeqGAN entries (paper: 9.038 and 8.736).
+
+--text FILE: one sequence a line, --tokens word (split on whitespace) or char. --test-fraction
+(10%) of the lines are held out; the vocabulary is <pad>, <unk> and the most frequent tokens of
+the training lines (at most --vocab-size); every line is cut or padded with <pad>, which is also
+the start token. `--generate N --resume RUN` writes N sequences to RUN/generated-<time>.txt, one
+a line: decoded text (up to the first <pad>) for a --text run, token ids for an oracle run (with
+their NLL_oracle printed). Every run also writes 32 samples to samples/pretrained.txt and
+samples/final.txt. There are no images: the image flags are refused, and a run is one process
+(no DataLoader workers, no torchrun). The run folder is runs/seqgan-oracle-<time> or
+runs/seqgan-text-<time>; the checkpoint is rewritten after every evaluation and at the end of
+each phase. `--amp` runs D in bf16 (G stays fp32).
+
+A step is one unit of the schedule: an MLE epoch, a D-pretraining round or an adversarial epoch
+(--max-steps counts all three). An epoch is one of G's epochs, MLE or adversarial (D pretraining
+adds none): the x-axis of the paper's Fig. 2. --epochs counts adversarial epochs (with
+--mle-only, the MLE epochs after pretraining).
+
+Logged (metrics.csv, a row every step, each step's numbers averaged over its updates; besides
+step, epoch and images_per_s, which here counts the sequences that went through a training
+update of G or D per second):
+  nll_oracle  NLL_oracle, the paper's measure: the oracle's NLL per token of --eval-samples
+              (10,000) sequences sampled from G, before training (step 0), every --eval-every
+              (5) G epochs, at the end of pretraining and at the end (oracle runs only)
+  nll_test    G's NLL per token of held-out sequences (fresh oracle sequences, or the held-out
+              lines of --text, pads included), at the same points; it rises if G loses diversity
+  loss_mle    mean NLL per token of the training batches (MLE epochs)
+  loss_D      D's cross-entropy on its mixed real/generated batches plus the L2 term: ln 2 ≈
+              0.693 plus the L2 term when D cannot tell
+  D_acc       D's accuracy on those batches (dropout on); 0.5 when D cannot tell
+  loss_pg     the policy-gradient loss -Σ_{b,t} log G(y_t) Q_t on the batch of 64 (a sum, as the
+              official code)
+  reward      mean Q over the batch and positions: how real D finds G's (completed) samples
+
 Run:  python seqgan.py --epochs 5                         (a fresh N(0, 1) oracle from --seed)
-      python seqgan.py --oracle ../shared/seqgan/oracle_params.npz      (the paper's oracle)
+      python seqgan.py --oracle target_params_py3.pkl     (the paper's oracle)
+      python seqgan.py --oracle target_params_py3.pkl --d-pretrain-rounds 50 --epochs 200   (the paper's schedule)
       python seqgan.py --mle-only                         (the MLE baseline, same schedule)
       python seqgan.py --text lines.txt --tokens word ;  python seqgan.py --generate 20 --resume RUN
 """
@@ -234,7 +275,7 @@ class Oracle(Generator):
             raise ValueError(f"--oracle {path}: no such file.") from None
         except Exception as e:  # not a zip, missing names, wrong shapes
             raise ValueError(f"--oracle {path} is not an oracle .npz (embedding, W_i, U_i, b_i, ..., "
-                             f"W_out, b_out; see ../shared/seqgan/README.md): {type(e).__name__}.") from None
+                             f"W_out, b_out; see Oracle.from_npz): {type(e).__name__}.") from None
 
 
 class Discriminator(nn.Module):

@@ -46,7 +46,7 @@ Choices where the paper is silent or sources differ (official code: architecture
   - The encoder's dense layer has 2048 units (the paper); the official code has 1024.
   - Dis sees [x, x̃, x_p] as one batch (one set of BN statistics); the official code runs one
     batch for L_GAN and another, [x̃, x], for Dis_l. With --no-recon-fakes x̃ still passes
-    through Dis (for Dis_l) but its logits leave L_GAN.
+    through Dis (for Dis_l) but its logits leave L_GAN (as in the official CelebA script).
   - Dec decodes [z, z_p] as one batch, for speed (one decoder pass instead of two), where
     Alg. 1 writes X̃ = Dec(Z) and X_p = Dec(Z_p) apart and the official code decodes z alone for
     L_llike and [z, z_p] again for L_GAN. In training Dec's BN statistics are then shared, so
@@ -57,12 +57,37 @@ Choices where the paper is silent or sources differ (official code: architecture
     against generated 1:1, i.e. each fake kind half as much as here.
   - RMSProp smoothing 0.9 (the official code's deeppy default; PyTorch's is 0.99), constant
     learning rate and no weight decay (the official code anneals the rate and uses 1e-5 decay).
-  - PyTorch's default initialisation; z = μ (no noise) for reconstructions at evaluation, as
-    the official code's test phase.
+  - PyTorch's default initialisation. Reconstruction grids and the held-out error decode
+    z = μ(x) (no noise), a choice made here: the official encoder always samples
+    z = μ + σ·ε, also in its test phase (NormalEncoder.encode in model/ae.py), so its
+    reconstructions are single draws from q(z|x). Training samples z as both do.
   - The official code's update gating (skip Dis's update when it is far ahead, Dec's when it
-    is far behind) is `--gate`, off by default.
+    is far behind) is `--gate`, off by default: Dis's update is skipped when one of its costs
+    -log Dis(x), -log(1 - Dis(fake)) falls below --equilibrium - --margin (0.68 - 0.35), the
+    decoder's when one rises above 0.68 + 0.35; one host sync per step. What it does early in
+    a CPU run: benchmarks/README.md, "vaegan.py".
+  - `--width` w scales every network (default 32, the paper's widths at 64 px).
 
-An epoch is one pass over the data, one step (all three updates) per batch.
+An epoch is one pass over the data, one step (all three updates) per batch: 937 steps of 64 on
+the 60,000 built-in shapes.
+
+At the end of training, and with `--generate N`, a reconstruction grid is written
+(samples/reconstructions.png; generated-<time>/reconstructions.png): rows of 8 inputs, each
+above the row of their reconstructions Dec(μ(x)), for images the model never saw (the shapes'
+test stream; other datasets: their first images). Their mean squared pixel error is printed,
+and main() returns it as heldout_recon_mse.
+
+Logged (metrics.csv, besides step, epoch and images_per_s):
+  L_prior          KL(q(z|x) ‖ N(0, I)), summed over the latent dimensions, mean over the batch
+  L_llike          ½‖Dis_l(x̃) - Dis_l(x)‖² per image, batch mean (--recon pixel: ½‖x̃ - x‖²)
+  recon_mse        mean squared pixel error of the training reconstructions x̃ = Dec(z), z
+                   sampled (a monitor only, in both modes: the paper's pixel-space comparison)
+  L_GAN            Dis's loss -[log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(x_p))] (without the
+                   x̃ term under --no-recon-fakes); 3 ln 2 ≈ 2.08 when Dis cannot tell
+  loss_Dec         the decoder's loss γ L_llike - L_GAN
+  D_x, D_x_tilde, D_x_p   mean Dis(·) (probability "real") on the real batch, the
+                   reconstructions and the prior samples
+  Dec_updated, Dis_updated   with --gate: the fraction of steps in which each was updated
 
 Run:  python vaegan.py --epochs 5                    (built-in shapes, 64 px, no download)
       python vaegan.py --recon pixel --epochs 5      (the plain VAE baseline, same networks)
@@ -317,7 +342,8 @@ def build(args, channels: int, device):
 
 @torch.no_grad()
 def reconstruct(E, Dec, x: torch.Tensor) -> torch.Tensor:
-    """Dec(μ(x)) in eval mode (BN on running statistics), as the official code's test phase."""
+    """Dec(μ(x)) in eval mode (BN on running statistics, as the official code's test phase);
+    z = μ is our choice (the official encoder samples z ~ q(z|x) there too)."""
     modes = E.training, Dec.training
     E.eval()
     Dec.eval()

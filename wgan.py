@@ -42,14 +42,25 @@ Choices where the paper is silent or sources differ (from martinarjovsky/Wassers
     parameters is therefore reduced by a bit more than an order of magnitude") is
     `--g-arch nobn-constant`: ngf filters at every stage. `--g-arch nobn` is the official
     code's DCGAN_G_nobn, which only drops BN and keeps DCGAN's widths (8*ngf at 4x4, halved
-    at each stage), so it has almost DCGAN's parameters. At 64 px, ngf = 64, 3 channels:
-    dcgan 3,576,704, nobn 3,574,784, nobn-constant 302,080 (11.8 times fewer than dcgan).
+    at each stage), so it has almost DCGAN's parameters (the counts: benchmarks/README.md).
   - MLP generator: the paper says "4-layer ReLU-MLP with 512 hidden units" (Sec. 4.2, 4.3)
     but also "an MLP with 4 hidden layers and 512 units at each layer" (Fig. 3). We follow
     the authors' code (MLP_G), i.e. the first reading: 4 linear layers, 3 hidden ReLU layers.
   - An epoch is a pass of the critic over the data (each critic iteration draws a batch), as
     in the official code; training stops after the generator iteration in which the last
     epoch ends (the official code cuts the last critic loop short instead).
+  - z ~ N(0, I)^100, batch 64 (the official code).
+A step is one generator iteration with its critic iterations. An epoch on the 60,000 built-in
+shapes is 937 critic batches, so `--epochs 5` is 4,685 critic iterations and about 460
+generator iterations (the first 25 generator iterations take 2,500 critic batches).
+
+Logged (metrics.csv, besides step, epoch and images_per_s; a row every 10 generator
+iterations by default):
+  W_estimate  the EM estimate E f(x) - E f(G(z)) on each critic batch, before the update,
+              averaged over the critic iterations: the paper's learning curve, which should
+              fall as the samples improve (a scaled estimate: the clipped critic is
+              K-Lipschitz for some unknown K)
+  loss_G      -E f(G(z)) at the generator update
 
 Run:  python wgan.py --epochs 5                       (built-in shapes data, no download)
       python wgan.py --g-arch mlp --epochs 5          (the paper's MLP generator)

@@ -1,21 +1,19 @@
 #!/usr/bin/env bash
-# The GPU checks owed by the CPU-only sessions, in one command for one short lease of a GPU
-# machine (about 15 minutes of device time per session, start-up included). Two more such
-# commands: benchmarks/speed_gpu.sh (the CUDA tests of --fast, then speed.py for all nine; run it
-# first: --fast has never run on a GPU) and benchmarks/quality_gpu.sh GROUP (the quality benchmark).
+# Every script's quick run on one GPU, then the test suite, in one command of about ten minutes.
+# Two more such commands: benchmarks/speed_gpu.sh (the CUDA tests of --fast, then speed.py for all
+# nine image scripts) and benchmarks/quality_gpu.sh GROUP (the quality benchmark).
 #
 #   OUT=/some/folder LIMIT=420 [BUDGET=570] [PYTEST=0] bash benchmarks/gpu_checks.sh [script ...]  (default: all ten)
-#   (the runs are cut at LIMIT; the test suite then gets what BUDGET, the whole command, leaves)
+#   (the runs are cut at LIMIT seconds; the test suite then gets what BUDGET, the whole command, leaves)
 #
-# Every named script's README quick run (`--epochs 5`, cyclegan's 5-epoch schedule, seqgan's
-# default schedule on the paper's oracle) starts at once, all sharing the card, each cut at
-# LIMIT seconds: wall times are therefore upper bounds on a run alone, and a cut run still
-# leaves its per-epoch summary lines, metrics.csv and its latest epoch grid. Then the test
-# suite on that machine's torch. What comes back (the device tool returns at most 8 files):
+# Every named script's quick run (`--epochs 5`, cyclegan's 5-epoch schedule, seqgan's default
+# schedule) starts at once, all sharing the card, each cut at LIMIT seconds: wall times are
+# therefore upper bounds on a run alone, and a cut run still leaves its per-epoch summary lines,
+# metrics.csv and its latest epoch grid. Then the test suite on that machine's torch. It writes:
 #   $OUT/log.txt   per script: exit code, wall time, its epoch summary lines
 #   $OUT/runs.tgz  per script: metrics.csv, losses.png, the last sample grid, config.json
-# seqgan needs the paper's oracle inside the working tree (the repo does not ship it):
-#   mkdir -p .oracle && cp ../shared/seqgan/oracle_params.npz .oracle/   (and carry ".oracle")
+# seqgan runs on the paper's oracle when .oracle/oracle_params.npz exists in the repository
+# (else on a fresh oracle drawn from the seed); the suite's oracle test reads the same file.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/gpu-checks}; LIMIT=${LIMIT:-420}
@@ -26,7 +24,7 @@ scripts=("$@"); [ ${#scripts[@]} -gt 0 ] || scripts=(dcgan wgan relativistic_gan
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
   echo "LIMIT=$LIMIT s per run; all runs share the card"; } >"$OUT/log.txt" 2>&1
 
-quick_args() {  # the README's quick run of each script
+quick_args() {  # the quick run of each script
   case $1 in
     cyclegan) echo "--n-epochs 3 --n-epochs-decay 2" ;;
     seqgan) [ -f .oracle/oracle_params.npz ] && echo "--oracle .oracle/oracle_params.npz" ;;

@@ -479,7 +479,7 @@ class ProGAN(Plain):
         fake = self.G(self.noise(real.size(0)), d, al).detach()
         self.opt_D.zero_grad()
         real_scores, fake_scores = self.D(real, d, al), self.D(fake, d, al)
-        penalty = self.m.gradient_penalty(self.D, real, fake, d, al)
+        penalty = self.m.gradient_penalty(self.D, real, fake, d, al, a.image_size)
         loss_D = self.m.d_loss(real_scores, fake_scores, penalty, a.gp_weight, a.drift)
         loss_D.backward()
         self.opt_D.step()

@@ -1,13 +1,25 @@
 """Quality benchmark: does each script do what its paper says, on the built-in shapes data?
 
+    python benchmarks/quality.py --tier laptop [--oracle target_params_py3.pkl]   (all ten, a 2-core CPU)
     python benchmarks/quality.py --script dcgan [wgan ...] [--budget IMAGES] [--seeds K] [--jobs J]
                                  [--n-eval N] [--results-dir benchmarks/results] [--overwrite] [--tiny]
+    python benchmarks/quality.py --tier laptop --table          (the README's tables from the JSONs)
 
-For each named script: train it through its own main() on the built-in data for a fixed
-budget (images shown to D: `--epochs E` over `--dataset-size N` gives E x N; default the
-README's quick run, `--epochs 5` on the 60,000 shapes), once per seed, plus the runs of the
-paper's own comparison (RaSGAN vs SGAN vs RaLSGAN, attention on/off, ...); then score the
-samples and write `quality-NAME.json` and a sample grid `quality-NAME.png` to --results-dir
+Two tiers. The paper tier (the default) trains the scripts' own networks at their own sizes (64
+px; a GPU) for a budget in images shown to D (`--epochs E` over `--dataset-size N` gives E x N;
+default the README's quick run, `--epochs 5` on the 60,000 shapes). The laptop tier (`--tier
+laptop`) trains every script with its LAPTOP configuration below: only the script's own flags
+(32 px, or InfoGAN's 28 px, grayscale, reduced widths, a batch size and a number of epochs),
+its losses, optimiser settings and update schedule unchanged; each run fits 30 minutes on one
+thread of a 2-core CPU, two runs at a time. Its run folders stay in --work (default
+benchmarks/.work/laptop): a command stopped part way is run again as it was and every run goes
+on from its last checkpoint; scripts already scored are skipped. So the whole tier is one
+command, which may be spread over several sittings.
+
+For each script: once per seed, its main run plus the runs of the paper's own comparison
+(RaSGAN vs SGAN vs RaLSGAN on 2,000 images, attention on/off, grown vs fixed size, VAE-GAN vs a
+plain VAE, with and without the cycle loss, SeqGAN vs MLE); then score the samples and write
+`quality-NAME[-laptop].json` and a sample grid `quality-NAME[-laptop].png` to --results-dir
 (an existing one is replaced only with --overwrite; checked before anything trains).
 
 No Inception weights can be downloaded here, so the feature space is a small CNN trained by
@@ -29,8 +41,11 @@ cached under benchmarks/.cache/ keyed by its configuration (`ShapesNet`, `classi
               paired targets (a perfect translator would then score 0, below the floor);
               the floor is the paired targets against that set: what a perfect translator
               scores. The paired error stays on the paired targets.
-plus each paper's own measure (PAPER_MEASURES below). seqgan.py has no images: its measure is
-NLL_oracle of SeqGAN and of the MLE baseline on the same oracle (`--oracle FILE.npz`).
+plus each paper's own measure: InfoGAN's code accuracy, CycleGAN's class preservation and paired
+error, the rank correlation of WGAN's critic estimate and BEGAN's M_global with FD-shapes over
+checkpoints, and each comparison above with its sign ("comparisons" in the JSON). seqgan.py has
+no images: its measure is NLL_oracle of SeqGAN and of the MLE baseline on the same oracle
+(`--oracle FILE`, as seqgan.py takes it; without it, a fresh oracle from the seed).
 
 Runs can share one GPU: `--jobs J` trains J runs at a time in worker processes (spawned),
 each writing its log next to its run folder; the JSON of a script is written as soon as its
@@ -57,9 +72,11 @@ import hashlib
 import importlib
 import json
 import math
+import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -451,7 +468,59 @@ SPECS = {
 TINY_SIZE = {"cyclegan": 32}  # the others: 16 px (progan: --final-size 16)
 
 
-def budget_flags(script: str, budget: int | None, dataset_size: int | None, tiny: bool) -> tuple:
+# The laptop tier: one configuration per script, made only of the script's own flags (image
+# size, channels, widths, batch size) and a number of epochs over its built-in data; the
+# losses, optimiser settings and update schedule are the script's defaults. Each run fits 30
+# minutes on one thread of a 2-core CPU (two runs at a time), the paper's comparison runs at
+# the same configuration (variants above; relativistic_gan's on 2,000 images for as many
+# images shown to D). script -> (flags, epochs[, dataset size: default the Spec's]).
+LAPTOP = {
+    "dcgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32", "--kernel-size", "4",
+               "--batch-size", "64"), 12),
+    "wgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32"), 20),
+    "relativistic_gan": (("--image-size", "32", "--channels", "1", "--width", "16"), 10),
+    "infogan": (("--channels", "1", "--ngf", "32", "--ndf", "32", "--fc-units", "512"), 12),
+    "began": (("--image-size", "32", "--channels", "1", "--n-filters", "16"), 2),
+    "vaegan": (("--image-size", "32", "--channels", "1", "--width", "16", "--batch-size", "32"), 2, 40000),
+    "sagan": (("--image-size", "32", "--channels", "1", "--ch", "16", "--batch-size", "32"), 3),
+    "progan": (("--final-size", "32", "--channels", "1", "--fmap-base", "256", "--fmap-max", "64", "--nz", "64",
+                "--images-per-phase", "10000"), 3, 30000),
+    "cyclegan": (("--image-size", "32", "--channels", "1", "--ngf", "16", "--ndf", "16", "--n-blocks", "3"), 30),
+}
+# seqgan.py on the CPU: the paper's oracle and networks, a shorter schedule.
+SEQGAN_LAPTOP = ["--pretrain-epochs", "40", "--d-pretrain-rounds", "3", "--epochs", "10", "--eval-every", "2"]
+LAPTOP_TARGETS = {"classes": 8, "confident": 0.5, "fd_position": 0.3, "code_accuracy": 0.7}
+PAPER_TARGETS = {"classes": NUM_CLASSES, "confident": 0.7, "fd_position": WIDE_MARGIN, "code_accuracy": 0.9}
+
+
+def laptop_table() -> str:
+    """The laptop tier's configurations as a Markdown table (the README's)."""
+    rows = ["| script | flags (besides the defaults) | comparison runs |", "|---|---|---|"]
+    for s in SCRIPTS:
+        if s == "seqgan":
+            flags, comp = " ".join(SEQGAN_LAPTOP) + " --oracle FILE", "MLE only (`--mle-only`)"
+        else:
+            base, epochs, *size = LAPTOP[s]
+            n = size[0] if size else SPECS[s].dataset_size
+            flags = " ".join(base) + f" --dataset-size {n}" + (
+                f" --n-epochs {epochs - epochs * 2 // 5} --n-epochs-decay {epochs * 2 // 5}" if s == "cyclegan"
+                else f" --epochs {epochs}")
+            comp = "; ".join(f"{name}: `{' '.join(f)}`" + (f" on {n:,} images" if n else "")
+                             for name, (f, n) in SPECS[s].variants.items()) or "-"
+        rows.append(f"| {s}.py | `{flags}` | {comp} |")
+    return "\n".join(rows)
+
+
+def script_channels(script: str, tier: str) -> int:
+    """The channels a script's runs train on (infogan.py's default is 1, the others' 3)."""
+    flags = LAPTOP[script][0] if tier == "laptop" else SPECS[script].flags
+    if "--channels" in flags:
+        return int(flags[flags.index("--channels") + 1])
+    return 1 if script == "infogan" else 3
+
+
+def budget_flags(script: str, budget: int | None, dataset_size: int | None, tiny: bool,
+                 extra: tuple = ()) -> tuple:
     """(flags, images shown to D) for a budget in images: --dataset-size N --epochs E, E x N."""
     spec = SPECS[script]
     n = dataset_size or spec.dataset_size
@@ -464,7 +533,7 @@ def budget_flags(script: str, budget: int | None, dataset_size: int | None, tiny
         flags = ("--dataset-size", str(n), "--n-epochs", str(epochs - decay), "--n-epochs-decay", str(decay))
     else:
         flags = ("--dataset-size", str(n), "--epochs", str(epochs))
-    return flags + spec.flags + (spec.tiny if tiny else ()), epochs * n
+    return flags + spec.flags + tuple(extra) + (spec.tiny if tiny else ()), epochs * n
 
 
 @torch.no_grad()
@@ -560,27 +629,91 @@ def train_job(job: dict) -> dict:
     """Train one run through the script's own main(); with job['segments'], in segments of
     epochs (resumed exactly), saving n samples after each: the checkpoints of a curve, and
     the step each ended at (job['segment_steps']). A failure (other than Ctrl-C) is returned
-    as job['error'], its traceback written to the run's log."""
+    as job['error'], its traceback written to the run's log.
+
+    With job['resume'] (a persistent --work folder) a run is never trained twice: a finished
+    run (its progress.json says done) is returned as it was, a stopped one resumes from its
+    last checkpoint (the script's --resume; the segments already sampled are kept), and a run
+    stopped before its first checkpoint starts again. wall_s then adds up the pieces: each
+    stopped piece counts until its last checkpoint (what came after it is trained again).
+
+    cpu_s is the CPU time of the training process (time.process_time, all its threads): with one
+    thread per run it is about what the run takes alone on one core, whatever else the machine
+    was doing, where wall_s grows with the load. A stopped piece's CPU time is its wall time
+    until the checkpoint times the CPU share last seen by a heartbeat (every 15 s)."""
+    if job.get("threads"):
+        torch.set_num_threads(job["threads"])
     module = importlib.import_module(job["script"])
     run_dir = Path(job["dir"])
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     log = log_path(job)
-    t0 = time.perf_counter()
-    steps, error = [], None
-    with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+    progress_file = run_dir.parent / f"{run_dir.name}.progress.json"
+    progress = {"wall_s": 0.0, "cpu_s": 0.0, "segment_steps": [], "done": False, "piece_started": None}
+    if job.get("resume") and progress_file.exists():
+        progress = {**progress, **json.loads(progress_file.read_text())}
+        ckpt = run_dir / "checkpoint.pt"
+        if progress["done"]:
+            out = {**job, "wall_s": round(progress["wall_s"], 1), "cpu_s": round(progress["cpu_s"], 1),
+                   "log": str(log), "reused": True}
+            return {**out, "segment_steps": progress["segment_steps"]} if job.get("segments") else out
+        if progress["piece_started"] and ckpt.exists():  # a stopped piece: counted until its checkpoint
+            wall = max(0.0, ckpt.stat().st_mtime - progress["piece_started"])
+            beat_t, beat_cpu = progress.get("beat") or (None, None)
+            share = beat_cpu / (beat_t - progress["piece_started"]) if beat_t and beat_t > progress["piece_started"] \
+                else 1.0
+            progress["wall_s"] += wall
+            progress["cpu_s"] += wall * min(share, 1.0 * (job.get("threads") or os.cpu_count() or 1))
+    elif run_dir.exists():
+        shutil.rmtree(run_dir)  # (our own scratch folder, from a run stopped before its first checkpoint)
+    if not (run_dir / "checkpoint.pt").exists() and run_dir.exists():
+        shutil.rmtree(run_dir)
+    lock = threading.Lock()
+
+    def save_progress():
+        if job.get("resume"):
+            with lock:
+                tmp = progress_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(progress))
+                tmp.replace(progress_file)
+
+    stop_beat = threading.Event()
+
+    def heartbeat():
+        while not stop_beat.wait(15):
+            if progress["piece_started"] is not None:
+                progress["beat"] = (time.time(), time.process_time() - progress["piece_cpu0"])
+                save_progress()
+
+    steps, error = progress["segment_steps"], None
+    beat = threading.Thread(target=heartbeat, daemon=True)
+    beat.start()
+    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
         try:
             segments = job.get("segments") or [None]
             for k, epochs in enumerate(segments):
-                if k == 0:
+                if k < len(steps):
+                    continue  # sampled before the run was stopped
+                progress["piece_cpu0"], progress["beat"] = time.process_time(), None
+                progress["piece_started"] = time.time()
+                save_progress()
+                t0 = time.perf_counter()
+                if not (run_dir / "checkpoint.pt").exists():
                     argv = [*job["argv"], "--out", str(run_dir)] + ([] if epochs is None else ["--epochs", str(epochs)])
                 else:
-                    argv = ["--resume", str(run_dir), "--epochs", str(epochs), "--device", job["device"]]
+                    argv = ["--resume", str(run_dir), "--device", job["device"]] + (
+                        [] if epochs is None else ["--epochs", str(epochs)])
                 module.main(argv)
                 if epochs is not None:
                     device = common.select_device(job["device"])
                     steps.append(int(common.read_checkpoint(run_dir, job["script"])["step"]))
                     images = draw(sampler(job["script"], run_dir, device), job["curve_n"])
                     torch.save(images, run_dir / f"curve-{k:02d}.pt")
+                progress["wall_s"] += time.perf_counter() - t0
+                progress["cpu_s"] += time.process_time() - progress["piece_cpu0"]
+                progress["piece_started"] = None
+                save_progress()
+            progress["done"] = True
+            save_progress()
         except common.Interrupted:
             raise
         except SystemExit as e:  # the script's argparse refused a flag: its message is the log's last line
@@ -590,7 +723,8 @@ def train_job(job: dict) -> dict:
         except Exception as e:
             traceback.print_exc()
             error = error_sentence(e)
-    out = {**job, "wall_s": round(time.perf_counter() - t0, 1), "log": str(log)}
+    stop_beat.set()
+    out = {**job, "wall_s": round(progress["wall_s"], 1), "cpu_s": round(progress["cpu_s"], 1), "log": str(log)}
     if job.get("segments"):
         out["segment_steps"] = steps
     return {**out, "error": error} if error else out
@@ -605,15 +739,22 @@ def plan(script: str, a, work: Path) -> list:
             for name, extra in (("seqgan", []), ("mle", ["--mle-only"])):
                 argv = ["--seed", str(s), "--device", a.device, *seqgan_flags(a), *extra]
                 jobs.append({"script": script, "run": name, "seed": s, "argv": argv, "device": a.device,
-                             "dir": str(work / script / f"{name}-seed{s}"), "images": None})
+                             "dir": str(work / script / f"{name}-seed{s}"), "images": None,
+                             "threads": a.threads, "resume": a.resume_runs})
         return jobs
     runs = {"main": ((), None), **spec.variants}
+    base, budget = (), a.budget
+    if a.tier == "laptop":
+        base, epochs, *size = LAPTOP[script]
+        n = size[0] if size else spec.dataset_size
+        budget = budget or epochs * n
+        runs = {name: (extra, variant_size or n) for name, (extra, variant_size) in runs.items()}
     for s in seeds:
         for name, (extra, size) in runs.items():
-            flags, images = budget_flags(script, a.budget, size, a.tiny)
+            flags, images = budget_flags(script, budget, size, a.tiny, base)
             argv = ["--seed", str(s), "--device", a.device, *flags, *extra]
             job = {"script": script, "run": name, "seed": s, "argv": argv, "device": a.device, "images": images,
-                   "dir": str(work / script / f"{name}-seed{s}")}
+                   "dir": str(work / script / f"{name}-seed{s}"), "threads": a.threads, "resume": a.resume_runs}
             if spec.curve and name == "main":
                 epochs = int(argv[argv.index("--epochs") + 1])
                 job["segments"] = list(range(1, epochs + 1)) if epochs > 1 else [1]
@@ -628,6 +769,9 @@ def seqgan_flags(a) -> list:
                  "--d-filter-scale", "0.02", "--batch-size", "16", "--num-samples", "64", "--eval-samples", "64",
                  "--rollout-num", "4", "--k-epochs", "1", "--d-steps", "2", "--eval-every", "2",
                  "--pretrain-epochs", "3", "--d-pretrain-rounds", "2", "--epochs", "3"]
+    elif a.tier == "laptop":
+        flags = SEQGAN_LAPTOP if a.budget is None else [*SEQGAN_LAPTOP[:-4], "--epochs", str(a.budget),
+                                                        *SEQGAN_LAPTOP[-2:]]
     else:
         flags = [] if a.budget is None else ["--epochs", str(a.budget)]
     return flags + (["--oracle", str(a.oracle)] if a.oracle and not a.tiny else [])
@@ -773,25 +917,27 @@ def summarise(values: list) -> dict:
             "min": float(np.min(v)), "max": float(np.max(v)), "n": len(v), "values": values}
 
 
-def targets(script: str, runs: dict, anchors: dict) -> dict:
-    """The issue's targets, each with its value and whether it was met (never tuned)."""
+def targets(script: str, runs: dict, anchors: dict, tier: str = "paper") -> dict:
+    """The targets of the tier, each with its value and whether it was met (never tuned)."""
     t = {}
     m = runs.get("main", {}).get("metrics", {})
+    goal = LAPTOP_TARGETS if tier == "laptop" else PAPER_TARGETS
 
     def mean(d, k):
         return d.get(k, {}).get("mean")
 
     if script != "seqgan":
         pos = mean(m, "fd_position")
-        t["all ten classes covered"] = {"value": mean(m, "classes_covered"),
-                                        "met": m.get("classes_covered", {}).get("min") == NUM_CLASSES}
-        t["confident-sample rate >= 70%"] = {"value": mean(m, "confident_rate"),
-                                             "met": (mean(m, "confident_rate") or 0) >= 0.7}
-        t[f"FD-shapes near the floor (fd_position <= {WIDE_MARGIN})"] = {
-            "value": pos, "met": pos is not None and pos <= WIDE_MARGIN}
+        lowest = m.get("classes_covered", {}).get("min")
+        name = "all ten classes covered" if goal["classes"] == NUM_CLASSES else \
+            f"at least {goal['classes']} of {NUM_CLASSES} classes covered"
+        t[name] = {"value": mean(m, "classes_covered"), "met": lowest is not None and lowest >= goal["classes"]}
+        t[f"confident-sample rate >= {goal['confident']:.0%}"] = {
+            "value": mean(m, "confident_rate"), "met": (mean(m, "confident_rate") or 0) >= goal["confident"]}
+        t[f"fd_position <= {goal['fd_position']}"] = {"value": pos, "met": pos is not None and pos <= goal["fd_position"]}
     if script == "infogan":
-        t["code accuracy >= 90% (Q on real shapes)"] = {"value": mean(m, "code_acc_q_real"),
-                                                        "met": (mean(m, "code_acc_q_real") or 0) >= 0.9}
+        t[f"code accuracy >= {goal['code_accuracy']:.0%} (Q on real shapes)"] = {
+            "value": mean(m, "code_acc_q_real"), "met": (mean(m, "code_acc_q_real") or 0) >= goal["code_accuracy"]}
     if script == "cyclegan":
         for d in ("AB", "BA"):
             t[f"class preserved {d} >= 90%"] = {"value": mean(m, f"class_preserved_{d}"),
@@ -801,12 +947,60 @@ def targets(script: str, runs: dict, anchors: dict) -> dict:
                 "value": e, "met": e is not None and ident is not None and e < 0.5 * ident}
     if script == "seqgan":
         mle = runs["mle"]["metrics"]
-        t["MLE NLL_oracle about 9.0-9.1"] = {"value": mean(mle, "nll_oracle_final"),
-                                             "met": 8.95 <= (mean(mle, "nll_oracle_final") or 0) <= 9.15}
         gap = mean(runs.get("comparison", {}).get("metrics", {}), "mle_minus_seqgan")
-        t["SeqGAN at least 0.15 below MLE, 2+ seeds"] = {
-            "value": gap, "met": gap is not None and gap >= 0.15 and len(mle["nll_oracle_final"]["values"]) >= 2}
+        if tier == "laptop":
+            t["SeqGAN below MLE at the end (NLL_oracle)"] = {"value": gap, "met": gap is not None and gap > 0}
+        else:
+            t["MLE NLL_oracle about 9.0-9.1"] = {"value": mean(mle, "nll_oracle_final"),
+                                                 "met": 8.95 <= (mean(mle, "nll_oracle_final") or 0) <= 9.15}
+            t["SeqGAN at least 0.15 below MLE, 2+ seeds"] = {
+                "value": gap, "met": gap is not None and gap >= 0.15 and len(mle["nll_oracle_final"]["values"]) >= 2}
     return t
+
+
+# Each paper's own comparison: (what the paper claims, run A, run B, measure, A better when lower?)
+# reported with its sign whether or not it agrees.
+COMPARISONS = {
+    "relativistic_gan": [("RaSGAN beats SGAN on 2,000 images (lower FD)", "small-rasgan", "small-sgan",
+                          "fd_shapes", True),
+                         ("RaLSGAN beats SGAN on 2,000 images (lower FD)", "small-ralsgan", "small-sgan",
+                          "fd_shapes", True)],
+    "sagan": [("self-attention lowers FD", "main", "no-attention", "fd_shapes", True)],
+    "progan": [("growing beats training at full size from the start (lower FD)", "main", "fixed-size",
+                "fd_shapes", True)],
+    "vaegan": [("VAE-GAN samples beat the plain VAE's (lower FD)", "main", "plain-vae", "fd_shapes", True),
+               ("VAE-GAN reconstructions beat the plain VAE's (lower FD)", "main", "plain-vae",
+                "fd_shapes_reconstructions", True)],
+    "cyclegan": [("the cycle loss preserves the class (A->B)", "main", "no-cycle", "class_preserved_AB", False),
+                 ("the cycle loss lowers the paired error (A->B)", "main", "no-cycle", "paired_err_AB", True)],
+    "seqgan": [("SeqGAN below MLE (NLL_oracle)", "seqgan", "mle", "nll_oracle_final", True)],
+}
+
+
+# The papers' claims about a logged quantity: it tracks sample quality over training
+# (Spearman rank correlation with FD-shapes over the checkpoints, > 0: both fall together).
+CURVE_CLAIMS = {"wgan": "the critic's estimate of the EM distance falls as samples improve",
+                "began": "M_global falls as samples improve"}
+
+
+def comparisons(script: str, runs: dict) -> list:
+    out = []
+    if script in CURVE_CLAIMS:
+        key = f"spearman_{SPECS[script].curve}_vs_fd"
+        rho = runs.get("main", {}).get("metrics", {}).get(key, {}).get("mean")
+        out.append({"claim": CURVE_CLAIMS[script] + " (Spearman with FD-shapes over checkpoints > 0)",
+                    "runs": ["main"], "measure": key, "main": rho,
+                    **({"missing": True} if rho is None else {"agrees_with_paper": bool(rho > 0)})})
+    for claim, a, b, key, lower in COMPARISONS.get(script, []):
+        va = runs.get(a, {}).get("metrics", {}).get(key, {}).get("mean")
+        vb = runs.get(b, {}).get("metrics", {}).get(key, {}).get("mean")
+        if va is None or vb is None:
+            out.append({"claim": claim, "runs": [a, b], "measure": key, "missing": True})
+            continue
+        agrees = va < vb if lower else va > vb
+        out.append({"claim": claim, "runs": [a, b], "measure": key, a: va, b: vb, "difference": va - vb,
+                    "agrees_with_paper": bool(agrees)})
+    return out
 
 
 def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_dir: Path, header: dict) -> dict:
@@ -819,6 +1013,8 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
             grid = scores.get("_grid")
         scores.pop("_grid", None)
         scores["train_wall_s"] = job["wall_s"]
+        if job.get("cpu_s") is not None:
+            scores["train_cpu_s"] = job["cpu_s"]
         per_run.setdefault(job["run"], []).append((job, scores))
     anchors = {}
     if script != "seqgan":
@@ -850,7 +1046,7 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
                 for (_, m), (_, g) in zip(per_run["mle"], per_run["seqgan"])]
         runs["comparison"] = {"metrics": {"mle_minus_seqgan": summarise(gaps)}}
     result = {**header, "script": script, "seeds": list(range(a.seeds)), "anchors": anchors, "runs": runs,
-              "targets": targets(script, runs, anchors),
+              "targets": targets(script, runs, anchors, a.tier), "comparisons": comparisons(script, runs),
               "wall_s": {"training": round(sum(j["wall_s"] for j in jobs), 1),
                          "scoring": round(time.perf_counter() - t0, 1)}}
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -861,32 +1057,92 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
     return result
 
 
+def results_table(results_dir, suffix: str = "-laptop") -> str:
+    """The README's results table, from the JSONs in results_dir (scripts without one are left out).
+    The last column is the longest run's CPU time (its wall time where no CPU time was recorded):
+    with one thread per run, about its wall time alone on one core."""
+    rows = ["| script | FD-shapes (fd_position) | classes | confident | the paper's own measure | longest run |",
+            "|---|---|---|---|---|---|"]
+    for s in SCRIPTS:
+        path = Path(results_dir) / f"quality-{s}{suffix}.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        m = r["runs"].get("main", r["runs"].get("seqgan", {})).get("metrics", {})
+
+        def mean(k, m=m):
+            return (m.get(k) or {}).get("mean")
+
+        own = []
+        image_targets = ("classes covered", "confident-sample", "fd_position")
+        for name, t in r["targets"].items():
+            if not any(k in name for k in image_targets):
+                v = t["value"]
+                own.append(f"{name}: {'-' if v is None else f'{v:.3g}'} ({'met' if t['met'] else 'missed'})")
+        for c in comparisons(s, r["runs"]):  # (from the runs' measures, whichever version wrote the JSON)
+            if c.get("missing"):
+                continue
+            if c["runs"] == ["main"]:
+                own.append(f"{c['claim'].split(' (')[0]}: ρ = {c['main']:.2f} "
+                           f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
+            else:
+                a, b = c["runs"]
+                own.append(f"{c['measure']} {a} − {b}: {c['difference']:+.3g} "
+                           f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
+        key = "train_cpu_s" if any("train_cpu_s" in run.get("metrics", {}) for run in r["runs"].values()) \
+            else "train_wall_s"
+        walls = [run["metrics"][key]["max"] for run in r["runs"].values()
+                 if (run.get("metrics", {}).get(key) or {}).get("max") is not None]
+        minutes = max(walls) / 60 if walls else None
+        if s == "seqgan":
+            fd = cls = conf = "-"
+        else:
+            fd = f"{mean('fd_shapes'):.1f} ({mean('fd_position'):.2f})"
+            cls, conf = f"{mean('classes_covered'):.0f}/10", f"{mean('confident_rate'):.0%}"
+        wall = "-" if minutes is None else f"{minutes:.0f} min"
+        rows.append(f"| {s}.py | {fd} | {cls} | {conf} | {'; '.join(own) or '-'} | {wall} |")
+    return "\n".join(rows)
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--script", nargs="+", required=True, choices=SCRIPTS, metavar="NAME",
-                   help=f"one or more of {', '.join(SCRIPTS)}")
+    p.add_argument("--tier", choices=("paper", "laptop"), default="paper",
+                   help="paper: the scripts' own networks and sizes (64 px; a GPU); laptop: the LAPTOP "
+                        "configurations (32/28 px grayscale, reduced widths; a 2-core CPU), results named "
+                        "quality-NAME-laptop, all ten scripts unless --script, two runs at a time with one "
+                        "thread each, run folders kept in --work (default benchmarks/.work/laptop) so that a "
+                        "stopped command resumes its runs, and scripts whose results exist skipped")
+    p.add_argument("--table", action="store_true",
+                   help="print the results table of the JSONs in --results-dir for --tier (no training)")
+    p.add_argument("--script", nargs="+", default=None, choices=SCRIPTS, metavar="NAME",
+                   help=f"one or more of {', '.join(SCRIPTS)} (required with --tier paper)")
     p.add_argument("--budget", type=common.positive_int, default=None,
                    help="real images shown to D per run (default: the README's quick run, 5 epochs of the "
                         "script's built-in data); seqgan.py: adversarial epochs (default: its own, 20)")
     p.add_argument("--seeds", type=common.positive_int, default=1, help="seeds 0..K-1 for every run")
     p.add_argument("--n-eval", type=common.positive_int, default=5000,
                    help="generated (and real) images per measure")
-    p.add_argument("--jobs", type=common.positive_int, default=1,
-                   help="runs trained at once in worker processes (they share the GPU); 1: in this process")
+    p.add_argument("--jobs", type=common.positive_int, default=None,
+                   help="runs trained at once in worker processes (they share the device); 1: in this process "
+                        "(default 1; --tier laptop: 2)")
+    p.add_argument("--threads", type=common.positive_int, default=None,
+                   help="CPU threads per run (default: PyTorch's; --tier laptop: 1)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
-    p.add_argument("--oracle", default=None, metavar="FILE.npz",
-                   help="seqgan.py's oracle (default: .oracle/oracle_params.npz or ../shared/seqgan/"
-                        "oracle_params.npz when present, else a fresh one from the seed)")
+    p.add_argument("--oracle", default=None, metavar="FILE",
+                   help="seqgan.py's oracle, as seqgan.py --oracle takes it (the paper's: "
+                        "save/target_params_py3.pkl of the official repository); default: a fresh one from "
+                        "the seed")
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
                    help="where quality-NAME.json and quality-NAME.png go")
-    p.add_argument("--suffix", default="", help="appended to the result file names (e.g. '-cpu-tiny')")
+    p.add_argument("--suffix", default=None,
+                   help="appended to the result file names (e.g. '-cpu-tiny'; default '', --tier laptop: '-laptop')")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing quality-NAME.json / .png in --results-dir (without it: refused, "
-                        "before anything trains)")
+                        "before anything trains; --tier laptop: those scripts are skipped)")
     p.add_argument("--work", default=None, help="folder for the run folders (default: a temporary one, removed)")
     p.add_argument("--cache", default=str(CACHE), help="where the trained classifier is cached ('' : nowhere)")
     p.add_argument("--classifier", nargs="*", default=[], metavar="KEY=VALUE",
@@ -895,6 +1151,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true",
                    help="the CPU smoke path: tiny networks, 16 px; pair it with a small --budget and --n-eval")
     a = p.parse_args(argv)
+    laptop = a.tier == "laptop"
+    if a.table:
+        return a
+    if a.script is None:
+        if not laptop:
+            p.error("--script is required with --tier paper (name one or more scripts)")
+        a.script = list(SCRIPTS)
+    a.script = list(dict.fromkeys(a.script))
+    a.jobs = a.jobs or (2 if laptop else 1)
+    a.threads = a.threads or (1 if laptop else None)
+    a.suffix = ("-laptop" if laptop else "") if a.suffix is None else a.suffix
+    if laptop and a.tiny:
+        p.error("--tiny is the smoke path of the paper tier; --tier laptop has its own sizes")
+    a.resume_runs = laptop
+    if laptop and a.work is None:
+        a.work = str(ROOT / "benchmarks" / ".work" / "laptop")
     overrides = {}
     for item in a.classifier:
         key, _, value = item.partition("=")
@@ -911,38 +1183,49 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.classifier = overrides
     if a.n_eval < 4:
         p.error("--n-eval must be 4 or more (FD needs a covariance)")
-    if a.oracle is None and not a.tiny:
-        for candidate in (ROOT / ".oracle" / "oracle_params.npz",
-                          ROOT.parent / "shared" / "seqgan" / "oracle_params.npz"):
-            if candidate.exists():
-                a.oracle = str(candidate)
-                break
     if a.oracle and not Path(a.oracle).exists():
         p.error(f"--oracle {a.oracle}: no such file")
+    if a.oracle:
+        a.oracle = str(Path(a.oracle).resolve())
     existing = [path for s in a.script for ext in ("json", "png")
                 if (path := Path(a.results_dir) / f"quality-{s}{a.suffix}.{ext}").exists()]
     if existing and not a.overwrite:
-        p.error(f"{existing[0]} exists; pass --overwrite to replace it, or --results-dir / --suffix for new files")
+        if not laptop:
+            p.error(f"{existing[0]} exists; pass --overwrite to replace it, or --results-dir / --suffix for new files")
+        done = [s for s in a.script if (Path(a.results_dir) / f"quality-{s}{a.suffix}.json").exists()]
+        print(f"already scored (skipped; --overwrite to redo): {', '.join(done)}", flush=True)
+        a.script = [s for s in a.script if s not in done]
     return a
 
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    if a.table:
+        print(laptop_table() + "\n\n" if a.tier == "laptop" else "", end="")
+        print(results_table(a.results_dir, a.suffix if a.suffix is not None else
+                            ("-laptop" if a.tier == "laptop" else "")))
+        return {}
     device = common.select_device(a.device)
     a.device = device.type
     results_dir = Path(a.results_dir)
+    if not a.script:
+        print("nothing to do: every script named has its results", flush=True)
+        return {}
+    if a.threads:
+        torch.set_num_threads(a.threads)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="quality-"))
-    if a.work and work.exists() and any(work.iterdir()):
+    if a.work and not a.resume_runs and work.exists() and any(work.iterdir()):
         raise common.UserError(f"{work} already holds files; choose a new --work folder.")
     header = {"date": datetime.now().isoformat(timespec="seconds"), "device": str(device),
               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else
-              f"cpu ({torch.get_num_threads()} threads)", "torch": torch.__version__, "tiny": a.tiny,
+              f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "tiny": a.tiny,
               "n_eval": a.n_eval, "budget_unit": "real images shown to D (seqgan: the schedule's flags)",
-              "protocol": PROTOCOL}
+              "tier": a.tier, "threads_per_run": a.threads or torch.get_num_threads(), "runs_at_once": a.jobs,
+              "oracle": Path(a.oracle).name if a.oracle else None, "protocol": PROTOCOL}
     t0 = time.perf_counter()
     nets_cache, header["classifier"] = {}, {}
     cache = Path(a.cache) if a.cache else None
-    for channels in sorted({1 if s == "infogan" else 3 for s in a.script if s != "seqgan"}):
+    for channels in sorted({script_channels(s, a.tier) for s in a.script if s != "seqgan"}):
         net, report, cfg = classifier(channels, device, a.classifier, cache=cache)
         nets_cache[channels] = (net, report, cfg)
         header["classifier"][f"{channels}ch"] = {"config": cfg, **report}
@@ -961,7 +1244,8 @@ def main(argv=None) -> dict:
             failed.append(name)
             print(f"FAILED {name}: {job['error']} (log: {job['log']})", flush=True)
         else:
-            print(f"trained {name} in {job['wall_s']:.0f} s", flush=True)
+            print(f"{'reused' if job.get('reused') else 'trained'} {name} ({job['wall_s']:.0f} s of training)",
+                  flush=True)
         done[s].append(job)
         if len(done[s]) < pending[s]:
             return

@@ -3,7 +3,7 @@
     python benchmarks/speed.py --script dcgan [--device auto] [--warmup 30] [--steps 150] [--chunk 25]
     python benchmarks/speed.py --all --out-dir $OUT              (the nine image scripts)
     python benchmarks/speed.py --script wgan --fast-flags=--fast --fast-flags="--fast --amp"
-    python benchmarks/speed.py --table benchmarks/results/speed-*.json   (the README table)
+    python benchmarks/speed.py --table benchmarks/results/speed-*.json   (the table in benchmarks/README.md)
 
 Three modes, all at the script's default (the paper's) batch size, on the built-in shapes:
   plain    the script's networks, init, losses and update order in a loop written the way most

@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# The speed checks owed by the CPU-only session that wrote --fast (issue 11), in one command for
-# one short lease of a GPU machine (about 15 minutes of device time per session):
+# Training speed on one GPU in one command of about ten minutes: the CUDA tests of --fast, then
+# benchmarks/speed.py for the nine image scripts.
 #
 #   OUT=/some/folder [BUDGET=570] bash benchmarks/speed_gpu.sh [script ...]   (default: all nine)
 #
-# BUDGET is the whole command's wall time in seconds (give the device tool's timeout_s 20 s more):
-# the CUDA tests get at most 150 s, speed.py what is left but 20 s for packing the results.
+# BUDGET is the whole command's wall time in seconds: the CUDA tests get at most 150 s,
+# speed.py what is left but 20 s for packing the results.
 # 1. tests/test_fast.py on the GPU: the capture itself (a captured step against eager steps, and
 #    every script trained and resumed with --fast); a failure here means --fast is broken on CUDA.
 # 2. benchmarks/speed.py: plain loop, default flags, --fast and --fast --amp for each named script
 #    (the three with the 3.5x target first), --steps 100; every JSON is written as its script
 #    finishes, so a run cut by the budget still returns the finished ones.
-# What comes back: $OUT/log.txt (device, tests, one SPEED line per script, errors) and
-# $OUT/speed.tgz (speed-NAME.json: untar into benchmarks/results/, then
-# `python benchmarks/speed.py --table benchmarks/results/speed-*.json` for the README).
+# It writes $OUT/log.txt (device, tests, one SPEED line per script, errors) and $OUT/speed.tgz
+# (speed-NAME.json: untar into benchmarks/results/, then
+# `python benchmarks/speed.py --table benchmarks/results/speed-*.json` for the table).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/speed-gpu}; BUDGET=${BUDGET:-570}

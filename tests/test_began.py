@@ -1,5 +1,16 @@
-"""began.py against ../shared/papers/began.md: the losses, the k_t controller, M_global, the
-autoencoder D, step isolation, the lr-decay rule, exact resume of k_t, the command line."""
+"""began.py against its paper: the losses, the k_t controller, M_global, the autoencoder D,
+step isolation, the lr-decay rule, exact resume of k_t, the command line.
+
+The spec's update_k number, k_t in [0, 1] under extreme inputs, both controllers and M_global
+against the closed form, M_global >= L(x) >= 0, the L1 loss, D an autoencoder with no
+normalisation layer and ELU only, linearly growing filters, nearest upsampling, skip
+connections, D's update independent of the fake batch when k = 0, each step updating only its
+own network, G's gradient through both G(z) and D(G(z)) and a G step following it,
+z ~ U(-1, 1), the affine FC and output layers, the skip's nearest-neighbour h0, D updated before
+G with fresh latents and M_global of the step's own losses, the stall rule at exactly the
+tolerance and the lr schedule, exact resume of k_t and the lr-decay state, the command line,
+`--generate`, `losses.png`.
+"""
 import math
 
 import pytest
@@ -31,11 +42,13 @@ def test_paper_defaults():
     args = began.parse_args([])
     assert (args.gamma, args.lambda_k, args.k0) == (0.5, 0.001, 0.0)
     assert (args.n_filters, args.nz, args.nh, args.skip) == (128, 64, 64, False)
-    assert (args.lr, args.beta1, args.beta2, args.batch_size, args.image_size) == (1e-4, 0.5, 0.999, 16, 64)
-    assert args.lr_decay == "stall" and args.dataset == "shapes"
+    assert (args.lr, args.beta1, args.beta2, args.batch_size, args.image_size) == (1e-4, 0.9, 0.999, 16, 64)
+    assert args.lr_decay == "stall" and args.dataset == "shapes" and args.lr_floor == 2e-5
     _, _, opt_G, opt_D = _nets()
-    for opt in (opt_G, opt_D):
-        assert type(opt) is torch.optim.Adam and opt.defaults["betas"] == (0.5, 0.999)
+    for opt in (opt_G, opt_D):   # the port's AdamOptimizer(lr): TensorFlow's betas and epsilon
+        assert type(opt) is torch.optim.Adam and opt.defaults["betas"] == (0.9, 0.999)
+        assert opt.defaults["eps"] == 1e-8
+    assert began.parse_args(["--beta1", "0.5"]).beta1 == 0.5      # the value the port declares
 
 
 # --- the controller, the measure, the losses -------------------------------------------------
@@ -387,6 +400,24 @@ def _have_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_decayed_lr_stops_at_the_floor_and_never_raises_a_rate():
+    assert began.decayed_lr(1e-4, 0.5, 2e-5) == 5e-5
+    assert began.decayed_lr(3e-5, 0.5, 2e-5) == 2e-5                 # the port: max(lr / 2, 2e-5)
+    assert began.decayed_lr(2e-5, 0.5, 2e-5) == 2e-5
+    assert began.decayed_lr(1e-5, 0.5, 2e-5) == 1e-5                 # already below: left alone
+    assert began.decayed_lr(1e-4, 1.0, 2e-5) == 1e-4                 # no stall: unchanged
+    assert began.decayed_lr(1e-6, 0.5, 0.0) == 5e-7                  # --lr-floor 0: no end
+
+
+@pytest.mark.parametrize("floor, expected", [(None, [1e-4, 5e-5, 2.5e-5, 2e-5, 2e-5, 2e-5]),
+                                             ("0", [1e-4, 5e-5, 2.5e-5, 1.25e-5, 6.25e-6, 3.125e-6])])
+def test_cli_halving_stops_at_the_lr_floor(tmp_path, floor, expected):
+    flags = ["--lr-decay", "fixed", "--lr-window", "1", "--max-steps", "6", "--out", "run"]
+    began.main(TINY_B + flags + (["--lr-floor", floor] if floor else []))
+    lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "run")]
+    assert lrs == pytest.approx(expected, rel=1e-6)
 
 
 def test_cli_fixed_schedule_epochs_plot_and_generate(tmp_path):

@@ -1,5 +1,8 @@
 """The command line as a user meets it: a run's files, --generate, Ctrl-C, and bad input.
 
+The run folder and its files, an empty --out folder accepted, one config file per resume,
+--generate, Ctrl-C, and every kind of bad input through the real command line.
+
 Bad input must give one sentence on stderr, a non-zero exit, no traceback, and leave every
 earlier run as it was. Most cases go through common.cli in-process (fast); a few run the real
 command in a subprocess."""

@@ -1,4 +1,13 @@
-"""common.py: the shapes data, the loaders' errors, the run folder, checkpoints and resume."""
+"""common.py: the shapes data, the loaders' errors, the run folder, checkpoints and resume.
+
+Shapes determinism and labels, grayscale intensity, both domains, sizes and channels, pixels to
+[-1, 1], batch labels matching their images, the last incomplete batch dropped while every image
+takes part, loader errors, seeding of python, numpy and torch, run folders, checkpoint atomicity
+and `weights_only` loading, the data position, every RNG and the method state restored, exact
+resume, a grid and a checkpoint at each epoch end, Ctrl-C (the handler restored, a second one
+aborting), samples drawn in eval mode without gradients, a NaN or Inf loss stopping the run,
+metrics averaged over the values as logged even when a logged tensor changes in place afterwards.
+"""
 import argparse
 import ast
 import math

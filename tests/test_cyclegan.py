@@ -1,5 +1,17 @@
-"""cyclegan.py against ../shared/papers/cyclegan.md: networks, losses, image pool, lr schedule,
-step isolation, augmentation, and the command line (shapes and a folder), resume included."""
+"""cyclegan.py against its paper: networks, losses, image pool, lr schedule, step isolation,
+augmentation, and the command line (shapes and a folder), resume included.
+
+Paper defaults, the appendix's generator, PatchGAN map sizes and the 70x70 receptive field,
+N(0, 0.02) init, the LSGAN, cycle and identity losses against their closed forms, the lr
+schedule, the image pool storing each new image in the place of the one it returns, all four
+networks initialised, LeakyReLU 0.2 in D, the generators updated before each D on its own
+domain's fakes, paired errors as per-pixel means over the whole split, step isolation, which D
+judges each domain and which G each cycle and identity term goes through, the generator loss as
+Eq. 3 plus the identity term, no gradient through the round trip under `--no-cycle`, random crop
+and flip, exact resume with the pools and the lr schedule, `--epochs` stopping inside the
+schedule and a resume finishing it, folder data with augmentation and its test images
+translated, bad flags and refused resumes, test images served once each in order.
+"""
 import pytest
 import torch
 import torch.nn as nn

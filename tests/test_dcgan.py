@@ -1,4 +1,10 @@
-"""dcgan.py against ../shared/papers/dcgan.md: init, architecture rules, shapes, step isolation, losses."""
+"""dcgan.py against its paper: init, architecture rules, shapes, step isolation, losses.
+
+Paper defaults, init of every layer, BN's N(1, 0.02) included, BN placement, ReLU in G and
+LeakyReLU 0.2 in D with biases only where no BN follows, uniform or normal latents, shapes per
+size, real and fake through D as separate batches, one D step then one G step on the same fakes
+with each network's own optimiser, step isolation, losses against their closed forms.
+"""
 import copy
 import math
 

@@ -1,7 +1,20 @@
 """Several processes through torchrun (DistributedDataParallel, gloo on the CPU, 2 processes).
 
 One torchrun launch (tests/_ddp_child.py) runs several trainings in turn and dumps what each
-process holds at the end; the tests compare the two processes, the run folders and the resumes.
+process holds at the end; the tests compare the two processes, the run folders and the resumes:
+- identical weights (parameters and BN buffers) on both processes after training, for all nine
+  image scripts;
+- BEGAN's k_t and window sum agreeing, and InfoGAN holding the global confusion counts;
+- only rank 0 writing: the run folder's exact file list, one row per step in metrics.csv, and
+  nothing else in the working directory;
+- each process's slice of the global batches;
+- an exact distributed resume, a distributed checkpoint resumed in one process, and a
+  single-process checkpoint resumed under 2 processes;
+- a Ctrl-C delivered to one process only, after which both stop and save at the same step;
+- the sentences for an indivisible batch, seqgan, --generate and --sync-bn on the CPU;
+- torchrun with one process.
+A Ctrl-C sent to torchrun's whole process group, as a terminal does, is not automated: tried by
+hand on the CPU, both processes stopped at the same step and the checkpoint was saved.
 """
 import argparse
 import importlib.util

@@ -1,7 +1,17 @@
 """--fast (scale.Graphed, common.Run.graphed, scale.make_capturable): the fast path must not change
 what a training step computes. On the CPU the step runs eagerly through Graphed's static buffers
 (the plumbing a CUDA graph replays from), so a --fast run must end with exactly the weights
-and losses of a default run. The CUDA tests (graph capture itself) run on a GPU machine."""
+and losses of a default run.
+
+On the CPU: every image script ends with exactly the weights and losses of a default run; the
+static buffers and returned copies of scale.Graphed; optimisers switched to and from
+`capturable`, a 0-dim parameter included; a GPU --fast checkpoint resumed on the CPU with this
+device's optimiser choices; --no-fast on resume; --compile --fast (inductor) giving the eager
+weights and a checkpoint that resumes uncompiled; seqgan refusing --fast. On a GPU only
+(skipped elsewhere): a captured step against eager steps, fresh random draws at every replay, a
+step that cannot be captured ending in one sentence, and every script trained (graphs replayed)
+and resumed with --fast.
+"""
 import argparse
 import importlib
 import shutil

@@ -1,5 +1,17 @@
-"""infogan.py against ../shared/papers/infogan.md: the bound, the Gaussian term, who owns which
-gradient, the step order, the Figure 2 layout, the toy recovery of the categorical code."""
+"""infogan.py against its paper: the bound, the Gaussian term, who owns which gradient, the
+step order, the Figure 2 layout, the toy recovery of the categorical code.
+
+Table 1 networks layer by layer and App. C defaults, both networks' init, the D step's reported
+values, D then G each on its own fresh latent, H_c over every categorical code, code_acc as Q's
+matched accuracy on each epoch's real images, traversals from G in eval mode, d_loss and the
+non-saturating g_loss against their closed forms, each step's gradient equal to that of its GAN
+loss plus both information terms (fixed and learned σ), D and Q reading one body tensor, L_I's
+gradient reaching G, the body and the Q head but not the D head, the bound ln K for a perfect Q,
+raw logits into the cross-entropy, the fixed- and learned-σ Gaussian terms against their closed
+forms, one optimiser per network, every backward after a fresh forward, the Figure 2 latent
+layout and grid sizes, a 2-D toy where the categorical code picks the mode with λ = 1 and stays
+at chance with λ = 0, exact resume, the CLI.
+"""
 import copy
 import itertools
 import math
@@ -84,7 +96,8 @@ def test_layer_order_is_table_1():
 
 
 def test_both_networks_start_from_the_official_init():
-    # every conv/linear weight N(0, 0.02) and bias 0; every BN scale N(1, 0.02) and shift 0
+    # every conv/linear weight N(0, 0.02) and bias 0; every BN scale N(1, 0.02) and shift 0;
+    # D's convs truncated at two standard deviations (official custom_conv2d: truncated_normal)
     args = infogan.parse_args([])
     torch.manual_seed(0)
     G, D, _, _ = infogan.build(args, 1, torch.device("cpu"))
@@ -96,9 +109,14 @@ def test_both_networks_start_from_the_official_init():
             w = m.weight.detach()
             assert abs(w.mean()) < 0.01 and 0.015 < w.std() < 0.025, (name, m)
             assert m.bias is None or not m.bias.any(), (name, m)
+            if type(m) is nn.Conv2d:   # truncated: std 0.02 * 0.88
+                assert w.abs().max() <= 0.04 and 0.016 < w.std() < 0.0195, (name, m)
+            else:                      # plain normal: ~4.6% beyond two standard deviations
+                assert w.abs().max() > 0.04, (name, m)
         scale = torch.cat([m.weight.detach() for m in norms])
         assert abs(scale.mean() - 1) < 0.01 and 0.015 < scale.std() < 0.025, name
         assert not torch.cat([m.bias.detach() for m in norms]).any(), name
+    assert sum(type(m) is nn.Conv2d for m in D.modules()) == 2
 
 
 def test_bad_flags_are_refused(capsys):

@@ -1,5 +1,16 @@
-"""progan.py against ../shared/papers/progan.md: fade-in identities, equalised LR, pixel norm,
-minibatch stddev, the schedule, the losses, the step isolation, growing runs and exact resume."""
+"""progan.py against its paper: fade-in identities, equalised LR, pixel norm, minibatch
+stddev, the schedule, the losses, the step isolation, growing runs and exact resume.
+
+Paper defaults and bad flags, equalised layers storing unit weights with the paper's gains,
+pixel norm on the latent and every conv output, LeakyReLU 0.2 throughout, D's pooled old path
+mid-fade, D's loss as WGAN-GP with the drift on D(real), real batches box-filtered and faded in,
+samples from the weight average updated after each G step, both optimisers reset per phase, the
+minibatch-stddev channel, G's and D's fade-in identities, `fade_reals`, a monotone and complete
+schedule, the losses against their closed forms, the penalty on a linear critic and its
+per-sample u, step isolation, steps under `--amp`, the weight average, a CLI run through every
+phase, `--generate` at the resolution reached, exact resume mid-fade, a resume with a new
+schedule refused.
+"""
 import copy
 import math
 
@@ -36,7 +47,9 @@ def _same(a, b):
 def test_paper_defaults():
     args = progan.parse_args([])
     assert (args.lr, args.beta1, args.beta2, args.gp_weight, args.drift, args.ema) == (1e-3, 0, 0.99, 10, 1e-3, 0.999)
-    assert (args.nz, args.batch_size, args.image_size, args.mbstd_group) == (512, 16, 64, 4)
+    assert (args.nz, args.batch_size, args.image_size) == (512, 16, 64)
+    assert args.mbstd_group is None and args.mirror == "auto"   # the whole batch (Sec. 3, preset-v1)
+    assert progan.parse_args(["--mbstd-group", "4"]).mbstd_group == 4  # the official v2 setting
     assert progan.parse_batch_sizes(args.batch_sizes) == {256: 14, 512: 6, 1024: 3}   # App. A.1
     G = progan.Generator(256, args.nz, 3, args.fmap_base, args.fmap_max)
     widths = [rgb.weight.shape[1] for rgb in G.to_rgb]   # channels at 4, 8, ..., 256 px
@@ -49,7 +62,8 @@ def test_paper_defaults():
 
 @pytest.mark.parametrize("argv", [["--final-size", "24"], ["--final-size", "4"], ["--batch-sizes", "8:0"],
                                   ["--batch-sizes", "12:4"], ["--batch-sizes", "rubbish"],
-                                  ["--images-per-phase", "8"]])
+                                  ["--images-per-phase", "8"], ["--mbstd-group", "0"], ["--mbstd-group", "x"],
+                                  ["--mirror", "yes"]])
 def test_bad_flags_are_refused(argv):
     with pytest.raises(SystemExit):
         progan.parse_args(argv)
@@ -115,6 +129,28 @@ def test_pixel_norm_gives_unit_mean_square_over_channels():
     assert torch.allclose(progan.PixelNorm()(z).pow(2).mean(1), torch.ones(4), atol=1e-5)
 
 
+def test_minibatch_stddev_is_over_the_whole_batch_by_default():
+    # Sec. 3: "over the minibatch"; preset-v1 and the Theano original: one group, the whole batch
+    assert progan.Discriminator(16, fmap_base=64, fmap_max=8).blocks[0][0].group_size is None
+    mb = progan.MinibatchStdDev()
+    x = (torch.arange(8) % 2).float().view(8, 1, 1, 1).expand(8, 2, 4, 4)    # samples 0, 1, 0, 1, ...
+    assert torch.allclose(mb(x)[:, 2], torch.full((8, 4, 4), 0.5), atol=1e-6)  # std 0.5 over all 8
+    # groups of 4 (official v2: samples {0, 2, 4, 6} and {1, 3, 5, 7}) see no variation at all
+    assert torch.allclose(progan.MinibatchStdDev(4)(x)[:, 2], torch.full((8, 4, 4), 1e-4), rtol=1e-3)
+    x = torch.cat([torch.zeros(7, 2, 4, 4), torch.full((7, 2, 4, 4), 2.0)])   # 14 (the paper's 256 px batch)
+    assert torch.allclose(mb(x)[:, 2], torch.ones(14, 4, 4), atol=1e-6)
+    with pytest.raises(ValueError):               # groups of 4 do not divide 14 (the official code asserts)
+        progan.MinibatchStdDev(4)(x)
+
+
+def test_a_group_size_that_does_not_divide_a_batch_is_refused(tmp_path):
+    flags = TINY_PG + ["--out", str(tmp_path / "run"), "--epochs", "1"]
+    with pytest.raises(common.UserError, match="--mbstd-group 3 does not divide the batch of 8 at 4 px"):
+        progan.main(flags + ["--mbstd-group", "3"])
+    with pytest.raises(common.UserError, match="batch of 6 at 16 px"):   # a per-resolution batch too
+        progan.main(flags + ["--mbstd-group", "4", "--batch-sizes", "16:6"])
+
+
 def test_minibatch_stddev_channel():
     mb = progan.MinibatchStdDev(group_size=4)
     x = torch.randn(8, 5, 4, 4)
@@ -129,10 +165,8 @@ def test_minibatch_stddev_channel():
     s = mb(x)[:, 2]
     assert torch.allclose(s[0::2], torch.full((4, 4, 4), 1e-4), rtol=1e-3)
     assert torch.allclose(s[1::2], torch.ones(4, 4, 4), atol=1e-6)
-    # fewer samples than the group size: one group of all; 6 samples: groups of 3
+    # fewer samples than the group size: one group of all
     assert torch.allclose(mb(x[[1, 3]])[:, 2], torch.ones(2, 4, 4), atol=1e-6)
-    six = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 4, 4)
-    assert torch.allclose(mb(six)[:, 1], torch.full((6, 4, 4), math.sqrt(8 / 3)), atol=1e-5)  # {0,2,4}, {1,3,5}
 
 
 def test_generator_fade_in_identities():
@@ -233,11 +267,44 @@ def test_gradient_penalty_on_a_linear_critic():
     real, fake = torch.randn(5, 3, 4, 4), torch.randn(5, 3, 4, 4)
     w = torch.randn(3, 4, 4)
     D = _Linear(w)
-    gp = progan.gradient_penalty(D, real, fake, 0)
+    gp = progan.gradient_penalty(D, real, fake, 0, 1.0, 4)           # 4x4 is the final size
     assert torch.allclose(gp, (w.norm() - 1) ** 2, atol=1e-5)
-    assert progan.gradient_penalty(_Linear(w / w.norm()), real, fake, 0) < 1e-10
+    assert progan.gradient_penalty(_Linear(w / w.norm()), real, fake, 0, 1.0, 4) < 1e-10
     gp.backward()                                     # the penalty trains the critic
     assert D.w.grad is not None and D.w.grad.abs().sum() > 0
+    # at 4x4 of a 16 px network the norm is in 16 px pixels: ‖w‖ / 4, so 4w is the unit slope
+    gp16 = progan.gradient_penalty(D, real, fake, 0, 1.0, 16)
+    assert torch.allclose(gp16, (w.norm() / 4 - 1) ** 2, atol=1e-5)
+    assert progan.gradient_penalty(_Linear(4 * w / w.norm()), real, fake, 0, 1.0, 16) < 1e-10
+
+
+@pytest.mark.parametrize("depth, alpha", [(0, 1.0), (1, 0.0), (1, 0.5), (2, 0.3), (2, 1.0)])
+def test_gradient_penalty_equals_the_official_form_on_final_size_images(depth, alpha):
+    # The official D always takes final-size images: the current resolution's (reals and G's
+    # outputs) nearest-neighbour upscaled by k = F / r, box-filtered back down inside D. Build
+    # that D and that x̂, take the gradient there, and compare with the penalty computed at the
+    # current resolution (the same u: the same seed).
+    _, D = _nets(final_size=16)
+    r = 4 * 2 ** depth
+    k = 16 // r
+    real, fake = torch.randn(8, 3, r, r), torch.randn(8, 3, r, r)
+    torch.manual_seed(5)
+    gp = progan.gradient_penalty(D, real, fake, depth, alpha, 16)
+    torch.manual_seed(5)
+    u = torch.rand(8, 1, 1, 1)
+
+    def up(x):
+        return F.interpolate(x, scale_factor=k, mode="nearest")         # (8, 3, 16, 16)
+
+    x_hat = torch.lerp(up(real), up(fake), u).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(F.avg_pool2d(x_hat, k), depth, alpha).sum(), x_hat)
+    norms = grad.flatten(1).norm(2, dim=1)
+    assert torch.allclose(gp, ((norms - 1) ** 2).mean(), rtol=1e-4, atol=1e-7)
+    if k > 1:  # and not the current resolution's norm, which is k times larger
+        x_r = torch.lerp(real, fake, u).requires_grad_(True)
+        (grad_r,) = torch.autograd.grad(D(x_r, depth, alpha).sum(), x_r)
+        assert torch.allclose(grad_r.flatten(1).norm(2, dim=1), k * norms, rtol=1e-4)
+        assert not torch.allclose(gp, ((k * norms - 1) ** 2).mean(), rtol=1e-2)
 
 
 def test_gradient_penalty_mixes_each_sample_with_its_own_u():
@@ -249,7 +316,7 @@ def test_gradient_penalty_mixes_each_sample_with_its_own_u():
             seen.append(x.detach().clone())
             return super().forward(x, depth, alpha)
 
-    progan.gradient_penalty(Spy(torch.ones(3, 4, 4)), torch.zeros(8, 3, 4, 4), torch.ones(8, 3, 4, 4), 0)
+    progan.gradient_penalty(Spy(torch.ones(3, 4, 4)), torch.zeros(8, 3, 4, 4), torch.ones(8, 3, 4, 4), 0, 1.0, 4)
     u = seen[0].flatten(1)                                            # (8, 48)
     assert torch.equal(u, u[:, :1].expand_as(u))                      # one u for a whole image
     assert 0 <= u.min() and u.max() <= 1 and u[:, 0].unique().numel() == 8  # a fresh u per image
@@ -283,7 +350,7 @@ def test_discriminator_step_loss_is_wgan_gp_with_drift_on_d_of_real_and_fake():
     with torch.no_grad():
         fake = G(torch.randn(8, 8), 1, 0.5)
         r, f = D(real, 1, 0.5), D(fake, 1, 0.5)
-    gp = progan.gradient_penalty(D, real, fake, 1, 0.5).detach()
+    gp = progan.gradient_penalty(D, real, fake, 1, 0.5, 16).detach()
     expected = f.mean() - r.mean() + 10 * gp + 0.001 * r.pow(2).mean()
     torch.manual_seed(1)
     loss, W, penalty = progan.discriminator_step(G, D, opt_D, real, 1, 0.5, args)
@@ -396,6 +463,41 @@ def test_real_batches_are_box_filtered_to_the_resolution_and_faded_in(monkeypatc
     for x, real, alpha in zip(drawn[2:], shown[2:], (0.0, 0.5)):   # fade-in of 8x8 (official process_reals)
         low = F.interpolate(F.avg_pool2d(x, 4), scale_factor=2, mode="nearest")
         assert torch.allclose(real, low + alpha * (F.avg_pool2d(x, 2) - low), atol=1e-6)
+
+
+def test_mirror_augment_flips_each_image_left_right_with_probability_one_half():
+    torch.manual_seed(0)
+    x = torch.randn(200, 3, 4, 4)
+    y = progan.mirror_augment(x)
+    same = (y == x).flatten(1).all(1)
+    flipped = (y == x.flip(-1)).flatten(1).all(1)
+    assert bool((same | flipped).all()) and 70 < int(flipped.sum()) < 130   # each image whole, ~half
+
+
+@pytest.mark.parametrize("flags, dataset, mirrored", [([], "shapes", False), (["--mirror", "on"], "shapes", True),
+                                                      ([], "celeba", True), ([], "lsun", True),
+                                                      (["--mirror", "off"], "celeba", False)])
+def test_mirror_augmentation_is_on_for_celeba_and_lsun_by_default(monkeypatch, tmp_path, flags, dataset, mirrored):
+    # official config.py: mirror_augment = True for CelebA(-HQ) and LSUN; the built-in shapes here
+    # stand in for those datasets (loaded under their names), the flag's choice is what is tested
+    drawn, shown, load = [], [], common.load_dataset
+    sampler, step = common.Run.sampler, progan.discriminator_step
+
+    def spy_sampler(self, data):
+        draw = sampler(self, data)
+        return lambda n: drawn.append(draw(n)[0]) or (drawn[-1], None)
+
+    monkeypatch.setattr(common, "load_dataset", lambda name, *a: load("shapes", *a))
+    monkeypatch.setattr(common.Run, "sampler", spy_sampler)
+    monkeypatch.setattr(progan, "discriminator_step",
+                        lambda G, D, opt, real, *a: shown.append(real) or step(G, D, opt, real, *a))
+    progan.main(TINY_PG + ["--dataset", dataset, "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "r")]
+                + flags)
+    x, real = torch.cat(drawn), torch.cat(shown)                   # 4x4 phase: pooled, maybe mirrored
+    low = F.avg_pool2d(x, 4)
+    flipped = (~torch.isclose(real, low, atol=1e-6)).flatten(1).any(1)
+    assert torch.allclose(torch.where(flipped.view(-1, 1, 1, 1), low.flip(-1), low), real, atol=1e-6)
+    assert bool(flipped.any()) == mirrored
 
 
 def test_samples_come_from_the_average_of_g_after_each_g_step(tmp_path):

@@ -1,5 +1,14 @@
 """benchmarks/quality.py: the measures (FD, KID, coverage, matching, rank correlation), the
-feature network, the budget's translation into each script's flags, and the CPU path end to end."""
+feature network, the budget's translation into each script's flags, and the CPU path end to end.
+
+FD exact on scaled and shifted sets, KID unbiased with subsets of at most half the set,
+coverage, matching, rank correlation with NaN points dropped, the budget's flags per script,
+curve points taken by the step each segment ended at, CycleGAN's reference set independent of
+its paired targets, a failed run named while the other scripts are still scored, a script with
+a failed comparison run scored from the rest, bad `--classifier` values and existing results
+refused, the CPU path end to end with a tiny feature network; slow (`-m slow`, about 3 minutes on
+a 2-core CPU): the real feature network separating shapes from noise.
+"""
 import argparse
 import csv
 import itertools
@@ -309,3 +318,125 @@ def test_a_failed_comparison_run_leaves_the_script_scored_from_the_others(tmp_pa
     progan = json.loads((results / "quality-progan.json").read_text())
     assert set(progan["runs"]) == {"main"}
     assert progan["failed_runs"] == {"fixed-size seed 0": "loss_D became nan by step 1; stopping."}
+
+
+# ----------------------------------------------------------------------------------------------
+# The laptop tier
+# ----------------------------------------------------------------------------------------------
+# What a laptop configuration may change: sizes, widths, batch, budget; never a loss, an
+# optimiser setting or the update schedule (sagan's attention_res and cyclegan's load_size follow the image size).
+_LAPTOP_MAY_CHANGE = {"image_size", "final_size", "channels", "ngf", "ndf", "width", "ch", "n_filters", "fc_units",
+                      "kernel_size", "fmap_base", "fmap_max", "nz", "n_blocks", "batch_size", "dataset_size", "epochs",
+                      "n_epochs", "n_epochs_decay", "images_per_phase", "seed", "device", "attention_res", "load_size",
+                      "pretrain_epochs", "d_pretrain_rounds", "eval_every"}
+
+
+@pytest.mark.parametrize("script", quality.SCRIPTS)
+def test_laptop_runs_are_the_scripts_own_flags_and_keep_its_method(script, tmp_path):
+    import importlib
+    module = importlib.import_module(script)
+    a = quality.parse_args(["--tier", "laptop", "--script", script, "--device", "cpu",
+                            "--results-dir", str(tmp_path)])
+    jobs = quality.plan(script, a, tmp_path)
+    assert jobs and jobs[0]["run"] == ("seqgan" if script == "seqgan" else "main")
+    default = vars(module.parse_args([]))
+    for job in jobs:
+        args = vars(module.parse_args(job["argv"]))      # the script's own parser accepts them all
+        changed = {k for k in default if args[k] != default[k]}
+        # a comparison run also changes what its own flags change (--loss sgan, --no-attention, ...)
+        extra = ["--mle-only"] if job["run"] == "mle" else list(quality.SPECS.get(script, quality.Spec()).variants
+                                                                   .get(job["run"], ((), None))[0])
+        own = {k for k, v in vars(module.parse_args(extra)).items() if v != default[k]}
+        assert changed <= _LAPTOP_MAY_CHANGE | own, (job["run"], changed)
+        assert job["threads"] == 1 and job["resume"]
+        if script != "seqgan":
+            assert args["channels"] == 1 and args.get("image_size", 0) in (28, 32)
+    if script == "relativistic_gan":  # the comparison on 2,000 images sees as many images as the main run
+        images = {j["run"]: j["images"] for j in jobs}
+        assert len(set(images.values())) == 1
+        assert all("2000" in j["argv"] for j in jobs if j["run"].startswith("small-"))
+
+
+def test_laptop_tier_runs_all_ten_and_skips_scored_scripts(tmp_path, capsys):
+    a = quality.parse_args(["--tier", "laptop", "--results-dir", str(tmp_path)])
+    assert a.script == list(quality.SCRIPTS) and (a.jobs, a.threads, a.suffix) == (2, 1, "-laptop")
+    (tmp_path / "quality-wgan-laptop.json").write_text("{}")
+    a = quality.parse_args(["--tier", "laptop", "--results-dir", str(tmp_path)])
+    assert "wgan" not in a.script and len(a.script) == 9 and "skipped" in capsys.readouterr().out
+    assert quality.parse_args(["--tier", "laptop", "--results-dir", str(tmp_path), "--overwrite"]).script == \
+        list(quality.SCRIPTS)
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--results-dir", str(tmp_path)])  # the paper tier names its scripts
+
+
+def test_laptop_targets_and_comparisons_carry_their_sign():
+    def runs(classes_min, confident, position, fd_a, fd_b):
+        m = {"classes_covered": {"mean": classes_min, "min": classes_min}, "confident_rate": {"mean": confident},
+             "fd_position": {"mean": position}, "fd_shapes": {"mean": fd_a}}
+        return {"main": {"metrics": m}, "no-attention": {"metrics": {"fd_shapes": {"mean": fd_b}}}}
+
+    met = quality.targets("sagan", runs(8, 0.5, 0.3, 1, 2), {}, "laptop")
+    assert all(t["met"] for t in met.values()) and len(met) == 3
+    missed = quality.targets("sagan", runs(7, 0.49, 0.31, 1, 2), {}, "laptop")
+    assert not any(t["met"] for t in missed.values())
+    assert not any(t["met"] for t in quality.targets("sagan", runs(8, 0.5, 0.3, 1, 2), {}, "paper").values())
+    better, = quality.comparisons("sagan", runs(8, 0.5, 0.3, 1.0, 2.0))
+    worse, = quality.comparisons("sagan", runs(8, 0.5, 0.3, 3.0, 2.0))
+    assert better["agrees_with_paper"] and better["difference"] == -1.0
+    assert not worse["agrees_with_paper"] and worse["difference"] == 1.0
+    seq = {"seqgan": {"metrics": {"nll_oracle_final": {"mean": 9.0}}},
+           "mle": {"metrics": {"nll_oracle_final": {"mean": 9.1}}},
+           "comparison": {"metrics": {"mle_minus_seqgan": {"mean": 0.1}}}}
+    assert quality.targets("seqgan", seq, {}, "laptop")["SeqGAN below MLE at the end (NLL_oracle)"]["met"]
+    assert quality.comparisons("seqgan", seq)[0]["agrees_with_paper"]
+
+
+def test_a_stopped_laptop_run_resumes_and_a_finished_one_is_reused(tmp_path, monkeypatch):
+    import subprocess
+    import time as _time
+    job = {"script": "dcgan", "run": "main", "seed": 0, "device": "cpu", "dir": str(tmp_path / "main-seed0"),
+           "argv": ["--seed", "0", "--device", "cpu", "--dataset-size", "64", "--epochs", "200",
+                    *quality.SPECS["dcgan"].tiny], "images": None, "threads": 1, "resume": True}
+    code = ("import json, sys; sys.path.insert(0, 'benchmarks'); import quality; "
+            f"quality.train_job(json.loads({json.dumps(json.dumps(job))}))")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root)
+    ckpt = tmp_path / "main-seed0" / "checkpoint.pt"
+    deadline = _time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and _time.time() < deadline:
+        _time.sleep(0.02)
+    proc.kill()  # killed outright (a machine switched off): no Ctrl-C, no final checkpoint
+    proc.wait()
+    stopped_at = int(torch.load(ckpt, weights_only=False)["step"])
+    assert stopped_at < 200 * 2, "the run finished before it could be stopped"
+    done = quality.train_job(job)
+    assert "error" not in done, done.get("error")
+    assert list((tmp_path / "main-seed0").glob("config-resume-*.json")), "trained again instead of resumed"
+    assert int(common.read_checkpoint(job["dir"], "dcgan")["step"]) == 200 * 2   # 64 images, batch 32
+    assert done["wall_s"] > 0 and 0 < done["cpu_s"] <= 1.5 * done["wall_s"]
+    monkeypatch.setattr(quality.importlib.import_module("dcgan"), "main",
+                        lambda argv: pytest.fail("a finished run was trained again"))
+    again = quality.train_job(job)
+    assert again["reused"] and again["wall_s"] == done["wall_s"] and again["cpu_s"] == done["cpu_s"]
+
+
+def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_path):
+    def metric(v):
+        return {"mean": v, "std": 0.0, "min": v, "max": v, "n": 1, "values": [v]}
+
+    main = {k: metric(v) for k, v in (("fd_shapes", 12.3), ("fd_position", 0.25), ("classes_covered", 9),
+                                     ("confident_rate", 0.61), ("train_wall_s", 1500.0))}
+    runs = {"main": {"metrics": main}, "no-attention": {"metrics": {"fd_shapes": metric(15.0),
+                                                                     "train_wall_s": metric(1700.0)}}}
+    out = {"runs": runs, "targets": quality.targets("sagan", runs, {}, "laptop"),
+           "comparisons": quality.comparisons("sagan", runs)}
+    (tmp_path / "quality-sagan-laptop.json").write_text(json.dumps(out))
+    table = quality.results_table(tmp_path).splitlines()
+    assert len(table) == 3   # header, rule, sagan (the nine without a JSON are left out)
+    row = table[2]
+    assert row.startswith("| sagan.py | 12.3 (0.25) | 9/10 | 61% |")
+    assert "main − no-attention: -2.7 (agrees)" in row and row.endswith("| 28 min |")  # the longest run
+    runs["main"]["metrics"]["train_cpu_s"] = metric(1200.0)   # CPU time, where recorded, over wall time
+    runs["no-attention"]["metrics"]["train_cpu_s"] = metric(1260.0)
+    (tmp_path / "quality-sagan-laptop.json").write_text(json.dumps(out))
+    assert quality.results_table(tmp_path).splitlines()[2].endswith("| 21 min |")

@@ -1,4 +1,13 @@
-"""relativistic_gan.py against ../shared/papers/relativistic_gan.md: every loss and identity."""
+"""relativistic_gan.py against its paper: every loss and identity.
+
+Setups (a) and (b) and both optimisers' lr and betas, sizes refused, the CIFAR generator's
+layers, init of every conv (the raw weight under spectral norm) and BN scale, the D step's loss
+and C_gap, every loss against its closed form, swap symmetry, shift invariance, the values at
+r = f, permutation behaviour, the G loss's dependence on the real logits, gradients through the
+batch means r̄ and f̄, the penalty (one u in [0, 1] per sample, reaching the critic's parameters)
+and `--gp` reaching D's loss and gradient, D getting no gradient in G's step, each `--loss` from
+the command line.
+"""
 import copy
 import math
 

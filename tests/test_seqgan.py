@@ -1,5 +1,22 @@
-"""seqgan.py against ../shared/papers/seqgan.md: the oracle, Monte Carlo rewards, the policy
-gradient, D, and the whole schedule from the command line (resume, Ctrl-C, --mle-only, --text)."""
+"""seqgan.py against its paper: the oracle, Monte Carlo rewards, the policy gradient, D, and
+the whole schedule from the command line (resume, Ctrl-C, --mle-only, --text).
+
+Paper defaults and the shortened schedule, G's and the oracle's init with one bias per gate, D's
+1,720 filters, highway and dropout, D's forward written out by hand (ReLU convs, max over time,
+ReLU highway), samples following the probabilities of the forward pass (start token,
+temperature), the MLE and policy-gradient updates clipping the global gradient norm, the policy
+gradient scoring tokens by G_β's rollouts, the adversarial phase starting G_β as the pretrained G
+with D's negatives from G_θ and separate Adam states, a fresh N(0, 1) oracle drawn from the
+seed, the .npz loader against the documented equations in numpy and its errors, the paper's
+oracle's reference NLLs (skipped unless the oracle file is found: SEQGAN_ORACLE names it),
+rollouts keeping each prefix, rewards in [0, 1] with the last one D itself and Monte Carlo
+values of the prefix, pg_loss, d_loss and the MLE loss against their closed forms, the policy
+gradient under a constant Q as that constant times the likelihood gradient, policy-gradient
+steps learning what D rewards and touching only G, β ← θ and the official delayed copy, D
+learning to tell real from generated, `--text` vocabulary, padding, truncation and split, a
+text run's held-out NLL and generated text, a tiny run through every phase that resumes exactly
+after Ctrl-C, `--mle-only` identical up to the fork, `--oracle`, bad input refused.
+"""
 import math
 import os
 import signal
@@ -83,7 +100,7 @@ def _fake_npz(path, V=7, E=3, H=4, seed=0):
 
 
 def _numpy_log_likelihood(a, seq):
-    """The oracle's equations as ../shared/seqgan/README.md writes them, in numpy."""
+    """The oracle's equations (an LSTM with one bias per gate, as Oracle.from_npz reads it), in numpy."""
     sig = lambda z: 1 / (1 + np.exp(-z))
     h = c = np.zeros(a["U_i"].shape[0])
     prev, total = 0, 0.0
@@ -207,7 +224,7 @@ def test_the_papers_oracle_reproduces_its_reference_nlls():
     torch.manual_seed(0)
     own = seqgan.oracle_nll(oracle, oracle.sample(1000, 20))        # standard error about 0.017
     uniform = seqgan.oracle_nll(oracle, torch.randint(5000, (1000, 20)))
-    assert abs(own - 5.74) < 0.08 and abs(uniform - 11.44) < 0.08, (own, uniform)   # README's figures
+    assert abs(own - 5.74) < 0.08 and abs(uniform - 11.44) < 0.08, (own, uniform)   # the reference NLLs
 
 
 def test_sequence_nll_is_the_mean_per_token_nll():

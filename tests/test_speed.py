@@ -1,5 +1,9 @@
 """benchmarks/speed.py and its plain loops (benchmarks/plain_loops.py): each plain loop trains,
-computes exactly the script's step, and the result file holds every field. No timing asserted."""
+computes exactly the script's step, and the result file holds every field. No timing asserted.
+
+Each plain loop trains on PIL batches and takes exactly the script's step from the same weights
+and random draws; speed.py's JSON, table and refusals.
+"""
 import copy
 import json
 import math

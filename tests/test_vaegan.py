@@ -1,5 +1,15 @@
-"""vaegan.py against ../shared/papers/vaegan.md: the losses, which network each loss trains,
-Dis_l, the pixel-VAE baseline, gating, reconstruction grids, exact resume."""
+"""vaegan.py against its paper: the losses, which network each loss trains, Dis_l, the
+pixel-VAE baseline, gating, reconstruction grids, exact resume.
+
+Paper defaults and RMSProp, the 64 px architecture, Dis_l the 4th conv's output, sizes made and
+refused, the KL and the feature loss against their closed forms, the three-term L_GAN, Alg. 1's
+encoder and decoder losses, no GAN path to the encoder, each network's gradient exactly that of
+its own loss, `--no-recon-fakes`, the pixel VAE baseline, a step changing all three networks,
+the gate rule and a gated-off network left unchanged, the reconstruction grid's layout,
+reconstructions decoding the mean in eval mode, held-out images never trained on, metrics and
+the gate reading the step's own logits, BN after every hidden dense layer, the CLI, exact resume
+with the default flags and two variants.
+"""
 import pytest
 import torch
 import torch.nn as nn

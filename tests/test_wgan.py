@@ -1,4 +1,12 @@
-"""wgan.py against ../shared/papers/wgan.md: the loss, the clip, the schedule, the toy check."""
+"""wgan.py against its paper: the loss, the clip, the schedule, the toy check.
+
+Clipping after every critic update, a critic step returning the EM estimate and raising it,
+Alg. 1's order with a fresh batch per critic step and W averaged over them, the critic schedule
+asked with the generator iteration, RMSProp's smoothing, the critic's and generator's layers, no
+output tanh on the MLP, the two-Gaussian toy check of the EM estimate, step isolation, init and
+default widths, the paper's constant-width generator without BN against the official one, exact
+resume of every remaining step.
+"""
 import pytest
 import torch
 import torch.nn as nn
