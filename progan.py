@@ -127,12 +127,11 @@ def parse_batch_sizes(text: str) -> dict:
     return sizes
 
 
-def group_size(text: str):
-    """--mbstd-group: 'all' -> None (the whole batch), else a positive integer."""
-    return None if text == "all" else common.positive_int(text)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
+    def group_size(text: str):
+        """--mbstd-group: 'all' -> None (the whole batch), else a positive integer."""
+        return None if text == "all" else common.positive_int(text)
+
     p = argparse.ArgumentParser(
         description="Progressive Growing of GANs (Karras et al., 2018). --epochs E: the run shows D "
                     "E x (dataset size) real images in all, drawn at random (official total_kimg); the "
