@@ -1,11 +1,8 @@
 """Plumbing shared by the ten GAN scripts: flags, device, seeding, data, run folder, checkpoints.
 
-Nothing in here is a network, a loss or an idea from a paper; each script holds its paper
-whole. Read a script first; come here when you want to know what `run.batches(data)` does.
-Several processes (torchrun) and CUDA graphs (--fast) live in scale.py, imported only by a
-run that asks for them. Sections: errors and the command line | flags | device and seeding |
-the doors to scale.py | the built-in shapes | datasets | the run (folder, metrics, samples,
-checkpoints and resume, the loop).
+Nothing in here is a network, a loss or an idea from a paper: read a script first, and come here
+to learn what `run.batches(data)` does. Several processes (torchrun) and CUDA graphs (--fast) live
+in scale.py, imported only by a run that asks for them.
 """
 from __future__ import annotations
 
@@ -54,8 +51,7 @@ def _one_line(error: BaseException) -> str:
 
 def cli(main) -> None:
     """Run `main(sys.argv[1:])` as a command: the three errors above (and running out of GPU
-    memory) become one sentence and an exit code; anything else is a bug and keeps its
-    traceback. (A script turns what its own loaders raise, ValueError, into UserError.)"""
+    memory) become one sentence and an exit code; anything else is a bug and keeps its traceback."""
     prog, shared = Path(sys.argv[0]).name, False
     try:
         main(sys.argv[1:])
@@ -72,8 +68,7 @@ def cli(main) -> None:
         message, code, shared = "aborted (no checkpoint written since the last one).", 130, True
     finally:
         shutdown()  # (under torchrun: leave the process group however main ended)
-    # Under torchrun, `shared` errors happen on every process alike: rank 0 (or a node's first
-    # process, for a UserError) says it.
+    # Under torchrun a `shared` error happens on every process alike: rank 0 alone says it.
     if _env_rank() == 0:
         print(f"{prog}: {message}", file=sys.stderr)
     elif not shared:
@@ -92,7 +87,6 @@ def _checked(convert, ok, must: str):
         if not ok(value):
             raise argparse.ArgumentTypeError(f"must be {must}, got {text}")
         return value
-
     parse.__name__ = convert.__name__  # (argparse: "invalid int value: 'x'")
     return parse
 
@@ -105,12 +99,10 @@ unit_interval = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide=(), **defaults) -> None:
-    """The flags every script shares, spelled the same in all ten; `defaults` overrides ours,
-    `help` rewrites a flag's help text where it means something particular in a script, and
-    `hide` keeps flags that do not apply out of --help (seqgan.py's image flags)."""
+    """The flags every script shares. `defaults` overrides ours, `help` rewrites a flag's help for
+    one script, `hide` keeps flags that do not apply out of --help (seqgan.py's image flags)."""
     g = parser.add_argument_group("run (shared by all scripts)")
-    g.add_argument("--dataset", choices=DATASETS, default="shapes",
-                   help="training data; 'shapes' is built in (no files, no network)")
+    g.add_argument("--dataset", choices=DATASETS, default="shapes", help="training data; 'shapes' is built in")
     g.add_argument("--data-root", default="./data", help="folder holding the real datasets")
     g.add_argument("--download", action="store_true", help="download the dataset if missing")
     g.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels")
@@ -124,8 +116,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     g.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many training steps in all (for quick runs)")
     g.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, latents and data order")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
-                   help="auto picks cuda, then mps, then cpu")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: cuda, mps, cpu")
     g.add_argument("--out", default=None,
                    help="run folder (default runs/<script>-<dataset>-<time>); must not exist yet")
     g.add_argument("--resume", default=None, metavar="RUN_OR_CHECKPOINT",
@@ -134,11 +125,9 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
                    help="write N samples from the --resume checkpoint instead of training")
     g.add_argument("--sample-every", type=non_negative_int, default=0,
                    help="also save a sample grid every N steps (0: only at the end of each epoch)")
-    g.add_argument("--log-every", type=positive_int, default=50,
-                   help="write averaged losses to metrics.csv every N steps")
+    g.add_argument("--log-every", type=positive_int, default=50, help="write mean losses to metrics.csv every N steps")
     g.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                    help="DataLoader worker processes for datasets read from disk")
-    # on/off pairs (--amp / --no-amp ...): a resumed run takes the saved value unless one is typed
     on_off = argparse.BooleanOptionalAction
     g.add_argument("--amp", action=on_off, default=False, help="bf16 autocast (CUDA; faster, less exact)")
     g.add_argument("--compile", action=on_off, default=False, help="torch.compile the networks")
@@ -164,10 +153,8 @@ _MAY_CHANGE_ON_RESUME = _PER_INVOCATION | {"epochs", "max_steps", "log_every", "
 
 
 def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocation=()) -> argparse.Namespace:
-    """Parse argv. With --resume, the run's saved flags fill in every flag not given again.
-
-    `per_invocation` names a script's own flags that describe one command rather than the run
-    (sagan.py's --class for --generate): never taken from, nor compared with, the checkpoint."""
+    """Parse argv. With --resume, the run's saved flags fill in every flag not given again;
+    `per_invocation`: a script's flags never taken from the checkpoint (sagan.py's --class)."""
     args = parser.parse_args(argv)
     if args.resume is None:
         if args.generate is not None:
@@ -208,14 +195,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # seeds every CUDA device too
 
 
-def _seed_of(*numbers: int) -> int:
-    """A seed made of several numbers (the run's seed and an epoch, or a process's rank)."""
+def _seed_of(*numbers: int) -> int:  # (the run's seed and an epoch, or a process's rank)
     return int(np.random.SeedSequence(list(numbers)).generate_state(1)[0])
 
 
 def setup(args, single_process: bool = False) -> torch.device:
-    """Seed, pick the device and switch on the fast paths that do not change the method. Under
-    torchrun, also join the process group (scale.py); `single_process` refuses torchrun."""
+    """Seed, pick the device, switch on the fast paths that do not change the method; under
+    torchrun, join the process group (scale.py) unless `single_process`."""
     seed_everything(args.seed)  # the same on every process: the networks start identical
     device = select_device(args.device)
     if launched():
@@ -233,9 +219,8 @@ def setup(args, single_process: bool = False) -> torch.device:
 
 
 def optimizer_kwargs(device: torch.device) -> dict:
-    """Fused Adam/AdamW kernels on CUDA; elsewhere PyTorch's default, one parameter at a time
-    (on the CPU the multi-tensor (foreach) update of these networks measured slower: 20 ms
-    against 14 ms per step for cyclegan.py's generators, and cyclegan.py 4% slower in all)."""
+    """Fused Adam kernels on CUDA; elsewhere PyTorch's default, one parameter at a time (the
+    multi-tensor update measured slower on the CPU: benchmarks/README.md, Speed)."""
     return {"fused": True} if device.type == "cuda" else {}
 
 
@@ -247,9 +232,8 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
 
 
 # --- The doors to scale.py: several processes (torchrun) and CUDA graphs (--fast) ---------------
-# scale.py is imported when a run asks for it: by setup() when torchrun started this process,
-# by Run.graphed() with --fast. Until then each door below gives what one process needs (rank
-# 0 of 1, the module itself, the tensor itself), and a plain run never loads scale.py.
+# scale.py is imported by setup() under torchrun and by Run.graphed() with --fast. Until then each
+# door gives what one process needs (rank 0 of 1, the module itself), and scale.py is never loaded.
 def _scale():
     import scale
     return scale
@@ -260,42 +244,29 @@ def launched() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _env_rank() -> int:
-    return int(os.environ.get("RANK", "0")) if launched() else 0
-
-
-def _in_group() -> bool:
-    """True once this process has joined a torchrun process group (setup does that)."""
-    return launched() and _scale().active()
-
-
+def _env_rank() -> int: return int(os.environ.get("RANK", "0")) if launched() else 0
+def _in_group() -> bool: return launched() and _scale().active()  # (setup joined the process group)
 def rank() -> int: return _scale().rank() if _in_group() else 0
 def world_size() -> int: return _scale().world_size() if _in_group() else 1
 def is_main() -> bool: return rank() == 0  # the process that writes files and prints
 def shutdown() -> None: return _scale().shutdown() if _in_group() else None
+def _on_main(fn): return _scale().on_main(fn, UserError) if _in_group() else fn()  # (its UserError too)
 
 
 def distribute(module: torch.nn.Module, args, find_unused: bool = False) -> torch.nn.Module:
-    """Under torchrun: `module` in DistributedDataParallel (scale.distribute); else `module`.
-    Train through what this returns; keep the plain module for checkpoints, samples and
-    forwards whose weight gradients nobody uses (D in G's step)."""
+    """Under torchrun `module` in DistributedDataParallel, else `module`: train through it; keep the
+    plain module for checkpoints, samples and forwards whose weight gradients nobody uses."""
     return _scale().distribute(module, args.sync_bn, find_unused) if _in_group() else module
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
-    """Under torchrun: the mean (or "sum") of `tensor` over the processes, in place; for method
-    state that must agree (BEGAN's k_t is updated from the global batch's losses)."""
+    """Under torchrun the mean (or "sum") of `tensor` over the processes, in place (BEGAN's k_t)."""
     return _scale().all_reduce(tensor, op) if _in_group() else tensor
 
 
 def average_gradients(*modules: torch.nn.Module) -> None:
     """Under torchrun: every .grad averaged over the processes (for gradients DDP never sees)."""
     return _scale().average_gradients(*modules) if _in_group() else None
-
-
-def _on_main(fn):
-    """fn() on rank 0 alone; its result, or its UserError, reaches every process."""
-    return _scale().on_main(fn, UserError) if _in_group() else fn()
 
 
 def per_rank(batch_size: int, flag: str | None = None) -> int:
@@ -369,10 +340,8 @@ def shape_factors(n: int, seed: int = 0, stream: int = 0) -> dict:
 
 def render_shapes(factors: dict, image_size: int, channels: int = 3, style: str = "filled",
                   device="cpu", chunk: int = 512) -> torch.Tensor:
-    """Draw the shapes described by `factors` as a uint8 tensor (N, channels, size, size).
-
-    Vectorised: every pixel of a chunk of same-class images is computed in a few tensor ops.
-    style: "filled" or "outline" (the two domains of the CycleGAN data)."""
+    """The shapes described by `factors` as uint8 (N, channels, size, size), a chunk of same-class
+    images at a time; style "filled" or "outline" (the two domains of the CycleGAN data)."""
     if not 16 <= image_size <= 256:
         raise UserError(f"the shapes data is drawn at 16 to 256 pixels, not {image_size}.")
     n = len(factors["class"])
@@ -400,12 +369,10 @@ def render_shapes(factors: dict, image_size: int, channels: int = 3, style: str 
 
 # --- Datasets ---------------------------------------------------------------------------------
 class ImageData:
-    """A fixed set of images served as batches (images in [-1, 1], labels or None) on the
-    training device, from one of three sources: `images`, one uint8 tensor held on the device
-    (batches are gathered there, no host work); `render(index)` (shapes too many to hold); or
-    `files`, a torch Dataset read from disk (celeba, lsun, folder; a DataLoader's workers read
-    the batches). Every epoch visits the images in an order fixed by (seed, epoch), so a
-    resumed run sees exactly the batches an uninterrupted one would."""
+    """A fixed set of images served as batches (images in [-1, 1], labels or None) on the device,
+    from `images` (uint8, held on the device), `render(index)` (shapes too many to hold) or
+    `files` (a Dataset read from disk by a DataLoader). An epoch's order is fixed by (seed, epoch),
+    so a resumed run sees exactly the batches an uninterrupted one would."""
 
     def __init__(self, name, n, channels, image_size, device, images=None, labels=None,
                  factors=None, render=None, files=None, workers=0, num_classes=None):
@@ -436,8 +403,7 @@ class ImageData:
         return self.to_float(x), y
 
     def batches(self, batch_size: int, epoch: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
-        """The batches of one epoch, from batch `start` on. With `world` processes, each
-        yields its `rank`-th share (batch_size / world) of every global batch."""
+        """The batches of one epoch from batch `start` on; each of `world` processes its share."""
         steps = self.steps_per_epoch(batch_size)
         g = torch.Generator().manual_seed(_seed_of(seed, epoch))
         order = torch.randperm(self.n, generator=g)[: steps * batch_size]
@@ -475,7 +441,6 @@ def shapes_data(n: int, image_size: int, channels: int, device, style: str = "fi
     """The built-in shapes: the first n images of `stream` (0 train, 1 test; see load_unpaired)."""
     factors = shape_factors(n, seed=0, stream=stream) if factors is None else factors
     device = torch.device(device)
-
     def render(index):
         return render_shapes({k: v[index.cpu()] for k, v in factors.items()}, image_size, channels, style, device)
 
@@ -489,10 +454,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def _square(image_size: int, channels: int):
-    """PIL image -> uint8 (channels, size, size): the shorter side scaled to image_size
-    (bicubic), the centre square kept."""
+    """PIL image -> uint8 (channels, size, size): the shorter side scaled (bicubic), centre kept."""
     import torchvision.transforms as T
-
     gray = [T.Grayscale()] if channels == 1 else []
     return T.Compose([T.Resize(image_size, T.InterpolationMode.BICUBIC), T.CenterCrop(image_size), *gray,
                       T.PILToTensor()])
@@ -524,7 +487,6 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         from PIL import Image
-
         try:
             with Image.open(self.paths[i]) as im:
                 return self.transform(im.convert("RGB")), self.targets[i]
@@ -536,7 +498,6 @@ class ImageFiles(torch.utils.data.Dataset):
 def _torchvision_dataset(name: str, root: str, download: bool, transform=None):
     """torchvision's training split of `name`; missing data or a failed download: one sentence."""
     import torchvision.datasets as tvd
-
     if name == "lsun" and download:
         raise UserError(f"torchvision cannot download LSUN; fetch it with the LSUN tools and put the "
                         f"lmdb folders under {root}.")
@@ -600,12 +561,8 @@ def load_dataset(name: str, root: str = "./data", image_size: int = 64, channels
 
 def load_unpaired(name: str, root: str = "./data", image_size: int = 64, channels: int | None = None,
                   device="cpu", size: int | None = None, split: str = "train", workers: int = 0):
-    """Two domains (A, B) for image-to-image translation.
-
-    shapes: A draws the shapes filled, B as outlines, from independent factor draws (unpaired).
-            split="test" gives the paired split: B[i] is exactly A[i] drawn in B's style.
-    folder: root/trainA and root/trainB (root/testA, root/testB for split="test"), the layout
-            of the public CycleGAN datasets."""
+    """Two domains (A, B). shapes: filled and outlined, unpaired (split "test": B[i] is A[i] in B's
+    style); folder: root/trainA and root/trainB (testA, testB), as the public CycleGAN datasets."""
     device, channels = torch.device(device), channels or 3
     if name == "shapes" and split == "train":
         return (shapes_data(size or 60000, image_size, channels, device, "filled", stream=0),
@@ -642,7 +599,6 @@ def read_checkpoint(path, script: str, map_location="cpu") -> dict:
 def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> None:
     """Save images in [-1, 1] as one PNG grid."""
     import torchvision.utils as vutils
-
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
     vutils.save_image(images.detach().float().cpu().add(1).div(2).clamp(0, 1), path, nrow=nrow, padding=2)
 
@@ -672,13 +628,10 @@ class StopFlag:
 
 
 class Run:
-    """One training run: its folder, its metrics, its samples and its checkpoints.
-
-    `modules` maps names to everything with a state_dict (networks, optimisers, schedulers);
-    `state` holds method state (tensors or numbers: the fixed latent, BEGAN's k_t, ...);
-    both are saved in every checkpoint and restored on --resume, with the RNG states, so a
-    resumed run continues exactly. `sample_fn()` returns images in [-1, 1] for sample grids.
-    Under torchrun every process has its Run; rank 0 alone writes files."""
+    """One training run: its folder, metrics, samples and checkpoints. `modules` (everything with a
+    state_dict) and `state` (method state: the fixed latent, BEGAN's k_t, ...) are saved in every
+    checkpoint with the RNG states, so a resumed run continues exactly. `sample_fn()` returns
+    images in [-1, 1] for the grids. Under torchrun rank 0 alone writes files."""
 
     def __init__(self, script: str, args, modules: dict, state: dict | None = None, sample_fn=None, device=None):
         self.script, self.args, self.modules = script, args, modules
@@ -695,10 +648,8 @@ class Run:
         elif args.generate is None:
             self.dir = _on_main(self._new_folder)  # rank 0 makes it; every process learns its path
         if args.generate is None:
-            _on_main(self._write_config)
-            _on_main(self._trim_metrics)
-        # --fast: steps captured as CUDA graphs on a CUDA device (not under torchrun: DDP's
-        # gradient all-reduce is not captured here); elsewhere they run eagerly (see graphed).
+            _on_main(lambda: (self._write_config(), self._trim_metrics()))
+        # --fast: CUDA graphs on a CUDA device, not under torchrun (DDP's all-reduce is not captured)
         self.fast, self._graphed = args.fast and args.generate is None, []
         self.capture = self.fast and torch.device(device or "cpu").type == "cuda" and not launched()
         if self.fast and not self.capture and is_main():
@@ -732,7 +683,6 @@ class Run:
 
     def _write_config(self) -> None:
         import torchvision
-
         versions = {"python": platform.python_version(), "torch": torch.__version__,
                     "torchvision": torchvision.__version__, "numpy": np.__version__}
         if self.device is not None and torch.device(self.device).type == "cuda":
@@ -748,13 +698,11 @@ class Run:
 
     # -- metrics --------------------------------------------------------------------------------
     def log(self, **metrics) -> None:
-        """Accumulate metrics on the device (no host sync until the next flush). Each metric
-        is averaged over the times it was logged since the last flush: log one per step, or
-        one per inner iteration (WGAN's critic), as the paper counts it."""
+        """Accumulate metrics on the device (no host sync): each is averaged over the times it was
+        logged until the next flush (once a step, or once per inner iteration: WGAN's critic)."""
         for key, value in metrics.items():
             value = value.detach().float() if torch.is_tensor(value) else torch.tensor(float(value))
-            # the first value is copied: it may share memory with a parameter (SAGAN's γ) or
-            # state (BEGAN's k_t) that changes in place before the flush
+            # a copy: it may share memory with a parameter or state that changes in place (SAGAN's γ)
             self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
             self._counts[key] = self._counts.get(key, 0) + 1
 
@@ -779,15 +727,14 @@ class Run:
         self.last_metrics, path = row, self.dir / "metrics.csv"
         if not is_main():
             return row
-        if self._header is None or not set(row) <= set(self._header):  # the first row or a new metric:
-            old = _read_csv(path) if path.exists() else []                 # the header grows
-            self._header = (self._header or []) + [k for k in row if k not in (self._header or [])]
-            with open(path, "w", newline="") as f:
-                writer = csv.DictWriter(f, self._header)
+        grows = self._header is None or not set(row) <= set(self._header)  # the first row or a new metric
+        old = _read_csv(path) if grows and path.exists() else []  # (rewritten under the wider header)
+        self._header = list(dict.fromkeys([*(self._header or []), *row]))
+        with open(path, "w" if grows else "a", newline="") as f:
+            writer = csv.DictWriter(f, self._header)
+            if grows:
                 writer.writeheader()
-                writer.writerows(old)
-        with open(path, "a", newline="") as f:
-            csv.DictWriter(f, self._header).writerow(row)
+            writer.writerows([*old, row])
         return row
 
     def _trim_metrics(self) -> None:
@@ -825,7 +772,6 @@ class Run:
     def generate(self, fn, n: int) -> Path:
         """--generate N: write N samples of fn(k) (a grid and one PNG each) to a new folder."""
         import torchvision.utils as vutils
-
         out, k = self.dir / f"generated-{datetime.now():%Y%m%d-%H%M%S}", 2
         while out.exists():
             out, k = out.with_name(out.name.split("_")[0] + f"_{k}"), k + 1
@@ -841,8 +787,7 @@ class Run:
 
     # -- checkpoints and resume -----------------------------------------------------------------
     def save_checkpoint(self) -> Path:
-        """Write checkpoint.pt, atomically. Under torchrun every process calls it: rank 0
-        writes, the others wait for it."""
+        """Write checkpoint.pt atomically (under torchrun rank 0 writes, the others wait)."""
         self.flush()  # never save a state whose losses we have not checked
         path = self.dir / "checkpoint.pt"
         ckpt = {"script": self.script, "format": 1, "args": vars(self.args), "step": self.step,
@@ -883,9 +828,8 @@ class Run:
 
     # -- the loop -------------------------------------------------------------------------------
     def graphed(self, fn, warmup: int = 3):
-        """A training step `fn` (tensors in, tensors out) as the loop calls it: fn itself without
-        --fast; with --fast a scale.Graphed step, a CUDA graph on a GPU (elsewhere eager,
-        through the same static buffers)."""
+        """A step `fn` (tensors in, tensors out) as the loop calls it: fn itself without --fast; with
+        --fast a scale.Graphed step (a CUDA graph on a GPU, elsewhere eager through its buffers)."""
         if not self.fast:
             return fn
         for opt in self.modules.values() if self.capture else ():  # a graph needs the optimisers'
@@ -895,19 +839,16 @@ class Run:
         return self._graphed[-1]
 
     def recapture(self) -> None:
-        """--fast: capture the graphed steps anew after something baked into them changed (a
-        learning rate, the optimisers' state). Without --fast there is nothing to do."""
+        """--fast: capture the steps anew after something baked into them changed (a learning rate)."""
         for step in self._graphed:
             step.reset()
 
     def stream(self, data: ImageData, batch_size: int | None = None):
-        """An endless iterator of (images, labels) batches, epoch after epoch. Its position
-        (batches drawn so far) is saved in every checkpoint, so a resumed run draws exactly the
-        batches the uninterrupted run would have drawn next."""
+        """Endless (images, labels) batches, epoch after epoch; its position is saved in every
+        checkpoint, so a resumed run draws exactly the batches the uninterrupted run would have."""
         batch_size = batch_size or self.args.batch_size
         self._steps_per_epoch = data.steps_per_epoch(batch_size)
         per_rank(batch_size)  # under torchrun each process yields its share of each batch
-
         def endless():
             while True:
                 epoch, start = divmod(self.batches_drawn, self._steps_per_epoch)
@@ -919,12 +860,9 @@ class Run:
         return endless()
 
     def sampler(self, data: ImageData):
-        """For loops whose batch size changes (progan.py): draw(batch_size), a batch drawn
-        uniformly (data.sample: torch's RNG, saved in checkpoints). The run then counts images,
-        not batches: an epoch is len(data) images. Under torchrun batch_size is the global
-        batch: each process draws its share, with its own RNG stream."""
+        """For loops whose batch size changes (progan.py): draw(batch_size) gives a uniformly drawn
+        global batch (each process its share); the run counts images, and an epoch is len(data)."""
         self._steps_per_epoch = len(data)
-
         def draw(batch_size: int):
             self.batches_drawn += batch_size
             self._images += batch_size
@@ -941,17 +879,12 @@ class Run:
         return self.batches_drawn // self._steps_per_epoch
 
     def loop(self):
-        """Yield the step number until --epochs passes over the data or --max-steps steps.
-
-        A step is what the script makes it (dcgan: one batch; wgan: one generator iteration,
-        however many critic batches it draws from `stream`). Between steps: metrics every
-        --log-every steps, sample grids every --sample-every steps, a grid and a checkpoint
+        """Yield step numbers until --epochs or --max-steps (a step is what the script makes it: dcgan
+        one batch, wgan one generator iteration). Between steps: metrics, sample grids, a checkpoint
         after each epoch, and on Ctrl-C a checkpoint and Interrupted."""
         from tqdm import tqdm
-
         args, started = self.args, time.perf_counter()
         self._last_log, images0, epoch = (started, self._images), self._images, self.epochs_done
-
         def new_bar():
             return tqdm(total=self._steps_per_epoch, initial=self.batches_drawn % self._steps_per_epoch,
                         desc=f"epoch {self.epochs_done + 1}/{args.epochs}", leave=False,
@@ -979,8 +912,7 @@ class Run:
                     self.save_samples(f"epoch-{epoch:03d}")
                     self.save_checkpoint()
                     bar = new_bar()
-                # Under torchrun Ctrl-C reaches each process at its own step; they agree to stop at
-                # the next --log-every step or epoch end, so all save and stop at the same step.
+                # Under torchrun the processes agree to stop at the next --log-every step or epoch end.
                 if (synced and _scale().anyone(stop.requested, self.device)) if _in_group() else stop.requested:
                     bar.close()
                     path = self.save_checkpoint()
@@ -1052,7 +984,6 @@ def _rng_state() -> dict:
 def _set_rng_state(state: dict) -> None:
     def as_tuple(x):
         return tuple(as_tuple(i) for i in x) if isinstance(x, (list, tuple)) else x
-
     torch.set_rng_state(state["torch"])
     random.setstate(as_tuple(state["python"]))
     kind, keys, *rest = state["numpy"]
