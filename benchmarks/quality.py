@@ -664,11 +664,9 @@ def train_job(job: dict) -> dict:
             share = beat_cpu / (beat_t - progress["piece_started"]) if beat_t and beat_t > progress["piece_started"] \
                 else 1.0
             progress["wall_s"] += wall
-            progress["cpu_s"] += wall * min(share, 1.0 * (job.get("threads") or os.cpu_count() or 1))
-    elif run_dir.exists():
+            progress["cpu_s"] += wall * min(share, job.get("threads") or os.cpu_count() or 1)
+    if run_dir.exists() and not (job.get("resume") and (run_dir / "checkpoint.pt").exists()):
         shutil.rmtree(run_dir)  # (our own scratch folder, from a run stopped before its first checkpoint)
-    if not (run_dir / "checkpoint.pt").exists() and run_dir.exists():
-        shutil.rmtree(run_dir)
     lock = threading.Lock()
 
     def save_progress():
@@ -725,7 +723,8 @@ def train_job(job: dict) -> dict:
         except Exception as e:
             traceback.print_exc()
             error = error_sentence(e)
-    stop_beat.set()
+        finally:
+            stop_beat.set()
     out = {**job, "wall_s": round(progress["wall_s"], 1), "cpu_s": round(progress["cpu_s"], 1), "log": str(log)}
     if job.get("segments"):
         out["segment_steps"] = steps
