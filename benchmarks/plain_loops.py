@@ -47,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
+import data  # noqa: E402
 
 SCRIPTS = ("dcgan", "wgan", "relativistic_gan", "infogan", "began", "vaegan", "sagan", "progan", "cyclegan")
 
@@ -69,8 +70,8 @@ def default_backends() -> None:
 def _pil_images(n: int, image_size: int, channels: int, style: str, stream: int, device) -> tuple:
     from PIL import Image
 
-    factors = common.shape_factors(n, seed=0, stream=stream)
-    x = common.render_shapes(factors, image_size, channels, style, device).cpu()  # (N, C, S, S) uint8
+    factors = data.shape_factors(n, seed=0, stream=stream)
+    x = data.render_shapes(factors, image_size, channels, style, device).cpu()  # (N, C, S, S) uint8
     if channels == 1:
         images = [Image.fromarray(a[0].numpy(), mode="L") for a in x]
     else:
@@ -422,7 +423,7 @@ class SAGAN(Plain):
 
     def build(self):
         a = self.args
-        a.num_classes = 0 if a.unconditional else len(common.SHAPE_NAMES)
+        a.num_classes = 0 if a.unconditional else len(data.SHAPE_NAMES)
         self.G, self.D, _, _ = self.m.build(a, self.C, self.device)
         self.opt_G = adam(self.G.parameters(), a.lr_g, (a.beta1, a.beta2))  # TTUR
         self.opt_D = adam(self.D.parameters(), a.lr_d, (a.beta1, a.beta2))

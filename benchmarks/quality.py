@@ -92,12 +92,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import common  # noqa: E402
+import data  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache"
 IMAGE_SCRIPTS = ("dcgan", "wgan", "relativistic_gan", "infogan", "began", "vaegan", "sagan", "progan",
                  "cyclegan")
 SCRIPTS = IMAGE_SCRIPTS + ("seqgan",)
-NUM_CLASSES = len(common.SHAPE_NAMES)
+NUM_CLASSES = len(data.SHAPE_NAMES)
 CONFIDENT = 0.9      # a confident sample: the classifier's top class has p > 0.9
 WIDE_MARGIN = 0.2    # "closer to the floor than to the ceiling by a wide margin": fd_position <= 0.2
 PROTOCOL = ("Each run trains through the script's own main() on the built-in shapes for the budget in its "
@@ -162,10 +163,10 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def factor_targets(factors: dict, channels: int) -> torch.Tensor:
     """(N, 4): size (normalised), cos kθ, sin kθ (0, 0 for fully symmetric classes), brightness."""
-    order = torch.tensor(common.SYMMETRY, dtype=torch.float32)[factors["class"]]
+    order = torch.tensor(data.SYMMETRY, dtype=torch.float32)[factors["class"]]
     angle = factors["rotation"] * order
     symmetric = order == 0
-    lo, hi = common.SIZE_RANGE
+    lo, hi = data.SIZE_RANGE
     bright = factors["intensity"] if channels == 1 else factors["color"].amax(1)
     return torch.stack([(factors["size"] - (lo + hi) / 2) / ((hi - lo) / 2),
                         torch.where(symmetric, 0.0, torch.cos(angle)),
@@ -176,7 +177,7 @@ def factor_targets(factors: dict, channels: int) -> torch.Tensor:
 def classifier_set(n: int, stream: int, channels: int, cfg: dict, device) -> tuple:
     """n shapes of `stream`, image i rendered at render_sizes[i % k] in styles[(i // k) % 2],
     resized to the input size: (images uint8, class, factor targets, order)."""
-    f = common.shape_factors(n, seed=0, stream=stream)
+    f = data.shape_factors(n, seed=0, stream=stream)
     k, styles = len(cfg["render_sizes"]), cfg["styles"]
     images = torch.empty(n, channels, cfg["input_size"], cfg["input_size"], dtype=torch.uint8, device=device)
     i = torch.arange(n)
@@ -184,7 +185,7 @@ def classifier_set(n: int, stream: int, channels: int, cfg: dict, device) -> tup
         for b, style in enumerate(styles):
             idx = i[(i % k == a) & ((i // k) % len(styles) == b)]
             sub = {key: v[idx] for key, v in f.items()}
-            x = common.render_shapes(sub, size, channels, style, device)
+            x = data.render_shapes(sub, size, channels, style, device)
             images[idx.to(device)] = to_uint8(to_input(x, channels, cfg["input_size"]))
     return images, f["class"].to(device), factor_targets(f, channels).to(device), f
 
@@ -600,13 +601,13 @@ def real_sets(script: str, args, n: int, device) -> tuple:
     G_AB(a), and the n paired targets of the test split (stream 1, what G_AB(a) should be), so
     the floor is what a perfect translator scores."""
     if script == "cyclegan":
-        f1 = common.shape_factors(n, stream=CYCLEGAN_REFERENCE_STREAM)
-        f2 = common.shape_factors(n, stream=1)
+        f1 = data.shape_factors(n, stream=CYCLEGAN_REFERENCE_STREAM)
+        f2 = data.shape_factors(n, stream=1)
         style = "outline"
     else:
-        f1, f2 = common.shape_factors(n, stream=1), common.shape_factors(n, stream=0)
+        f1, f2 = data.shape_factors(n, stream=1), data.shape_factors(n, stream=0)
         style = "filled"
-    return tuple(common.render_shapes(f, args.image_size, args.channels, style, device).cpu() for f in (f1, f2))
+    return tuple(data.render_shapes(f, args.image_size, args.channels, style, device).cpu() for f in (f1, f2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -900,7 +901,7 @@ def score_infogan(module, args, nets, clf, cfg, n, device) -> dict:
     e = embed(clf, images, cfg, device)
     pred = e["probs"].argmax(1)
     out["code_acc_generated"] = code_accuracy(codes["cat"][:, 0].cpu(), pred, args.cat_dim)
-    order = torch.tensor(common.SYMMETRY)[pred]
+    order = torch.tensor(data.SYMMETRY)[pred]
     angle = torch.atan2(e["factors"][:, 2], e["factors"][:, 1])
     for j in range(args.n_cont):
         c = codes["cont"][:, j].cpu()
@@ -1065,8 +1066,8 @@ def real_grid(results_dir, suffix: str = "-laptop") -> Path:
     (32 px grayscale), the gallery's reference beside the scripts' grids."""
     path = Path(results_dir) / f"quality-real{suffix}.png"
     if not path.exists():
-        f = common.shape_factors(64, stream=1)
-        common.save_grid(common.render_shapes(f, 32, 1, "filled", "cpu").float().div(127.5).sub(1), path, nrow=8)
+        f = data.shape_factors(64, stream=1)
+        common.save_grid(data.render_shapes(f, 32, 1, "filled", "cpu").float().div(127.5).sub(1), path, nrow=8)
     return path
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/shapes_speed.py [--n 20000] [--out benchmarks/results/shapes-speed-cpu.json]
 
-Times common.render_shapes on n images (factors drawn beforehand), after one warm-up call,
+Times data.render_shapes on n images (factors drawn beforehand), after one warm-up call,
 best of three; on CUDA with synchronisation around the timed region.
 """
 import argparse
@@ -14,18 +14,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import common  # noqa: E402
+import data  # noqa: E402
 
 
 def rate(n, size, channels, style, device):
-    factors = common.shape_factors(n)
-    common.render_shapes({k: v[:256] for k, v in factors.items()}, size, channels, style, device)
+    factors = data.shape_factors(n)
+    data.render_shapes({k: v[:256] for k, v in factors.items()}, size, channels, style, device)
     best = float("inf")
     for _ in range(3):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        common.render_shapes(factors, size, channels, style, device)
+        data.render_shapes(factors, size, channels, style, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)

@@ -1,4 +1,4 @@
-"""common.py: the shapes data, the loaders' errors, the run folder, checkpoints and resume.
+"""common.py and data.py: the shapes data, the loaders' errors, the run folder, checkpoints and resume.
 
 Shapes determinism and labels, grayscale intensity, both domains, sizes and channels, pixels to
 [-1, 1], batch labels matching their images, the last incomplete batch dropped while every image
@@ -6,7 +6,8 @@ takes part, loader errors, seeding of python, numpy and torch, run folders, chec
 and `weights_only` loading, the data position, every RNG and the method state restored, exact
 resume, a grid and a checkpoint at each epoch end, Ctrl-C (the handler restored, a second one
 aborting), samples drawn in eval mode without gradients, a NaN or Inf loss stopping the run,
-metrics averaged over the values as logged even when a logged tensor changes in place afterwards.
+metrics averaged over the values as logged even when a logged tensor changes in place afterwards;
+data.py and scale.py importing nothing of the collection.
 """
 import argparse
 import ast
@@ -26,6 +27,7 @@ import torch
 from conftest import TINY, fake_mnist, read_metrics, tree_digest
 
 import common
+import data
 import dcgan
 
 # ------------------------------------------------------------------------------------------------
@@ -34,12 +36,12 @@ import dcgan
 
 
 def test_factors_of_image_i_do_not_depend_on_how_many_images_are_drawn():
-    few, many = common.shape_factors(50), common.shape_factors(500)
+    few, many = data.shape_factors(50), data.shape_factors(500)
     for key in few:
         assert torch.equal(few[key], many[key][:50]), key
-    other_stream = common.shape_factors(50, stream=1)
+    other_stream = data.shape_factors(50, stream=1)
     assert not torch.equal(few["x"], other_stream["x"])
-    assert not torch.equal(few["x"], common.shape_factors(50, seed=1)["x"])
+    assert not torch.equal(few["x"], data.shape_factors(50, seed=1)["x"])
 
 
 def test_rendering_is_deterministic_and_only_depends_on_the_image_index():
@@ -50,14 +52,14 @@ def test_rendering_is_deterministic_and_only_depends_on_the_image_index():
 
 
 def test_factor_labels_are_in_range_and_classes_balanced():
-    f = common.shape_factors(5000)
+    f = data.shape_factors(5000)
     assert f["class"].min() == 0 and f["class"].max() == 9
     counts = torch.bincount(f["class"], minlength=10).float()
     assert counts.min() > 0.8 * counts.mean()
-    lo, hi = common.SIZE_RANGE
+    lo, hi = data.SIZE_RANGE
     assert ((f["size"] >= lo) & (f["size"] <= hi)).all()
     assert (f["x"].abs() <= 1 - f["size"] + 1e-6).all() and (f["y"].abs() <= 1 - f["size"] + 1e-6).all()
-    order = torch.tensor(common.SYMMETRY, dtype=torch.float32)[f["class"]]
+    order = torch.tensor(data.SYMMETRY, dtype=torch.float32)[f["class"]]
     limit = torch.where(order > 0, 2 * math.pi / order.clamp(min=1), 1e-9)
     assert ((f["rotation"] >= 0) & (f["rotation"] < limit)).all()
     assert f["color"].shape == (5000, 3) and 0 <= f["color"].min() and f["color"].max() <= 1
@@ -95,7 +97,7 @@ def test_the_ten_classes_are_distinct_at_28_pixels():
     f = {"class": torch.arange(n), "size": torch.full((n,), 0.85), "rotation": torch.zeros(n),
          "x": torch.zeros(n), "y": torch.zeros(n), "color": torch.ones(n, 3),
          "intensity": torch.ones(n)}
-    masks = (common.render_shapes(f, 28, channels=1)[:, 0] > 127).float().flatten(1)
+    masks = (data.render_shapes(f, 28, channels=1)[:, 0] > 127).float().flatten(1)
     inter = masks @ masks.T
     union = masks.sum(1)[:, None] + masks.sum(1)[None] - inter
     iou = inter / union
@@ -122,7 +124,7 @@ def test_sizes_out_of_range_raise_a_clear_error(size):
 
 def test_large_datasets_are_rendered_per_batch_with_the_same_pixels(monkeypatch):
     held = common.load_dataset("shapes", image_size=32, size=64)
-    monkeypatch.setattr(common, "_CACHE_BYTES", 0)
+    monkeypatch.setattr(data, "_CACHE_BYTES", 0)
     streamed = common.load_dataset("shapes", image_size=32, size=64)
     assert streamed.images is None
     for (a, ya), (b, yb) in zip(held.batches(16, 3, seed=1), streamed.batches(16, 3, seed=1)):
@@ -655,6 +657,19 @@ def test_networks_losses_and_steps_need_nothing_but_torch(script):
     for node in method:
         names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
         assert "common" not in names, f"{script}.{node.name} uses common"
+
+
+@pytest.mark.parametrize("module", ["data", "scale"])
+def test_data_and_scale_import_nothing_of_the_collection(module):
+    # common -> data and common -> scale are the only arrows: either module can be copied alone
+    tree = ast.parse((ROOT / f"{module}.py").read_text(encoding="utf-8"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                 and node.module}
+    ours = {p.stem for p in ROOT.glob("*.py")}
+    assert imported & ours == set(), imported & ours
+    assert imported - set(sys.stdlib_module_names) <= {"numpy", "torch", "torchvision", "PIL"}, imported
 
 
 def test_a_plain_run_never_imports_scale(tmp_path):

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import quality  # noqa: E402
 
 import common  # noqa: E402
+import data  # noqa: E402
 
 # The CPU path needs a feature network, not a good one: TINY_CLASSIFIER trains in a second or two.
 # Whether the network separates shapes from noise needs the real one: the default configuration
@@ -117,14 +118,14 @@ def test_classifier_separates_shapes_from_noise_and_is_cached(tmp_path):
     cache = tmp_path / "cache"
     net, report, cfg = quality.classifier(3, "cpu", None, cache=cache, log=lambda s: None)
     assert report["heldout_accuracy"] > 0.98, report  # else the measures built on it mean little
-    real = common.render_shapes(common.shape_factors(300, stream=1), 32, 3)
+    real = data.render_shapes(data.shape_factors(300, stream=1), 32, 3)
     e = quality.embed(net, real, cfg, "cpu")
     cov = quality.coverage(e["probs"])
     assert cov["confident_rate"] > 0.7 and cov["classes_covered"] == 10
     noise = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
     assert quality.coverage(quality.embed(net, noise, cfg, "cpu")["probs"])["confident_rate"] < 0.1
     # FD in its features: real vs real far below real vs noise
-    other = common.render_shapes(common.shape_factors(300, stream=0), 32, 3)
+    other = data.render_shapes(data.shape_factors(300, stream=0), 32, 3)
     floor = quality.frechet_distance(e["features"], quality.embed(net, other, cfg, "cpu")["features"])
     assert floor < 0.2 * quality.frechet_distance(e["features"], quality.embed(net, noise, cfg, "cpu")["features"])
     # the second call reads the cache: the same weights, no training
