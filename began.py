@@ -83,6 +83,9 @@ Run:  python began.py --epochs 5                      (built-in shapes, 64 px, n
       python began.py --lr-decay fixed --lr-window 100000   (the port's lr schedule)
       python began.py --dataset celeba --data-root ./data
       python began.py --generate 64 --resume runs/began-shapes-<time>
+On a CPU: python began.py --image-size 32 --channels 1 --n-filters 16 --epochs 2
+      (the laptop tier: 22 min on one core of a 2-core CPU; at this size k_t fell to 0 by step
+      350 and G collapsed onto one image: benchmarks/README.md)
 """
 import argparse
 import math

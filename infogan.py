@@ -86,7 +86,7 @@ Run:  python infogan.py --epochs 5                       (built-in shapes, 28 px
       python infogan.py --dataset mnist --data-root ./data --download
       python infogan.py --generate 100 --resume runs/infogan-shapes-<time>   (+ Fig. 2 grids)
 On a CPU: python infogan.py --ngf 32 --ndf 32 --fc-units 512 --epochs 12
-      (the laptop tier: 21 min on one thread of a 2-core CPU; all ten classes drawn, Q's code
+      (the laptop tier: 18 min on one core of a 2-core CPU; all ten classes drawn, Q's code
       matching the shape class on 47% of real shapes: benchmarks/README.md)
 """
 import argparse

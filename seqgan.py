@@ -109,7 +109,7 @@ Run:  python seqgan.py --epochs 5                         (a fresh N(0, 1) oracl
       python seqgan.py --text lines.txt --tokens word ;  python seqgan.py --generate 20 --resume RUN
 On a CPU: python seqgan.py --oracle target_params_py3.pkl --num-samples 2000 --eval-samples 2000
           --pretrain-epochs 120 --d-pretrain-rounds 10 --epochs 10
-      (the laptop tier: 24 min on one thread of a 2-core CPU, the MLE baseline 4 min; NLL_oracle
+      (the laptop tier: 23 min on one core of a 2-core CPU, the MLE baseline 4 min; NLL_oracle
       9.252 against MLE's 9.277: benchmarks/README.md)
 """
 from __future__ import annotations
