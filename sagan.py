@@ -77,6 +77,9 @@ Run:  python sagan.py --epochs 5                             (built-in shapes, 6
       python sagan.py --no-attention --epochs 5              (the ablation: same network, no attention)
       python sagan.py --unconditional --epochs 5
       python sagan.py --generate 64 --class 3 --resume runs/sagan-shapes-<time>
+On a CPU: python sagan.py --image-size 32 --channels 1 --ch 16 --batch-size 32 --epochs 3
+      (the laptop tier: 26 min on one core of a 2-core CPU, 20 without attention; blobs and disks,
+      nine classes: benchmarks/README.md; add --compile for a long CPU run)
 """
 from __future__ import annotations
 
