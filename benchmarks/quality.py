@@ -1101,7 +1101,10 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
                            f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
             else:
                 a, b = c["runs"]
-                label = {"fd_shapes": "FD-shapes", "nll_oracle_final": "NLL_oracle"}.get(c["measure"], c["measure"])
+                label = {"fd_shapes": "FD-shapes", "nll_oracle_final": "NLL_oracle",
+                         "fd_shapes_reconstructions": "FD-shapes of reconstructions",
+                         "class_preserved_AB": "class kept A→B",
+                         "paired_err_AB": "paired error A→B"}.get(c["measure"], c["measure"])
                 own.append(f"{label} {a} {c[a]:.4g} against {b} {c[b]:.4g} "
                            f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
         key = "train_cpu_s" if any("train_cpu_s" in run.get("metrics", {}) for run in r["runs"].values()) \

@@ -436,7 +436,8 @@ def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_
     assert len(table) == 3   # header, rule, sagan (the nine without a JSON are left out)
     row = table[2]
     assert row.startswith("| sagan.py | 12.3 (0.25) | 9/10 | 61% |")
-    assert "FD-shapes main 12.3 against no-attention 15 (agrees)" in row and row.endswith("| 28 min |")  # the longest run
+    assert "FD-shapes main 12.3 against no-attention 15 (agrees)" in row
+    assert row.endswith("| 28 min |")  # the longest run
     runs["main"]["metrics"]["train_cpu_s"] = metric(1200.0)   # CPU time, where recorded, over wall time
     runs["no-attention"]["metrics"]["train_cpu_s"] = metric(1260.0)
     (tmp_path / "quality-sagan-laptop.json").write_text(json.dumps(out))
