@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import data  # the scripts reach the data through these names: common.load_dataset(...)
-from data import ImageData, ImageFiles, UserError, load_dataset, load_unpaired, shapes_data  # noqa: F401
+# data.py holds the data; the scripts reach it through these names (common.load_dataset(...))
+from data import DATASETS, ImageData, ImageFiles, UserError, load_dataset, load_unpaired, seed_of, shapes_data  # noqa: F401
 
 
 # --- Errors and the command line --------------------------------------------------------------
@@ -96,7 +96,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     """The flags every script shares. `defaults` overrides ours, `help` rewrites a flag's help for
     one script, `hide` keeps flags that do not apply out of --help (seqgan.py's image flags)."""
     g = parser.add_argument_group("run (shared by all scripts)")
-    g.add_argument("--dataset", choices=data.DATASETS, default="shapes", help="training data; 'shapes' is built in")
+    g.add_argument("--dataset", choices=DATASETS, default="shapes", help="training data; 'shapes' is built in")
     g.add_argument("--data-root", default="./data", help="folder holding the real datasets")
     g.add_argument("--download", action="store_true", help="download the dataset if missing")
     g.add_argument("--image-size", type=positive_int, default=64, help="image side in pixels")
@@ -332,7 +332,7 @@ class Run:
         self._images, self._steps_per_epoch, self._saved_step = 0, 1, None
         self._last_log = (time.perf_counter(), 0)
         if rank() > 0:  # after the networks were built alike: other latents, crops, pool coins
-            seed_everything(data.seed_of(args.seed, rank()))
+            seed_everything(seed_of(args.seed, rank()))
         if args.resume:
             self.dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
             self._restore(read_checkpoint(args.resume, script))
@@ -515,7 +515,7 @@ class Run:
             if len(ranks) == world_size() or rank() == 0:  # (other numbers of processes: rank 0
                 _set_rng_state(ranks[rank()])               # goes on as the saved rank 0)
             else:
-                seed_everything(data.seed_of(self.args.seed, rank(), self.step))
+                seed_everything(seed_of(self.args.seed, rank(), self.step))
 
     # -- the loop -------------------------------------------------------------------------------
     def graphed(self, fn, warmup: int = 3):
