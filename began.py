@@ -359,8 +359,8 @@ def train(args) -> dict:
     if args.generate:
         run.generate(lambda n: G(sample_z(n, args.nz, device)), args.generate)
         return {}
-    common.maybe_compile(G, args.compile)
-    common.maybe_compile(D, args.compile)
+    common.maybe_compile(G, args.compile, args.channels_last)
+    common.maybe_compile(D, args.compile, args.channels_last)
     # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
     G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 

@@ -125,6 +125,9 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     on_off = argparse.BooleanOptionalAction
     g.add_argument("--amp", action=on_off, default=False, help="bf16 autocast (CUDA; faster, less exact)")
     g.add_argument("--compile", action=on_off, default=False, help="torch.compile the networks")
+    g.add_argument("--channels-last", action=on_off, default=None,
+                   help="the networks' weights in channels-last memory format (default: on for a CPU, where "
+                        "these convolutions run 8-34%% faster that way; off elsewhere)")
     g.add_argument("--fast", action=on_off, default=False,
                    help="run each training step as one captured CUDA graph (CUDA only: the same "
                         "step with a fraction of the kernel-launch overhead; docs/fast.md)")
@@ -140,7 +143,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
 
 
 # Flags that describe this invocation rather than the run; never taken from a checkpoint.
-_PER_INVOCATION = {"resume", "generate", "out", "workers", "download"}
+_PER_INVOCATION = {"resume", "generate", "out", "workers", "download", "channels_last"}
 # Flags a resumed run may change; any other flag is the run's own (its network, optimiser, data).
 _MAY_CHANGE_ON_RESUME = _PER_INVOCATION | {"epochs", "max_steps", "log_every", "sample_every",
                                            "device", "data_root", "amp", "compile", "fast", "sync_bn"}
@@ -201,6 +204,8 @@ def setup(args, single_process: bool = False) -> torch.device:
             device = _scale().join(device, alone, getattr(args, "sync_bn", False))
         except ValueError as e:  # (a launch these flags cannot run in)
             raise UserError(str(e)) from None
+    if getattr(args, "channels_last", False) is None:  # (the flag's default: on for a CPU)
+        args.channels_last = device.type == "cpu"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True        # pick the fastest conv algorithms once
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs on Ampere and later
@@ -214,8 +219,12 @@ def optimizer_kwargs(device: torch.device) -> dict:
     return {"fused": True} if device.type == "cuda" else {}
 
 
-def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """torch.compile in place (state_dict keys stay the same, so checkpoints stay portable)."""
+def maybe_compile(module: torch.nn.Module, enabled: bool, channels_last: bool = False) -> torch.nn.Module:
+    """torch.compile in place (state_dict keys stay the same, so checkpoints stay portable), after
+    putting the 4-d weights in channels-last memory format if `channels_last` (the same values: a
+    convolution then computes in that format, its output too; a faster path for oneDNN on a CPU)."""
+    if channels_last:
+        module.to(memory_format=torch.channels_last)
     if enabled:
         module.compile()
     return module

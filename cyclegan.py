@@ -490,7 +490,7 @@ def train(args) -> dict:
     if args.generate:
         return generate(args, run, G_AB, G_BA, device)
     for net in (G_AB, G_BA, D_A, D_B):
-        common.maybe_compile(net, args.compile)
+        common.maybe_compile(net, args.compile, args.channels_last)
     # Under torchrun: DDP wrappers (gradients averaged over the processes); the generators' step
     # calls the plain discriminators. The image pools stay each process's own (docs/multi-gpu.md).
     G_AB_train, G_BA_train, D_A_train, D_B_train = (common.distribute(net, args) for net in (G_AB, G_BA, D_A, D_B))

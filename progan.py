@@ -475,7 +475,9 @@ def train(args) -> dict:
         run.generate(lambda n: G_ema(torch.randn(n, args.nz, device=device), state["depth"], state["alpha"]),
                      args.generate)
         return {}
-    for stage in G.blocks:  # G only: torch.compile cannot double-backward D for the penalty
+    for net in (G, G_ema, D):  # channels-last weights (--channels-last)
+        common.maybe_compile(net, False, args.channels_last)
+    for stage in G.blocks:  # torch.compile: G only, it cannot double-backward D for the penalty
         common.maybe_compile(stage, args.compile)
     # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the
     # plain D. Layers of the resolutions not in use get no gradient: find_unused.

@@ -435,8 +435,8 @@ def train(args) -> dict:
             print(f"wrote {out / 'attention.png'}: samples 0-{k - 1} and where one query position (green) "
                   f"attends in G's {G.attention_res}x{G.attention_res} attention block")
         return {}
-    common.maybe_compile(G, args.compile)
-    common.maybe_compile(D, args.compile)
+    common.maybe_compile(G, args.compile, args.channels_last)
+    common.maybe_compile(D, args.compile, args.channels_last)
     # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
     G_train, D_train = common.distribute(G, args), common.distribute(D, args)
 

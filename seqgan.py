@@ -132,7 +132,7 @@ PAD, UNK = "<pad>", "<unk>"  # --text: index 0 pads (and is the start token), 1 
 # (window size, filters) of D: official sequence_gan.py, 1,720 filters in all
 WINDOWS = ((1, 100), (2, 200), (3, 200), (4, 200), (5, 200), (6, 100), (7, 100), (8, 100),
            (9, 100), (10, 100), (15, 160), (20, 160))
-IMAGE_FLAGS = ("data_root", "download", "image_size", "channels", "dataset_size", "sample_every")
+IMAGE_FLAGS = ("data_root", "download", "image_size", "channels", "dataset_size", "sample_every", "channels_last")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -189,7 +189,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the MLE baseline: after pretraining, --epochs MLE epochs instead of adversarial ones")
     # DEVIATION: 10 D-pretraining rounds and 20 adversarial epochs by default (deviation 1).
     common.add_run_args(
-        p, batch_size=64, epochs=20, log_every=1, dataset="oracle",
+        p, batch_size=64, epochs=20, log_every=1, dataset="oracle", channels_last=False,
         hide=IMAGE_FLAGS + ("dataset", "workers", "fast"),  # the image flags of the other scripts do not apply
         help={"epochs": "adversarial epochs (Alg. 1's outer loop; --mle-only: MLE ones) [200]",
               "amp": "bf16 autocast for D, the heavy network (CUDA); G stays fp32",

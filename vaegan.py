@@ -396,7 +396,7 @@ def train(args) -> dict:
         print(f"wrote {out}/reconstructions.png (inputs above reconstructions; pixel MSE {mse.item():.4f})")
         return {"heldout_recon_mse": mse.item()}
     for net in nets.values():
-        common.maybe_compile(net, args.compile)
+        common.maybe_compile(net, args.compile, args.channels_last)
 
     def train_step(real):
         with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):

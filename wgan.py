@@ -263,8 +263,8 @@ def train(args) -> dict:
     if args.generate:
         run.generate(lambda n: G(torch.randn(n, args.nz, device=device)), args.generate)
         return {}
-    common.maybe_compile(G, args.compile)
-    common.maybe_compile(critic, args.compile)
+    common.maybe_compile(G, args.compile, args.channels_last)
+    common.maybe_compile(critic, args.compile, args.channels_last)
     # Under torchrun: DDP wrappers (gradients averaged over the processes); the clip acts on the
     # same parameters, identical on every process. G's step calls the plain critic.
     G_train, critic_train = common.distribute(G, args), common.distribute(critic, args)

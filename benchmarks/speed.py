@@ -12,9 +12,8 @@ Three modes, all at the script's default (the paper's) batch size, on the built-
            fp32 with PyTorch's default backend flags, default Adam/RMSprop);
   default  the script's own main() with its default flags;
   fast     the script's main() with --fast-flags (default "--fast"; several sets may be given).
---memory-format channels_last runs the script modes with their networks and real batches in
-channels-last memory format, set from outside the script: what that format would give, measured
-before any script adopts it.
+On a CPU the script modes run with the scripts' default --channels-last (the plain loop keeps
+PyTorch's default format); `--fast-flags=--no-channels-last` measures the default format beside it.
 Every mode runs --warmup steps (cudnn autotuning, compilation, graph capture, allocator growth;
 for wgan.py the official schedule's first 25 generator iterations of 100 critic iterations
 each), then --steps timed steps, a step being the script's own (wgan.py: one generator
@@ -60,7 +59,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import plain_loops  # noqa: E402
 
 import common  # noqa: E402
-import data  # noqa: E402
 
 SCRIPTS = plain_loops.SCRIPTS
 
@@ -142,32 +140,8 @@ def bench_flags(script: str, script_args: list) -> list:
     return ["--images-per-phase", str(biggest)]  # one step per phase: the final phase from step 8
 
 
-@contextlib.contextmanager
-def channels_last(enabled: bool):
-    """The networks (as common.maybe_compile receives them) and the real batches (as
-    data.ImageData.to_float makes them) in channels-last memory format: what that format would
-    give a script, measured without changing it."""
-    if not enabled:
-        yield
-        return
-    compile_, to_float = common.maybe_compile, data.ImageData.to_float
-
-    def maybe_compile(module, enabled):
-        return compile_(module.to(memory_format=torch.channels_last), enabled)
-
-    def as_channels_last(x):
-        x = to_float(x)
-        return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-
-    common.maybe_compile, data.ImageData.to_float = maybe_compile, staticmethod(as_channels_last)
-    try:
-        yield
-    finally:
-        common.maybe_compile, data.ImageData.to_float = compile_, staticmethod(to_float)
-
-
 def measure_script(script: str, script_args: list, flags: list, device, warmup: int, steps: int,
-                   chunk: int, mode: str, memory_format: str = "contiguous") -> dict:
+                   chunk: int, mode: str) -> dict:
     """The script's own main() with `flags`, timed through a wrapper around common.Run.loop."""
     module = importlib.import_module(script)
     timer = Timer(device, warmup, steps, chunk)
@@ -190,8 +164,7 @@ def measure_script(script: str, script_args: list, flags: list, device, warmup: 
         raise common.UserError(message.split("error: ", 1)[-1]) from None
     _memory_start(device)
     t = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr), \
-            channels_last(memory_format == "channels_last"):
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         common.Run.loop = timed_loop
         try:
             out = module.main([*argv, "--out", str(Path(tmp) / "run")])
@@ -199,7 +172,7 @@ def measure_script(script: str, script_args: list, flags: list, device, warmup: 
             common.Run.loop = original
         config = json.loads((Path(tmp) / "run" / "config.json").read_text())["args"]
     result = {"mode": mode, "flags": " ".join(flags), **timer.result(), "peak_gpu_memory_MiB": _memory_peak(device),
-              **({"memory_format": memory_format} if memory_format != "contiguous" else {}),
+              **({"channels_last": config["channels_last"]} if "channels_last" in config else {}),
               "wall_seconds": round(time.perf_counter() - t, 1), "batch_size": config["batch_size"]}
     if script == "progan":  # the phase the timed steps trained
         result["resolution"], result["alpha"] = out.get("resolution"), out.get("alpha")
@@ -223,8 +196,7 @@ def measure(script: str, args, device) -> dict:
             if mode == "plain":
                 r = measure_plain(script, script_args, device, args.warmup, args.steps, args.chunk, args.workers)
             else:
-                r = measure_script(script, script_args, flags, device, args.warmup, args.steps, args.chunk, mode,
-                                   args.memory_format)
+                r = measure_script(script, script_args, flags, device, args.warmup, args.steps, args.chunk, mode)
         except (common.UserError, common.TrainingError) as e:
             r = {"mode": mode, "flags": " ".join(flags or []), "error": common._one_line(e)}
         except Exception as e:  # noqa: BLE001 (a mode that crashes, e.g. out of memory or a compiler
@@ -312,9 +284,6 @@ def main(argv=None) -> int:
                    help="flags for every mode of the script (plain loop included), e.g. smaller sizes; "
                         "write --script-args='--image-size 32'")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--memory-format", choices=("contiguous", "channels_last"), default="contiguous",
-                   help="channels_last: the script modes' networks and batches in channels-last memory format, "
-                        "set from outside the script (the plain loop stays as it is)")
     p.add_argument("--warmup", type=common.non_negative_int, default=30, help="untimed steps first")
     p.add_argument("--steps", type=common.positive_int, default=150, help="timed steps")
     p.add_argument("--chunk", type=common.positive_int, default=25, help="steps between two timing points")

@@ -460,6 +460,28 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tmp_path):
             assert torch.equal(wa[net][key], wb[net][key]), (net, key)
 
 
+def test_channels_last_is_the_cpu_default_and_trains_the_same_networks(tmp_path):
+    # The default on a CPU is channels-last weights; --no-channels-last the default format. The
+    # two compute the same steps (float rounding apart), and a run resumed in the other format
+    # goes on: the format belongs to the invocation, not to the run.
+    last, plain = tmp_path / "last", tmp_path / "plain"
+    dcgan.main(TINY + ["--max-steps", "6", "--out", str(last)])
+    dcgan.main(TINY + ["--max-steps", "6", "--no-channels-last", "--out", str(plain)])
+    assert common.read_checkpoint(last, "dcgan")["args"]["channels_last"] is True
+    assert common.read_checkpoint(plain, "dcgan")["args"]["channels_last"] is False
+    for ra, rb in zip(read_metrics(last), read_metrics(plain), strict=True):
+        for key in ("loss_D", "loss_G"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-4, abs=1e-5), (ra["step"], key)
+    wa = torch.load(last / "checkpoint.pt", weights_only=True)["modules"]
+    wb = torch.load(plain / "checkpoint.pt", weights_only=True)["modules"]
+    for net in ("G", "D"):
+        for key in wa[net]:
+            torch.testing.assert_close(wa[net][key], wb[net][key], rtol=1e-4, atol=1e-5)
+    dcgan.main(["--resume", str(plain), "--max-steps", "8"])
+    resumed = common.read_checkpoint(plain, "dcgan")
+    assert resumed["args"]["channels_last"] is True and resumed["step"] == 8
+
+
 def test_metrics_after_the_checkpoint_are_dropped_on_resume(tmp_path):
     run_dir = tmp_path / "r"
     dcgan.main(TINY + ["--max-steps", "8", "--out", str(run_dir)])  # checkpoint at step 8

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import common
-import data
 import dcgan
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -239,29 +238,25 @@ def test_speed_measures_the_fast_path(tmp_path):
     assert fast["images_per_step"] == default["images_per_step"] == 8
 
 
-def test_channels_last_reaches_the_networks_and_the_batches_and_is_undone(tmp_path, monkeypatch):
+def test_cpu_runs_the_scripts_in_channels_last_unless_switched_off(tmp_path, monkeypatch):
     seen = []
     original_step = dcgan.discriminator_step
 
     def spy(D, opt_D, real, fake, amp=False):
         weight = next(p for p in D.parameters() if p.dim() == 4)
-        seen.append((real.is_contiguous(memory_format=torch.channels_last),
-                     weight.is_contiguous(memory_format=torch.channels_last)))
+        seen.append(weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous())
         return original_step(D, opt_D, real, fake, amp)
 
     monkeypatch.setattr(dcgan, "discriminator_step", spy)
-    argv = ["--script", "dcgan", "--device", "cpu", "--modes", "default", "--memory-format", "channels_last",
+    argv = ["--script", "dcgan", "--device", "cpu", "--modes", "default", "fast", "--fast-flags=--no-channels-last",
             "--script-args=" + " ".join(TINY_ARGS["dcgan"]), "--warmup", "1", "--steps", "2", "--chunk", "1",
             "--out-dir", str(tmp_path)]
     assert speed.main(argv) == 0
-    (default,) = json.loads((tmp_path / "speed-dcgan.json").read_text())["modes"]
-    assert default["memory_format"] == "channels_last" and default["images_per_s"] > 0
-    assert seen and all(batch and weights for batch, weights in seen), seen
-    # afterwards the scripts are as they were: contiguous networks and batches
-    images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
-    assert not data.ImageData.to_float(images).is_contiguous(memory_format=torch.channels_last)
-    assert not common.maybe_compile(torch.nn.Conv2d(3, 4, 3), False).weight.is_contiguous(
-        memory_format=torch.channels_last)
+    default, contiguous = json.loads((tmp_path / "speed-dcgan.json").read_text())["modes"]
+    assert default["channels_last"] is True and contiguous["channels_last"] is False
+    assert contiguous["flags"] == "--no-channels-last" and contiguous["images_per_s"] > 0
+    steps = len(seen) // 2  # the default mode's steps, then the others
+    assert steps >= 3 and seen == [True] * steps + [False] * steps, seen
 
 
 def test_timer_takes_the_median_over_chunks(monkeypatch):
