@@ -486,7 +486,7 @@ LAPTOP = {
     "sagan": (("--image-size", "32", "--channels", "1", "--ch", "16", "--batch-size", "32"), 3),
     "progan": (("--final-size", "32", "--channels", "1", "--fmap-base", "256", "--fmap-max", "64", "--nz", "64",
                 "--images-per-phase", "10000"), 3, 30000),
-    "cyclegan": (("--image-size", "32", "--channels", "1", "--ngf", "16", "--ndf", "16", "--n-blocks", "3"), 30),
+    "cyclegan": (("--image-size", "32", "--channels", "1", "--ngf", "16", "--ndf", "16", "--n-blocks", "3"), 10, 3000),
 }
 # seqgan.py on the CPU: the paper's oracle, networks and pretraining (120 MLE epochs, 10 D rounds),
 # 2,000 training and evaluation sequences in place of 10,000, 10 adversarial epochs.

@@ -442,3 +442,8 @@ def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_
     runs["no-attention"]["metrics"]["train_cpu_s"] = metric(1260.0)
     (tmp_path / "quality-sagan-laptop.json").write_text(json.dumps(out))
     assert quality.results_table(tmp_path).splitlines()[2].endswith("| 21 min |")
+
+
+def test_benchmarks_readme_lists_the_laptop_tiers_configurations_as_they_are():
+    readme = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+    assert quality.laptop_table() in readme
