@@ -105,9 +105,9 @@ Run:  python progan.py --epochs 5                           (built-in shapes to 
       python progan.py --dataset celeba --final-size 128 --data-root ./data --epochs 20
       python progan.py --generate 64 --resume runs/progan-shapes-<time>   (at the resolution reached)
 On a CPU: python progan.py --final-size 32 --channels 1 --fmap-base 256 --fmap-max 64 --nz 64
-          --images-per-phase 10000 --dataset-size 30000 --epochs 3
-      (the laptop tier: 11 min on one core of a 2-core CPU; rings and blobs, nine classes:
-      benchmarks/README.md)
+          --images-per-phase 10000 --dataset-size 30000 --epochs 5
+      (the laptop tier: 25 min on one core of a 2-core CPU; blobs and small shapes, all ten
+      classes: benchmarks/README.md)
 """
 import argparse
 import copy

@@ -485,7 +485,7 @@ LAPTOP = {
     "vaegan": (("--image-size", "32", "--channels", "1", "--width", "16", "--batch-size", "32"), 2, 40000),
     "sagan": (("--image-size", "32", "--channels", "1", "--ch", "16", "--batch-size", "32"), 3),
     "progan": (("--final-size", "32", "--channels", "1", "--fmap-base", "256", "--fmap-max", "64", "--nz", "64",
-                "--images-per-phase", "10000"), 3, 30000),
+                "--images-per-phase", "10000"), 5, 30000),
     "cyclegan": (("--image-size", "32", "--channels", "1", "--ngf", "16", "--ndf", "16", "--n-blocks", "3"), 10, 3000),
 }
 # seqgan.py on the CPU: the paper's oracle, networks and pretraining (120 MLE epochs, 10 D rounds),
