@@ -115,9 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--class", dest="sample_class", type=int, default=None, metavar="K",
                    help="with --generate: draw every sample from class K")
     p.add_argument("--num-classes", type=int, default=None, help=argparse.SUPPRESS)  # set from the data
-    common.add_run_args(p, batch_size=64, channels_last=False, help={  # (measured no faster here)
-        "channels_last": "the networks' weights in channels-last memory format (default off: on a CPU it "
-                         "measured no faster for SAGAN, whose attention reshapes every map)"})
+    common.add_run_args(p, batch_size=64)
     args = common.parse_args(p, argv, "sagan", per_invocation=("sample_class",))
     S = args.image_size
     if S < 16 or S & (S - 1):

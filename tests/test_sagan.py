@@ -353,8 +353,3 @@ def test_each_training_step_updates_d_then_g(tmp_path, monkeypatch):
     sagan.main(TINY_SAGAN + ["--max-steps", "2", "--out", "run"])
     assert calls == ["D", "G", "D", "G"]  # one D step, then one G step through the updated D
 
-
-def test_channels_last_is_off_by_default_and_on_when_asked():
-    # the other image scripts default to channels-last on a CPU; SAGAN measured no faster there
-    assert sagan.parse_args([]).channels_last is False
-    assert sagan.parse_args(["--channels-last"]).channels_last is True
