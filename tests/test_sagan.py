@@ -352,4 +352,3 @@ def test_each_training_step_updates_d_then_g(tmp_path, monkeypatch):
         monkeypatch.setattr(sagan, name, lambda *a, _s=step, _n=name[0].upper(), **k: calls.append(_n) or _s(*a, **k))
     sagan.main(TINY_SAGAN + ["--max-steps", "2", "--out", "run"])
     assert calls == ["D", "G", "D", "G"]  # one D step, then one G step through the updated D
-
