@@ -11,15 +11,18 @@ import argparse
 import contextlib
 import copy
 import csv
+import errno
 import json
 import math
 import os
 import platform
 import random
+import shutil
 import signal
 import sys
 import threading
 import time
+import weakref
 from datetime import datetime
 from pathlib import Path
 
@@ -36,7 +39,16 @@ class TrainingError(Exception):
 
 
 class Interrupted(Exception):
-    """Ctrl-C: a checkpoint was saved; the message says how to resume. Exit status 130."""
+    """Ctrl-C or SIGTERM: a checkpoint was saved; the message says how to resume. Exit status 128 +
+    the signal's number (130 for Ctrl-C, 143 for SIGTERM), as a shell reports a process it stopped."""
+
+
+# What the machine failed at (a full disk), exit status 1; anything else the user can fix: 2.
+_MACHINE_ERRORS = {errno.ENOSPC, errno.EFBIG, errno.EIO, getattr(errno, "EDQUOT", errno.ENOSPC), errno.ENOMEM}
+
+
+def _os_sentence(e: OSError) -> str:
+    return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else f"{e.strerror or e}"
 
 
 def _one_line(error: BaseException) -> str:
@@ -55,10 +67,13 @@ def cli(main) -> None:
         return
     except UserError as e:  # (bad flags or data: the same on every process of a node)
         message, code, shared = f"error: {_one_line(e)}", 2, os.environ.get("LOCAL_RANK", "0") != "0"
+        _remove_unstarted_folders()
     except TrainingError as e:
         message, code, shared = _one_line(e), 1, True
     except Interrupted as e:
-        message, code, shared = str(e), 130, True
+        message, code, shared = str(e), 128 + _stop_signal, True
+    except OSError as e:  # (a full disk, a read-only folder: the run's files are left as they were)
+        message, code = f"error: {_os_sentence(e)}.", 1 if e.errno in _MACHINE_ERRORS else 2
     except torch.cuda.OutOfMemoryError:
         message, code = "error: out of GPU memory; try a smaller --batch-size or --image-size.", 1
     except KeyboardInterrupt:
@@ -87,6 +102,7 @@ def _checked(convert, ok, must: str):
 
 positive_int = _checked(int, lambda v: v > 0, "a positive integer")
 non_negative_int = _checked(int, lambda v: v >= 0, "0 or more")
+seed_int = _checked(int, lambda v: 0 <= v < 2**63, "from 0 to 2**63 - 1")
 positive_float = _checked(float, lambda v: v > 0 and math.isfinite(v), "a positive number")
 non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "0 or more")
 unit_interval = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
@@ -109,12 +125,16 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     g.add_argument("--epochs", type=positive_int, default=5, help="passes over the data")
     g.add_argument("--max-steps", type=positive_int, default=None,
                    help="stop after this many training steps in all (for quick runs)")
-    g.add_argument("--seed", type=non_negative_int, default=0, help="seed for weights, latents and data order")
+    g.add_argument("--seed", type=seed_int, default=0, help="seed for weights, latents and data order")
     g.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto", help="auto: cuda, mps, cpu")
     g.add_argument("--out", default=None,
-                   help="run folder (default runs/<script>-<dataset>-<time>); must not exist yet")
+                   help="run folder (default runs/<script>-<dataset>-<time>); must be new or empty. With "
+                        "--resume: continue the run in this new folder (a copy), leaving the old one as it was")
     g.add_argument("--resume", default=None, metavar="RUN_OR_CHECKPOINT",
                    help="continue a run (its folder or its checkpoint.pt); with --generate, the model to sample from")
+    g.add_argument("--rewind", action="store_true",
+                   help="with --resume FILE older than its folder's checkpoint.pt: go back to FILE in that "
+                        "folder, dropping the newer checkpoint and metrics (without it: refused)")
     g.add_argument("--generate", type=positive_int, default=None, metavar="N",
                    help="write N samples from the --resume checkpoint instead of training")
     g.add_argument("--sample-every", type=non_negative_int, default=0,
@@ -143,7 +163,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
 
 
 # Flags that describe this invocation rather than the run; never taken from a checkpoint.
-_PER_INVOCATION = {"resume", "generate", "out", "workers", "download", "channels_last"}
+_PER_INVOCATION = {"resume", "rewind", "generate", "out", "workers", "download", "channels_last"}
 # Flags a resumed run may change; any other flag is the run's own (its network, optimiser, data).
 _MAY_CHANGE_ON_RESUME = _PER_INVOCATION | {"epochs", "max_steps", "log_every", "sample_every",
                                            "device", "data_root", "amp", "compile", "fast", "sync_bn"}
@@ -277,7 +297,95 @@ def per_rank(batch_size: int, flag: str | None = None) -> int:
     return batch_size // n
 
 
+# --- Files: one writer per run folder, every rewrite atomic -------------------------------------
+LOCK_NAME = ".lock"  # in every run folder: held (flock) by the one process that writes there
+_locks: dict = {}    # folder -> [open lock file, holders in this process]
+
+
+def lock_folder(folder) -> None:
+    """Make this process the folder's only writer until unlock_folder() or its exit (the kernel
+    drops the lock of a process that dies, however it dies). Another process holding it: UserError
+    naming it. Re-entrant within one process (a script's main() called again on the same run)."""
+    key = Path(folder).resolve()
+    if key in _locks:
+        _locks[key][1] += 1
+        return
+    try:
+        f = open(key / LOCK_NAME, "a+")
+    except OSError as e:
+        raise UserError(f"cannot write in {folder}: {e.strerror}; a run folder must be writable.") from None
+    try:
+        if os.name == "nt":
+            import msvcrt
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip()
+        f.close()
+        raise UserError(f"{folder} is in use by another process ({f'PID {holder}' if holder else 'its PID unknown'}): "
+                        f"one process at a time writes to a run folder; wait for it to end, or stop it "
+                        f"(Ctrl-C saves a checkpoint), then try again.") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _locks[key] = [f, 1]
+
+
+_unstarted: dict = {}  # run folders this process made, with no checkpoint yet -> the folders it made
+
+
+def _remove_unstarted_folders() -> None:
+    """A run refused after its folder was made (a damaged image in the first batch) leaves nothing:
+    what it wrote there (config, an empty samples/, metrics) goes, and the folder if it made it."""
+    for folder, made in list(_unstarted.items()):
+        _unstarted.pop(folder)
+        if (folder / "checkpoint.pt").exists():
+            continue
+        while folder.resolve() in _locks:
+            unlock_folder(folder)
+        for p in folder.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for parent in made:  # (innermost first; each only if empty: another run may have appeared)
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def unlock_folder(folder) -> None:
+    key = Path(folder).resolve()
+    if key in _locks:
+        _locks[key][1] -= 1
+        if _locks[key][1] == 0:
+            _locks.pop(key)[0].close()  # (closing the file releases the lock)
+
+
+def replace_atomically(path, write) -> None:
+    """Write a file through write(temporary path), fsync, then rename it over `path`: a reader,
+    a crash or a full disk sees the old file or the new one, never a part. The temporary name is
+    unique to the process and thread; it is removed if writing fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomically(path, text: str) -> None:
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 # --- The run: folder, metrics, samples, checkpoints and resume, the loop ------------------------
+CHECKPOINT_KEYS = ("script", "args", "step", "batches_drawn", "state", "rng", "modules")
+
+
 def read_checkpoint(path, script: str, map_location="cpu") -> dict:
     """Load a checkpoint written by `script`, or say clearly why it cannot be used."""
     path = Path(path) / "checkpoint.pt" if Path(path).is_dir() else Path(path)
@@ -293,38 +401,50 @@ def read_checkpoint(path, script: str, map_location="cpu") -> dict:
     if ckpt["script"] != script:
         raise UserError(f"{path} was written by {ckpt['script']}.py; resume it with "
                         f"{ckpt['script']}.py, not {script}.py.")
+    missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} is not a complete checkpoint of {script}.py (it has no {missing[0]!r}).")
     return ckpt
 
 
 def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> None:
-    """Save images in [-1, 1] as one PNG grid."""
+    """Save images in [-1, 1] as one PNG grid (replaced atomically)."""
     import torchvision.utils as vutils
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
-    vutils.save_image(images.detach().float().cpu().add(1).div(2).clamp(0, 1), path, nrow=nrow, padding=2)
+    images = images.detach().float().cpu().add(1).div(2).clamp(0, 1)
+    replace_atomically(path, lambda tmp: vutils.save_image(images, tmp, nrow=nrow, padding=2, format="png"))
+
+
+_stop_signal = signal.SIGINT  # the signal that asked the last run to stop (its exit status)
 
 
 class StopFlag:
-    """First Ctrl-C asks the loop to stop at the end of the step; a second one aborts at once."""
+    """The first Ctrl-C (or SIGTERM: a scheduler's stop, `docker stop`, a shutdown) asks the loop to
+    stop at the end of the step; a second one aborts at once."""
 
     def __enter__(self):
-        self.requested, self._old = False, None
+        self.requested, self._old = False, {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def _handle(self, signum, frame):
+        global _stop_signal
         if self.requested:
             if launched() and time.monotonic() - self._first < 2:
                 return  # torchrun passes the Ctrl-C on to its workers: the same one, twice
             raise KeyboardInterrupt
-        self.requested, self._first = True, time.monotonic()
+        self.requested, self._first, _stop_signal = True, time.monotonic(), signum
         if _env_rank() == 0:
             when = "at the next --log-every step or epoch end" if launched() else "after this step"
-            print(f"\nstopping {when} to save a checkpoint (Ctrl-C again to abort)", file=sys.stderr, flush=True)
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{what}: stopping {when} to save a checkpoint (Ctrl-C again to abort)",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            if old is not None:
+                signal.signal(s, old)
 
 
 class Run:
@@ -340,15 +460,25 @@ class Run:
         self._sums, self._counts, self._header, self.last_metrics = {}, {}, None, {}
         self._images, self._steps_per_epoch, self._saved_step = 0, 1, None
         self._last_log = (time.perf_counter(), 0)
+        self._dir = self._locked = self._branch_from = None
+        self._opened = False
         if rank() > 0:  # after the networks were built alike: other latents, crops, pool coins
             seed_everything(seed_of(args.seed, rank()))
+        if args.generate is not None and args.out:
+            raise UserError("--out does not apply to --generate: the samples go to a new folder "
+                            "generated-<time> inside the run folder of --resume.")
         if args.resume:
-            self.dir = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
-            self._restore(read_checkpoint(args.resume, script))
-        elif args.generate is None:
-            self.dir = _on_main(self._new_folder)  # rank 0 makes it; every process learns its path
-        if args.generate is None:
-            _on_main(lambda: (self._write_config(), self._trim_metrics()))
+            source = Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent
+            self._branch_from = source if args.out and Path(args.out).resolve() != source.resolve() else None
+            if self._branch_from is None:  # this folder goes on: its one writer from now on
+                self._dir = source
+                _on_main(lambda: self._lock(source))
+            ckpt = read_checkpoint(args.resume, script)
+            if self._branch_from is None and args.generate is None:
+                _on_main(lambda: self._refuse_rewind(ckpt))
+            self._restore(ckpt)
+        if args.out and args.generate is None and self._dir is None and _env_rank() == 0:
+            self._check_out(Path(args.out))  # (refused now; the folder is made when training starts)
         # --fast: CUDA graphs on a CUDA device, not under torchrun (DDP's all-reduce is not captured)
         self.fast, self._graphed = args.fast and args.generate is None, []
         self.capture = self.fast and torch.device(device or "cpu").type == "cuda" and not launched()
@@ -357,29 +487,106 @@ class Run:
                   f"--fast: CUDA graphs need a CUDA device; on {device} each step runs eagerly.")
 
     # -- folder ---------------------------------------------------------------------------------
-    def _new_folder(self) -> Path:
-        # A folder is claimed by a mkdir that fails if it exists: two runs never share one.
+    @property
+    def dir(self) -> Path:
+        """The run folder. A new run makes it on first use (the loop's start), after everything
+        that can refuse the run has been checked: a refused run leaves nothing behind."""
+        if self._dir is None:
+            self.open()
+        return self._dir
+
+    def open(self) -> None:
+        """Claim the folder (a new one, or the copy of --resume R --out NEW), take its lock, write the
+        config and drop metrics rows written after the checkpoint. Under torchrun every process
+        calls it (loop() does); rank 0 writes, the others learn the path."""
+        if self._opened or self.args.generate is not None:
+            return
+        self._opened = True
+        if self._dir is None:
+            self._dir = _on_main(self._claim)
+        _on_main(lambda: (self._write_config(), self._trim_metrics()))
+
+    def _lock(self, folder: Path) -> None:
+        lock_folder(folder)
+        self._locked = weakref.finalize(self, unlock_folder, folder)  # (released by close() or with the Run)
+        for stale in folder.glob(".*.tmp"):  # a temporary file of a writer killed while writing
+            stale.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the folder's lock (the process's exit does too)."""
+        if self._locked is not None:
+            self._locked()  # (a finalizer runs once)
+
+    def _claim(self) -> Path:
+        target = Path(self.args.out) if self.args.out else Path("runs") / "x"
+        made = [p for p in [target, *target.parents] if not p.exists()]  # (mkdir's, innermost first)
         if self.args.out:
-            path = Path(self.args.out)
-            if path.exists() and not path.is_dir():
-                raise UserError(f"--out {path} is a file; name a new folder.")
+            path = self._new_out(target)
+        else:
+            stem = f"{self.script}-{self.args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+            for k in range(1, 10_000):
+                path = Path("runs") / (stem + (f"-{k}" if k > 1 else ""))
+                try:
+                    path.mkdir(parents=True)  # fails if it exists: two runs never share one
+                    break
+                except FileExistsError:
+                    continue
+                except OSError as e:
+                    raise UserError(f"cannot make the run folder {path}: {e.strerror}.") from None
+            else:
+                raise UserError(f"runs/ holds too many folders named {stem}*.")
+            self._lock(path)
+        _unstarted[path] = [path, *made[1:]] if not self.args.out else made
+        if self._branch_from is not None:  # --resume R --out NEW: NEW starts as a copy of R
+            self._copy_run(self._branch_from, path)
+        (path / "samples").mkdir(exist_ok=True)
+        return path
+
+    def _check_out(self, path: Path) -> None:
+        if path.exists() and not path.is_dir():
+            raise UserError(f"--out {path} is a file; name a new folder.")
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UserError(f"--out {path}: {parent} is a file, not a folder.")
+        if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()):
+            raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.")
+
+    def _new_out(self, path: Path) -> Path:
+        """--out: a new folder, or an empty one; its lock is taken before it is looked into."""
+        self._check_out(path)
+        try:
             path.mkdir(parents=True, exist_ok=True)
-            try:
-                (path / "samples").mkdir()
-                if len(list(path.iterdir())) > 1:  # an empty folder may be used, not a full one
-                    (path / "samples").rmdir()
-                    raise FileExistsError
-            except FileExistsError:
-                raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.") from None
-            return path
-        stem = f"{self.script}-{self.args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
-        for k in range(1, 10_000):
-            path = Path("runs") / (stem + (f"-{k}" if k > 1 else ""))
-            with contextlib.suppress(FileExistsError):
-                path.mkdir(parents=True)
-                (path / "samples").mkdir()
-                return path
-        raise UserError(f"runs/ holds too many folders named {stem}*.")
+        except OSError as e:
+            raise UserError(f"cannot make the run folder {path}: {e.strerror}.") from None
+        self._lock(path)
+        if any(p.name != LOCK_NAME for p in path.iterdir()):  # (filled between the check and the lock)
+            self.close()
+            raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.")
+        return path
+
+    def _copy_run(self, source: Path, path: Path) -> None:
+        """The run so far, copied from `source`: its configs, samples, metrics and the checkpoint
+        resumed from (as checkpoint.pt). `source` is only read."""
+        for f in source.iterdir():
+            if f.is_file() and f.name.startswith("config") and f.suffix == ".json" or f.name in ("metrics.csv",):
+                shutil.copy2(f, path / f.name)
+        if (source / "samples").is_dir():
+            shutil.copytree(source / "samples", path / "samples")
+        ckpt = Path(self.args.resume) / "checkpoint.pt" if Path(self.args.resume).is_dir() else Path(self.args.resume)
+        replace_atomically(path / "checkpoint.pt", lambda tmp: shutil.copyfile(ckpt, tmp))
+
+    def _refuse_rewind(self, ckpt: dict) -> None:
+        """Resuming a file older than its folder's checkpoint.pt would drop the newer steps there."""
+        given = Path(self.args.resume)
+        newest = self._dir / "checkpoint.pt"
+        if given.is_dir() or given.resolve() == newest.resolve() or not newest.is_file() or self.args.rewind:
+            return
+        newer = read_checkpoint(newest, self.script)["step"]
+        if newer > ckpt["step"]:
+            raise UserError(f"{given} is at step {ckpt['step']} but {newest} is at step {newer}: resuming "
+                            f"it here would drop steps {ckpt['step'] + 1}-{newer}. Resume {self._dir} to go "
+                            f"on from step {newer}; or add --out NEW to continue {given.name} in a new "
+                            f"folder; or add --rewind to go back to step {ckpt['step']} in this one.")
 
     def _write_config(self) -> None:
         import torchvision
@@ -394,7 +601,7 @@ class Run:
         name, k = "config.json" if not self.args.resume else f"config-resume-{self.step}.json", 2
         while self.args.resume and (self.dir / name).exists():  # resumed twice from one checkpoint
             name, k = f"config-resume-{self.step}-{k}.json", k + 1
-        (self.dir / name).write_text(json.dumps(config, indent=2, default=str))
+        write_text_atomically(self.dir / name, json.dumps(config, indent=2, default=str))
 
     # -- metrics --------------------------------------------------------------------------------
     def log(self, **metrics) -> None:
@@ -417,9 +624,12 @@ class Run:
         self._sums, self._counts = {}, {}
         bad = [k for k, v in zip(keys, values) if not math.isfinite(v)]
         if bad:
-            raise TrainingError(f"{bad[0]} became {values[keys.index(bad[0])]} by step {self.step}; "
-                                f"stopping. The last good checkpoint is kept in {self.dir} (try "
-                                f"--resume {self.dir} with a lower learning rate).")
+            ckpt = self.dir / "checkpoint.pt"
+            kept = (f"its last good checkpoint (step {read_checkpoint(ckpt, self.script)['step']}) is kept in "
+                    f"{self.dir}, but a resume repeats the same steps with the same flags" if ckpt.is_file()
+                    else "no checkpoint had been saved yet")
+            raise TrainingError(f"{bad[0]} became {values[keys.index(bad[0])]} by step {self.step}; stopping: "
+                                f"{kept}. Start a new run with a lower learning rate or another --seed.")
         now, (then, images) = time.perf_counter(), self._last_log
         self._last_log = (now, self._images)
         row = {"step": self.step, "epoch": round(self.batches_drawn / self._steps_per_epoch, 3),
@@ -428,24 +638,34 @@ class Run:
         if not is_main():
             return row
         grows = self._header is None or not set(row) <= set(self._header)  # the first row or a new metric
-        old = _read_csv(path) if grows and path.exists() else []  # (rewritten under the wider header)
         self._header = list(dict.fromkeys([*(self._header or []), *row]))
-        with open(path, "w" if grows else "a", newline="") as f:
-            writer = csv.DictWriter(f, self._header)
-            if grows:
-                writer.writeheader()
-            writer.writerows([*old, row])
+        if grows:  # (rewritten whole, under the wider header)
+            self._rewrite_metrics([*(_read_csv(path) if path.exists() else []), row])
+        else:
+            with open(path, "a", newline="") as f:
+                csv.DictWriter(f, self._header).writerow(row)
         return row
 
+    def _rewrite_metrics(self, rows: list) -> None:
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, self._header)
+                writer.writeheader()
+                writer.writerows(rows)
+        replace_atomically(self.dir / "metrics.csv", write)
+
     def _trim_metrics(self) -> None:
-        # On resume, drop rows written after the checkpoint: those steps are trained again.
+        # On resume, drop rows written after the checkpoint (those steps are trained again) and a
+        # last row cut short by a kill during its write.
         path = self.dir / "metrics.csv"
         if path.exists():
             with open(path, newline="") as f:
-                rows = list(csv.reader(f))
-            self._header = rows[0] if rows else None
-            with open(path, "w", newline="") as f:
-                csv.writer(f).writerows(rows[:1] + [r for r in rows[1:] if r and int(r[0]) <= self.step])
+                header, *rows = list(csv.reader(f)) or [None]
+            self._header = header
+            if header:
+                keep = [dict(zip(header, r)) for r in rows if len(r) == len(header) and r[0].isdigit()
+                        and int(r[0]) <= self.step]
+                self._rewrite_metrics(keep)
 
     # -- samples --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -497,11 +717,16 @@ class Run:
             ckpt["rng_ranks"] = _scale().gather(ckpt["rng"])
         if is_main():
             ckpt["modules"] = {k: m.state_dict() for k, m in self.modules.items()}
-            torch.save(ckpt, path.with_suffix(".pt.tmp"))
-            os.replace(path.with_suffix(".pt.tmp"), path)  # atomic: a crash leaves the last one whole
+            try:  # atomic: a crash or a full disk leaves the last one whole
+                replace_atomically(path, lambda tmp: torch.save(ckpt, tmp))
+            except OSError as e:
+                kept = "the previous checkpoint.pt is kept" if path.is_file() else "none was saved before"
+                raise OSError(e.errno, f"{e.strerror} (the checkpoint of step {self.step} was not saved; {kept})",
+                              str(path)) from None
         if _in_group():
             _scale().barrier()  # no process runs on (or stops) before the file is whole
         self._saved_step = self.step
+        _unstarted.pop(self._dir, None)
         return path
 
     def _restore(self, ckpt: dict) -> None:
@@ -583,6 +808,7 @@ class Run:
         one batch, wgan one generator iteration). Between steps: metrics, sample grids, a checkpoint
         after each epoch, and on Ctrl-C a checkpoint and Interrupted."""
         from tqdm import tqdm
+        self.open()  # (a new run's folder is made here, once the run was not refused)
         args, started = self.args, time.perf_counter()
         self._last_log, images0, epoch = (started, self._images), self._images, self.epochs_done
         def new_bar():
@@ -591,34 +817,38 @@ class Run:
                         disable=None if is_main() else True, dynamic_ncols=True)
 
         bar, drawn = new_bar(), self.batches_drawn
-        with StopFlag() as stop:
-            while self.epochs_done < args.epochs and self.step < (args.max_steps or math.inf):
-                yield self.step
-                self.step += 1
-                bar.update(self.batches_drawn - drawn)
-                drawn = self.batches_drawn
-                synced = self.step % args.log_every == 0 or self.epochs_done > epoch
-                if self.step % args.log_every == 0:
-                    bar.set_postfix(_short(self.flush()), refresh=False)
-                if args.sample_every and self.step % args.sample_every == 0:
-                    self.save_samples(f"step-{self.step:07d}")
-                if self.epochs_done > epoch:  # an epoch ended during this step
-                    epoch = self.epochs_done
-                    bar.close()
-                    row, elapsed = self.flush(), time.perf_counter() - started
-                    print(f"epoch {epoch}/{args.epochs}  step {self.step}  "
-                          + "  ".join(f"{k} {v:.4g}" for k, v in _short(row).items())
-                          + f"  {(self._images - images0) / elapsed:.0f} img/s  {elapsed:.0f} s", flush=True)
-                    self.save_samples(f"epoch-{epoch:03d}")
-                    self.save_checkpoint()
-                    bar = new_bar()
-                # Under torchrun the processes agree to stop at the next --log-every step or epoch end.
-                if (synced and _scale().anyone(stop.requested, self.device)) if _in_group() else stop.requested:
-                    bar.close()
-                    path = self.save_checkpoint()
-                    raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to {path}. Resume with: "
-                                      f"python {self.script}.py --resume {self.dir}"
-                                      + (" (or the same under torchrun)" if _in_group() else ""))
+        try:
+            with StopFlag() as stop:
+                while self.epochs_done < args.epochs and self.step < (args.max_steps or math.inf):
+                    yield self.step
+                    self.step += 1
+                    bar.update(self.batches_drawn - drawn)
+                    drawn = self.batches_drawn
+                    synced = self.step % args.log_every == 0 or self.epochs_done > epoch
+                    if self.step % args.log_every == 0:
+                        bar.set_postfix(_short(self.flush()), refresh=False)
+                    if args.sample_every and self.step % args.sample_every == 0:
+                        self.save_samples(f"step-{self.step:07d}")
+                    if self.epochs_done > epoch:  # an epoch ended during this step
+                        epoch = self.epochs_done
+                        bar.close()
+                        row, elapsed = self.flush(), time.perf_counter() - started
+                        print(f"epoch {epoch}/{args.epochs}  step {self.step}  "
+                              + "  ".join(f"{k} {v:.4g}" for k, v in _short(row).items())
+                              + f"  {(self._images - images0) / elapsed:.0f} img/s  {elapsed:.0f} s", flush=True)
+                        self.save_samples(f"epoch-{epoch:03d}")
+                        self.save_checkpoint()
+                        bar = new_bar()
+                    # Under torchrun the processes agree to stop at the next --log-every step or epoch end.
+                    if (synced and _scale().anyone(stop.requested, self.device)) if _in_group() else stop.requested:
+                        bar.close()
+                        path = self.save_checkpoint()
+                        raise Interrupted(f"interrupted at step {self.step}; checkpoint saved to {path}. Resume with: "
+                                          f"python {self.script}.py --resume {self.dir}"
+                                          + (" (or the same under torchrun)" if _in_group() else ""))
+        except (Exception, KeyboardInterrupt):  # (Interrupted, a NaN: this process writes no more)
+            self.close()
+            raise
         bar.close()
 
     def batches(self, data: ImageData, batch_size: int | None = None):
@@ -636,6 +866,7 @@ class Run:
         if is_main():
             plot_metrics(self.dir / "metrics.csv", self.dir / "losses.png")
         print(f"done: {self.step} steps. Run folder: {self.dir}" + (f"  (samples: {final})" if final else ""))
+        self.close()
         return dict(self.last_metrics)
 
 

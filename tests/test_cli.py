@@ -99,7 +99,12 @@ BAD_INPUT = {
     "checkpoint that does not exist": (["--resume", "nowhere"], "no checkpoint at"),
     "out folder already used": (["--out", "earlier"], "already holds files"),
     "out is a file": (["--out", "junk.pt"], "is a file"),
-    "negative seed": (["--seed", "-1"], "must be 0 or more"),
+    "negative seed": (["--seed", "-1"], "must be from 0 to 2**63 - 1"),
+    "seed too large": (["--seed", "99999999999999999999"], "must be from 0 to 2**63 - 1"),
+    "out inside a file": (["--out", "junk.pt/sub"], "junk.pt is a file"),
+    "checkpoint without its state": (["--resume", "partial.pt"], "has no 'batches_drawn'"),
+    "generate into another folder": (["--generate", "2", "--resume", "earlier", "--out", "x"],
+                                     "--out does not apply to --generate"),
     "resume with another architecture": (["--resume", "earlier", "--ngf", "16"], "--ngf was 8 for this run"),
     "resume with another learning rate": (["--resume", "earlier", "--lr", "1e-3"], "cannot change on resume"),
 }
@@ -114,9 +119,12 @@ def test_bad_input_is_one_sentence_and_leaves_earlier_runs(case, tmp_path, monke
     (tmp_path / "broken" / "a.png").write_bytes(b"\x89PNG not an image")
     (tmp_path / "junk.pt").write_bytes(os.urandom(2000))
     torch.save({"script": "wgan", "args": {}}, tmp_path / "wgan.pt")
+    full = torch.load(tmp_path / "earlier" / "checkpoint.pt", weights_only=True)
+    torch.save({k: full[k] for k in ("script", "args", "step")}, tmp_path / "partial.pt")
     capsys.readouterr()
+    listing = sorted(os.listdir(tmp_path))
     argv, expected = BAD_INPUT[case]
-    code, err = run_cli(monkeypatch, capsys, argv if argv[0] == "--resume" else TINY + argv)
+    code, err = run_cli(monkeypatch, capsys, argv if argv[0] in ("--resume", "--generate") else TINY + argv)
     assert code == 2, err
     assert expected in err
     assert "Traceback" not in err
@@ -124,6 +132,7 @@ def test_bad_input_is_one_sentence_and_leaves_earlier_runs(case, tmp_path, monke
              and not line.startswith(" ")]
     assert len(lines) == 1, err
     assert tree_digest(tmp_path / "earlier") == before
+    assert sorted(os.listdir(tmp_path)) == listing  # a refused run leaves nothing behind (no runs/...)
 
 
 def test_nan_loss_stops_with_one_sentence_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
