@@ -12,6 +12,7 @@ import contextlib
 import copy
 import csv
 import errno
+import io
 import json
 import math
 import os
@@ -717,8 +718,12 @@ class Run:
             ckpt["rng_ranks"] = _scale().gather(ckpt["rng"])
         if is_main():
             ckpt["modules"] = {k: m.state_dict() for k, m in self.modules.items()}
+            def write(tmp):  # (serialised first: torch.save's own writer turns a full disk into a RuntimeError)
+                buffer = io.BytesIO()
+                torch.save(ckpt, buffer)
+                Path(tmp).write_bytes(buffer.getbuffer())
             try:  # atomic: a crash or a full disk leaves the last one whole
-                replace_atomically(path, lambda tmp: torch.save(ckpt, tmp))
+                replace_atomically(path, write)
             except OSError as e:
                 kept = "the previous checkpoint.pt is kept" if path.is_file() else "none was saved before"
                 raise OSError(e.errno, f"{e.strerror} (the checkpoint of step {self.step} was not saved; {kept})",
@@ -898,7 +903,7 @@ def plot_metrics(csv_path, png_path) -> None:
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    replace_atomically(png_path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
