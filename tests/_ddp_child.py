@@ -2,8 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/_ddp_child.py PLAN DUMP
 
-PLAN is a JSON file of [name, script, argv] or [name, script, argv, [rank, step]] entries (the
-last: that rank alone gets a Ctrl-C (SIGINT) during that step). After each run,
+PLAN is a JSON file of [name, script, argv] or [name, script, argv, [rank, step(, signal)]] entries
+(the last: that rank alone gets a Ctrl-C (SIGINT), or the signal named, during that step). After each run,
 DUMP/<name>-rank<r>.pt holds this process's networks (state_dicts), method state and step, so the
 test can compare the processes; a UserError or Interrupted is dumped as {"error": message}.
 DUMP lies outside the run folders.
@@ -36,8 +36,9 @@ def main() -> None:
     log, interrupt = common.Run.log, {}
 
     def log_and_interrupt(self, **metrics):
-        if interrupt.pop(self.step, None) == common.rank():
-            os.kill(os.getpid(), signal.SIGINT)  # the handler Run.loop installed sets its flag
+        who, signum = interrupt.pop(self.step, (None, None))
+        if who == common.rank():
+            os.kill(os.getpid(), signum)  # the handler Run.loop installed sets its flag
         return log(self, **metrics)
 
     common.Run.finish, common.Run.log = finish, log_and_interrupt
@@ -46,7 +47,8 @@ def main() -> None:
             finished.clear()
             interrupt.clear()
             if ctrl_c:
-                interrupt[ctrl_c[0][1]] = ctrl_c[0][0]
+                rank, step, *signame = ctrl_c[0]
+                interrupt[step] = (rank, getattr(signal, signame[0] if signame else "SIGINT"))
             try:
                 importlib.import_module(script).main(argv)
             except (common.UserError, common.Interrupted) as e:

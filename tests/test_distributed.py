@@ -10,7 +10,8 @@ process holds at the end; the tests compare the two processes, the run folders a
 - each process's slice of the global batches;
 - an exact distributed resume, a distributed checkpoint resumed in one process, and a
   single-process checkpoint resumed under 2 processes;
-- a Ctrl-C delivered to one process only, after which both stop and save at the same step;
+- a Ctrl-C (or a SIGTERM) delivered to one process only, after which both stop and save at the
+  same step;
 - the sentences for an indivisible batch, seqgan, --generate and --sync-bn on the CPU;
 - torchrun with one process.
 A Ctrl-C sent to torchrun's whole process group, as a terminal does, is not automated: tried by
@@ -96,6 +97,7 @@ def core(tmp_path_factory):
         ["rest", "dcgan", ["--resume", "split", "--epochs", "2"]],
         ["odd", "dcgan", TINY_D + ["--batch-size", "31", "--out", "odd"]],
         ["ctrl_c", "dcgan", TINY_D + ["--log-every", "3", "--out", "stopped"], [1, 4]],
+        ["sigterm", "dcgan", TINY_D + ["--log-every", "3", "--out", "terminated"], [1, 4, "SIGTERM"]],
         ["began", "began", TINY_B + ["--max-steps", "6", "--out", "began"]],
         ["resumed", "began", ["--resume", "single", "--max-steps", "8"]],
         *([name, name, argv + ["--out", name]] for name, argv in OTHERS.items()),
@@ -122,9 +124,9 @@ def test_begans_k_t_and_lr_rule_agree_across_processes(core):
 
 def test_only_rank_0_writes_files(core):
     work, dumps = core
-    assert {p.name for p in work.iterdir()} == {"full", "split", "began", "single", "stopped", *OTHERS}  # no "odd"
+    assert {p.name for p in work.iterdir()} == {"full", "split", "began", "single", "stopped", "terminated", *OTHERS}  # no "odd"
     plot = {"losses.png"} if importlib.util.find_spec("matplotlib") else set()  # (optional dependency)
-    assert files(work / "full") == {"config.json", "metrics.csv", "checkpoint.pt", *plot,
+    assert files(work / "full") == {".lock", "config.json", "metrics.csv", "checkpoint.pt", *plot,
                                     "samples/epoch-001.png", "samples/epoch-002.png", "samples/final.png"}
     assert [int(r["step"]) for r in read_metrics(work / "full")] == list(range(1, 9))  # one writer
     assert json.loads((work / "full" / "config.json").read_text())["processes"] == 2
@@ -173,6 +175,13 @@ def test_ctrl_c_on_one_process_stops_both_at_the_same_step(core):
     for r in (0, 1):
         assert "interrupted at step 6" in dumps["ctrl_c", r]["error"]
     assert torch.load(work / "stopped" / "checkpoint.pt", weights_only=True)["step"] == 6
+
+
+def test_sigterm_on_one_process_stops_both_as_ctrl_c_does(core):
+    work, dumps = core
+    for r in (0, 1):
+        assert "interrupted at step 6" in dumps["sigterm", r]["error"]
+    assert torch.load(work / "terminated" / "checkpoint.pt", weights_only=True)["step"] == 6
 
 
 def test_an_indivisible_batch_size_is_refused(core, monkeypatch):
