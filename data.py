@@ -242,6 +242,9 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             with Image.open(self.paths[i]) as im:
                 return self.transform(im.convert("RGB")), self.targets[i]
+        except Image.DecompressionBombError:  # (PIL's guard against images that would fill the memory)
+            raise UserError(f"image {self.paths[i]} is too large to load (PIL opens at most "
+                            f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels); shrink it or remove it and run again.") from None
         except (OSError, ValueError, SyntaxError) as e:
             raise UserError(f"cannot read image {self.paths[i]}: it is damaged or not an image "
                             f"({type(e).__name__}); remove it and run again.") from None
