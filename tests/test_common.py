@@ -341,6 +341,24 @@ def test_an_image_too_large_to_load_stops_the_run_with_its_name(tmp_path, monkey
     assert err.rstrip().endswith(" pixels); shrink it or remove it and run again.")
 
 
+def test_a_dataset_size_beyond_the_memory_is_refused_before_anything_is_allocated(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "_physical_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(data, "shape_factors", None)  # (not reached)
+    code, err = _cli(monkeypatch, capsys, TINY + ["--dataset-size", "1000000000"])
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err == ("dcgan.py: error: 1,000,000,000 shapes images need about 102.4 GiB of memory, more than "
+                   "this machine has (16.0 GiB); pass a smaller --dataset-size.\n")
+    # memory running out anyway (or where the system does not tell its size) says the same
+    monkeypatch.setattr(data, "_physical_memory", lambda: None)
+    for fail in (lambda *a, **k: np.empty(2**62, np.uint8), lambda *a, **k: torch.empty(2**62, dtype=torch.uint8)):
+        monkeypatch.setattr(data, "shape_factors", fail)
+        code, err = _cli(monkeypatch, capsys, TINY + ["--dataset-size", "1000000000"])
+        assert code == 2 and err.endswith("of memory, more than is free here; pass a smaller --dataset-size.\n"), err
+    # the other datasets take the first N images: a large N is all of them
+    fake_mnist(tmp_path)
+    assert len(common.load_dataset("mnist", str(tmp_path), image_size=16, size=10**9)) == 40
+
+
 def test_unpaired_folder_layout(tmp_path):
     for d in "AB":
         for i in range(2):
