@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -186,18 +187,46 @@ class ImageData:
 
 
 _CACHE_BYTES = 4 * 2**30  # shapes larger than this are rendered per batch instead of held
+_FACTOR_BYTES = 110  # host memory per image while its factors are drawn (the measured peak)
+
+
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes, where the system tells (not on Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _out_of_memory(e: Exception) -> bool:
+    """numpy's MemoryError, torch's on a GPU, or torch's CPU allocator failing (a plain RuntimeError)."""
+    return isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or "can't allocate memory" in str(e)
 
 
 def shapes_data(n: int, image_size: int, channels: int, device, style: str = "filled",
                 stream: int = 0, factors: dict | None = None) -> ImageData:
     """The built-in shapes: the first n images of `stream` (0 train, 1 test; see load_unpaired)."""
-    factors = shape_factors(n, seed=0, stream=stream) if factors is None else factors
     device = torch.device(device)
+    image_bytes = n * channels * image_size**2  # all n images as uint8
+    held = image_bytes <= _CACHE_BYTES
+    # what this takes: every image's factors, and the images themselves when held in the machine's memory
+    need = n * _FACTOR_BYTES + (image_bytes if held and device.type == "cpu" else 0)
+    too_large = f"{n:,} shapes images need about {need / 2**30:.1f} GiB of memory, more than"
+    memory = _physical_memory()
+    if memory and need > memory:  # refused before anything is allocated
+        raise UserError(f"{too_large} this machine has ({memory / 2**30:.1f} GiB); pass a smaller --dataset-size.")
+
     def render(index):
         return render_shapes({k: v[index.cpu()] for k, v in factors.items()}, image_size, channels, style, device)
 
-    held = n * channels * image_size**2 <= _CACHE_BYTES
-    return ImageData("shapes", n, channels, image_size, device, images=render(torch.arange(n)) if held else None,
+    try:
+        factors = shape_factors(n, seed=0, stream=stream) if factors is None else factors
+        images = render(torch.arange(n)) if held else None
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        raise UserError(f"{too_large} is free here; pass a smaller --dataset-size.") from None
+    return ImageData("shapes", n, channels, image_size, device, images=images,
                      labels=factors["class"].to(device), factors=factors, render=None if held else render,
                      num_classes=len(SHAPE_NAMES))
 
@@ -242,6 +271,9 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             with Image.open(self.paths[i]) as im:
                 return self.transform(im.convert("RGB")), self.targets[i]
+        except Image.DecompressionBombError:  # (PIL's guard against images that would fill the memory)
+            raise UserError(f"image {self.paths[i]} is too large to load (PIL opens at most "
+                            f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels); shrink it or remove it and run again.") from None
         except (OSError, ValueError, SyntaxError) as e:
             raise UserError(f"cannot read image {self.paths[i]}: it is damaged or not an image "
                             f"({type(e).__name__}); remove it and run again.") from None

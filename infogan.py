@@ -139,6 +139,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                 f"doubles the side twice from S/4 and D halves it twice")
     if args.n_cat + args.n_cont == 0:
         p.error("InfoGAN needs at least one code: give --n-cat or --n-cont above 0")
+    if args.batch_size < 2:
+        p.error(f"--batch-size must be at least 2 (got {args.batch_size}): the BatchNorm1d after G's, D's and "
+                f"Q's fully connected layers normalises each unit over the batch, which takes two images or more")
     return args
 
 

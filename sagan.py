@@ -181,7 +181,11 @@ class SelfAttention(nn.Module):
         h = self.h(x).flatten(2)                              # (B, C/8, N)
         o = torch.bmm(beta, h.transpose(1, 2))                # (B, N, C/8): row j = Σ_i β_{j,i} h(x_i)
         o = self.v(o.transpose(1, 2).reshape(B, -1, H, W))    # (B, C, H, W): W_v (...)
-        return self.gamma * o + x                             # y_i = γ o_i + x_i
+        y = self.gamma * o + x                                # y_i = γ o_i + x_i
+        # y in x's memory layout (o comes out channels-last: its reshape above is a channels-last
+        # view), so that γ = 0 is the identity bit for bit, in what the next layers compute too
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class CondBatchNorm2d(nn.Module):

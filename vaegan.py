@@ -137,6 +137,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.image_size < 16 or args.image_size % 8:
         p.error(f"--image-size must be a multiple of 8, 16 or more (got {args.image_size}): the "
                 f"encoder and Dis halve the side three times")
+    if args.batch_size < 2:
+        p.error(f"--batch-size must be at least 2 (got {args.batch_size}): the BatchNorm1d after the encoder's, "
+                f"the decoder's and Dis's dense layers normalises each unit over the batch, which takes two "
+                f"images or more")
     return args
 
 

@@ -15,10 +15,12 @@ import math
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +311,52 @@ def test_damaged_image_stops_with_its_name(tmp_path):
     data = common.load_dataset("folder", str(tmp_path), image_size=16)
     with pytest.raises(common.UserError, match="cannot read image .*broken.png"):
         next(data.batches(2, 0, 0))
+
+
+def _cli(monkeypatch, capsys, argv):
+    """`python dcgan.py argv` through common.cli, in-process, for input it must refuse: (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["dcgan.py", *argv])
+    with pytest.raises(SystemExit) as e:
+        common.cli(dcgan.main)
+    return e.value.code, capsys.readouterr().err
+
+
+def _blank_png(path, side):
+    """A valid black 1-bit PNG of side x side pixels, compressed row by row (20000 px: 49 KB)."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    z, row = zlib.compressobj(9), bytes(1 + (side + 7) // 8)  # a row: filter type 0, then the bits
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_an_image_too_large_to_load_stops_the_run_with_its_name(tmp_path, monkeypatch, capsys):
+    _write_png(tmp_path / "images" / "good.png")
+    _blank_png(tmp_path / "images" / "huge.png", 20000)  # 4e8 pixels: past PIL's guard, which stays on
+    code, err = _cli(monkeypatch, capsys, TINY + ["--dataset", "folder", "--data-root", "images",
+                                                  "--batch-size", "2", "--workers", "1", "--max-steps", "1"])
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("dcgan.py: error: image images/huge.png is too large to load (PIL opens at most ")
+    assert err.rstrip().endswith(" pixels); shrink it or remove it and run again.")
+
+
+def test_a_dataset_size_beyond_the_memory_is_refused_before_anything_is_allocated(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(data, "_physical_memory", lambda: 16 * 2**30)
+    monkeypatch.setattr(data, "shape_factors", None)  # (not reached)
+    code, err = _cli(monkeypatch, capsys, TINY + ["--dataset-size", "1000000000"])
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err == ("dcgan.py: error: 1,000,000,000 shapes images need about 102.4 GiB of memory, more than "
+                   "this machine has (16.0 GiB); pass a smaller --dataset-size.\n")
+    # memory running out anyway (or where the system does not tell its size) says the same
+    monkeypatch.setattr(data, "_physical_memory", lambda: None)
+    for fail in (lambda *a, **k: np.empty(2**62, np.uint8), lambda *a, **k: torch.empty(2**62, dtype=torch.uint8)):
+        monkeypatch.setattr(data, "shape_factors", fail)
+        code, err = _cli(monkeypatch, capsys, TINY + ["--dataset-size", "1000000000"])
+        assert code == 2 and err.endswith("of memory, more than is free here; pass a smaller --dataset-size.\n"), err
+    # the other datasets take the first N images: a large N is all of them
+    fake_mnist(tmp_path)
+    assert len(common.load_dataset("mnist", str(tmp_path), image_size=16, size=10**9)) == 40
 
 
 def test_unpaired_folder_layout(tmp_path):

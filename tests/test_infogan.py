@@ -129,6 +129,18 @@ def test_bad_flags_are_refused(capsys):
     assert infogan.parse_args(["--info-weight", "0"]).info_weight == 0
 
 
+def test_batch_size_one_is_refused_before_its_batchnorm_fails_and_two_trains(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        infogan.main(TINY_IG + ["--batch-size", "1", "--out", "one"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and not (tmp_path / "one").exists()
+    assert err.splitlines()[-1].endswith(
+        "error: --batch-size must be at least 2 (got 1): the BatchNorm1d after G's, D's and Q's fully "
+        "connected layers normalises each unit over the batch, which takes two images or more")
+    infogan.main(TINY_IG + ["--batch-size", "2", "--max-steps", "1", "--out", "two"])
+    assert (tmp_path / "two" / "checkpoint.pt").exists()
+
+
 def test_sample_latent_follows_app_c():
     torch.manual_seed(0)
     g_in, codes = infogan.sample_latent(5000, nz=62, n_cat=1, cat_dim=10, n_cont=2)

@@ -56,7 +56,9 @@ def test_attention_block_with_gamma_zero_is_the_identity():
     block = sagan.SelfAttention(16)
     assert dict(block.named_parameters())["gamma"].item() == 0.0
     x = torch.randn(2, 16, 8, 8)
-    assert torch.equal(block(x), x)
+    for x_in in (x, x.contiguous(memory_format=torch.channels_last)):  # in either memory layout
+        out = block(x_in)
+        assert torch.equal(out, x_in) and out.stride() == x_in.stride()  # (a layout changes how a conv rounds)
     with torch.no_grad():
         block.gamma.fill_(0.5)
     assert not torch.allclose(block(x), x)
@@ -67,6 +69,8 @@ def test_attention_block_with_gamma_zero_is_the_identity():
     z, y = torch.randn(4, 16), torch.tensor([0, 1, 2, 3])
     G_attn.eval(), G_plain.eval()
     assert torch.equal(G_attn(z, y), G_plain(z, y))
+    G_attn.to(memory_format=torch.channels_last), G_plain.to(memory_format=torch.channels_last)
+    assert torch.equal(G_attn(z, y), G_plain(z, y))  # and with channels-last weights (the CPU default)
 
 
 def test_attention_rows_are_distributions_and_forward_is_the_papers_formula():

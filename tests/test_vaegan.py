@@ -135,6 +135,18 @@ def test_sizes_the_architecture_cannot_make_are_refused(capsys):
 
 
 # --- the losses ----------------------------------------------------------------------------------
+def test_batch_size_one_is_refused_before_its_batchnorm_fails_and_two_trains(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        vaegan.main(TINY_VG + ["--batch-size", "1", "--out", "one"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and not (tmp_path / "one").exists()
+    assert err.splitlines()[-1].endswith(
+        "error: --batch-size must be at least 2 (got 1): the BatchNorm1d after the encoder's, the decoder's "
+        "and Dis's dense layers normalises each unit over the batch, which takes two images or more")
+    vaegan.main(TINY_VG + ["--batch-size", "2", "--max-steps", "1", "--out", "two"])
+    assert (tmp_path / "two" / "checkpoint.pt").exists()
+
+
 def test_kl_is_the_closed_form_mean_over_the_batch_and_zero_at_the_prior():
     torch.manual_seed(0)
     mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
