@@ -83,9 +83,9 @@ Run:  python began.py --epochs 5                      (built-in shapes, 64 px, n
       python began.py --lr-decay fixed --lr-window 100000   (the port's lr schedule)
       python began.py --dataset celeba --data-root ./data
       python began.py --generate 64 --resume runs/began-shapes-<time>
-On a CPU: python began.py --image-size 32 --channels 1 --n-filters 16 --epochs 2
-      (the laptop tier: 22 min on one core of a 2-core CPU; at this size k_t fell to 0 by step
-      350 and G collapsed onto one image: benchmarks/README.md)
+On a CPU: python began.py --preset laptop
+      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
+      its time, samples and scores: benchmarks/README.md)
 """
 import argparse
 import math
@@ -95,6 +95,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+
+# --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
+# own flags for a 2-core CPU: 32 px grayscale, 16 filters, 2 epochs.
+# The losses, optimiser settings and update schedule stay the paper's.
+PRESETS = {"laptop": "--image-size 32 --channels 1 --n-filters 16 --epochs 2"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -131,7 +136,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--stall-tol", type=common.unit_interval, default=0.01,
                    help="a window stalled when its mean M_global is not this fraction below the previous "
                         "window's (the port's commented-out rule: 1%%)")
-    common.add_run_args(p, batch_size=16)  # the port's default batch size
+    common.add_run_args(p, presets=PRESETS, batch_size=16)  # the port's default batch size
     args = common.parse_args(p, argv, "began")
     if args.image_size < 16 or args.image_size & (args.image_size - 1):
         p.error(f"--image-size must be a power of two, 16 or more (got {args.image_size}): the "

@@ -18,6 +18,7 @@ import math
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import sys
@@ -109,10 +110,17 @@ non_negative_float = _checked(float, lambda v: v >= 0 and math.isfinite(v), "0 o
 unit_interval = _checked(float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
-def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide=(), **defaults) -> None:
+def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide=(), presets: dict | None = None,
+                 **defaults) -> None:
     """The flags every script shares. `defaults` overrides ours, `help` rewrites a flag's help for
-    one script, `hide` keeps flags that do not apply out of --help (seqgan.py's image flags)."""
+    one script, `hide` keeps flags that do not apply out of --help (seqgan.py's image flags),
+    `presets` names configurations of the script's flags ({"laptop": "--image-size 32 ..."})."""
     g = parser.add_argument_group("run (shared by all scripts)")
+    if presets:
+        parser.presets = presets
+        g.add_argument("--preset", choices=tuple(presets), default=None,
+                       help="start from a named configuration of this script's flags (flags given too "
+                            "override it): " + "; ".join(f"{k} = {v}" for k, v in presets.items()).replace("%", "%%"))
     g.add_argument("--dataset", choices=DATASETS, default="shapes", help="training data; 'shapes' is built in")
     g.add_argument("--data-root", default="./data", help="folder holding the real datasets")
     g.add_argument("--download", action="store_true", help="download the dataset if missing")
@@ -170,19 +178,32 @@ _MAY_CHANGE_ON_RESUME = _PER_INVOCATION | {"epochs", "max_steps", "log_every", "
                                            "device", "data_root", "amp", "compile", "fast", "sync_bn"}
 
 
-def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocation=()) -> argparse.Namespace:
-    """Parse argv. With --resume, the run's saved flags fill in every flag not given again;
-    `per_invocation`: a script's flags never taken from the checkpoint (sagan.py's --class)."""
-    args = parser.parse_args(argv)
-    if args.resume is None:
-        if args.generate is not None:
-            parser.error("--generate needs --resume RUN_OR_CHECKPOINT (the model to sample from)")
-        return args
+def _typed(parser: argparse.ArgumentParser, argv) -> set:
+    """The flags (dests) that argv gives explicitly."""
     typed = copy.deepcopy(parser)  # the same parser with no defaults: what was typed
     typed._defaults.clear()
     for action in typed._actions:
         action.default = argparse.SUPPRESS
-    explicit = set(vars(typed.parse_args(argv)))
+    return set(vars(typed.parse_args(argv)))
+
+
+def parse_args(parser: argparse.ArgumentParser, argv, script: str, per_invocation=()) -> argparse.Namespace:
+    """Parse argv. --preset NAME fills in its flags where argv does not give them; with --resume,
+    the run's saved flags fill in every flag not given again; `per_invocation`: a script's flags
+    never taken from the checkpoint (sagan.py's --class)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):
+        if args.resume is not None:
+            parser.error("--preset configures a new run; --resume goes on with the run's own flags")
+        preset = shlex.split(parser.presets[args.preset])
+        values, explicit = vars(parser.parse_args(preset)), _typed(parser, argv)
+        for key in _typed(parser, preset) - explicit:
+            setattr(args, key, values[key])
+    if args.resume is None:
+        if args.generate is not None:
+            parser.error("--generate needs --resume RUN_OR_CHECKPOINT (the model to sample from)")
+        return args
+    explicit = _typed(parser, argv)
     for key, value in read_checkpoint(args.resume, script)["args"].items():
         if not hasattr(args, key) or key in _PER_INVOCATION or key in per_invocation:
             continue

@@ -101,10 +101,9 @@ Run:  python cyclegan.py --n-epochs 3 --n-epochs-decay 2     (quick: the whole s
       python cyclegan.py --no-cycle --n-epochs 3 --n-epochs-decay 2   (the ablation)
       python cyclegan.py --dataset folder --data-root ./horse2zebra --image-size 256
       python cyclegan.py --generate 100 --resume runs/cyclegan-shapes-<time>
-On a CPU: python cyclegan.py --image-size 32 --channels 1 --ngf 16 --ndf 16 --n-blocks 3 --dataset-size 3000
-          --n-epochs 6 --n-epochs-decay 4
-      (the laptop tier: 31 min on one core of a 2-core CPU; the class kept on 98% and 95% of
-      shapes, paired error a third of the identity's: benchmarks/README.md)
+On a CPU: python cyclegan.py --preset laptop
+      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
+      its time, samples and scores: benchmarks/README.md)
 """
 import argparse
 from datetime import datetime
@@ -119,6 +118,14 @@ import common
 EVAL_PAIRS = 200  # paired shapes test images for the translation error logged after each epoch
 EVAL_BATCH = 32   # images per batch when translating test images (also rows per --generate page)
 FIXED = 6         # test images of each domain in every sample grid
+
+
+# --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
+# own flags for a 2-core CPU: 32 px grayscale, 16-channel networks with 3 residual blocks, 10
+# epochs (6 + 4 decaying) of 3,000 images.
+# The losses, optimiser settings and update schedule stay the paper's.
+PRESETS = {"laptop": "--image-size 32 --channels 1 --ngf 16 --ndf 16 --n-blocks 3 --dataset-size 3000 "
+                     "--n-epochs 6 --n-epochs-decay 4"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -157,7 +164,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--load-size", type=common.positive_int, default=None,
                    help="side of the training images before the random crop; None: --image-size x 286/256")
     # Sec. 4: batch size 1. About 1,000 images per domain, the size of the paper's datasets.
-    common.add_run_args(p, batch_size=1, epochs=None, help={  # three shared flags mean more here
+    common.add_run_args(p, presets=PRESETS, batch_size=1, epochs=None, help={  # three shared flags mean more here
         "epochs": "epochs (passes over domain A) to train in this run; None: --n-epochs + --n-epochs-decay, "
                   "the whole schedule. Fewer stop early at the lr reached then; --resume RUN --epochs N "
                   "continues the same schedule",

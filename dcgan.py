@@ -50,9 +50,9 @@ Logged (metrics.csv, besides step, epoch and images_per_s; means over each --log
 Run:  python dcgan.py --epochs 5                 (built-in shapes data, no download)
       python dcgan.py --dataset cifar10 --image-size 32 --data-root ./data --download
       python dcgan.py --generate 64 --resume runs/dcgan-shapes-<time>
-On a CPU: python dcgan.py --image-size 32 --channels 1 --ngf 32 --ndf 32 --kernel-size 4 --batch-size 64 --epochs 12
-      (the laptop tier: about 10 min alone on 2 cores at its measured 1,242 images/s; all ten
-      classes drawn: benchmarks/README.md)
+On a CPU: python dcgan.py --preset laptop
+      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
+      its time, samples and scores: benchmarks/README.md)
 """
 import argparse
 import math
@@ -62,6 +62,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+
+# --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
+# own flags for a 2-core CPU: 32 px grayscale, pytorch/examples' lighter network at half its width, 12 epochs.
+# The losses, optimiser settings and update schedule stay the paper's.
+PRESETS = {"laptop": "--image-size 32 --channels 1 --ngf 32 --ndf 32 --kernel-size 4 --batch-size 64 "
+                     "--epochs 12"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="Adam beta1 (Sec. 4: 0.5; 0.9 oscillated)")
     p.add_argument("--beta2", type=common.unit_interval, default=0.999,
                    help="Adam beta2 (not stated in the paper; Adam's default)")
-    common.add_run_args(p, batch_size=128)  # Sec. 4: mini-batch size 128
+    common.add_run_args(p, presets=PRESETS, batch_size=128)  # Sec. 4: mini-batch size 128
     args = common.parse_args(p, argv, "dcgan")
     if args.image_size < 16 or args.image_size & (args.image_size - 1):
         p.error(f"--image-size must be a power of two, 16 or more (got {args.image_size}): each "

@@ -85,9 +85,9 @@ Run:  python infogan.py --epochs 5                       (built-in shapes, 28 px
       python infogan.py --info-weight 0 --epochs 5       (the control: no L_I)
       python infogan.py --dataset mnist --data-root ./data --download
       python infogan.py --generate 100 --resume runs/infogan-shapes-<time>   (+ Fig. 2 grids)
-On a CPU: python infogan.py --ngf 32 --ndf 32 --fc-units 512 --epochs 12
-      (the laptop tier: 18 min on one core of a 2-core CPU; all ten classes drawn, Q's code
-      matching the shape class on 47% of real shapes: benchmarks/README.md)
+On a CPU: python infogan.py --preset laptop
+      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
+      its time, samples and scores: benchmarks/README.md)
 """
 import argparse
 import math
@@ -97,6 +97,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+
+# --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
+# own flags for a 2-core CPU: the paper's 28 px MNIST networks at half width, 30 epochs.
+# The losses, optimiser settings and update schedule stay the paper's.
+PRESETS = {"laptop": "--channels 1 --ngf 32 --ndf 32 --fc-units 512 --epochs 30"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,7 +137,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--q-units", type=common.positive_int, default=128,
                    help="units of the Q head's hidden layer (Table 1: FC 128)")
     # batch 128 (official run_mnist_exp.py; the paper gives none), MNIST 28x28 grayscale
-    common.add_run_args(p, batch_size=128, image_size=28, channels=1)
+    common.add_run_args(p, presets=PRESETS, batch_size=128, image_size=28, channels=1)
     args = common.parse_args(p, argv, "infogan")
     if args.image_size < 8 or args.image_size % 4:
         p.error(f"--image-size must be a multiple of 4, 8 or more (got {args.image_size}): G "

@@ -104,10 +104,9 @@ Run:  python progan.py --epochs 5                           (built-in shapes to 
       python progan.py --batch-sizes 4:128,8:128,16:128,32:64,64:32 --epochs 5   (the official 1-GPU batches)
       python progan.py --dataset celeba --final-size 128 --data-root ./data --epochs 20
       python progan.py --generate 64 --resume runs/progan-shapes-<time>   (at the resolution reached)
-On a CPU: python progan.py --final-size 32 --channels 1 --fmap-base 256 --fmap-max 64 --nz 64
-          --images-per-phase 10000 --dataset-size 30000 --epochs 5
-      (the laptop tier: 25 min on one core of a 2-core CPU; blobs and small shapes, all ten
-      classes: benchmarks/README.md)
+On a CPU: python progan.py --preset laptop
+      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
+      its time, samples and scores: benchmarks/README.md)
 """
 import argparse
 import copy
@@ -129,6 +128,13 @@ def parse_batch_sizes(text: str) -> dict:
             raise ValueError(item)
         sizes[res] = n
     return sizes
+
+
+# --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
+# own flags for a 2-core CPU: grown to 32 px grayscale, narrow feature maps, 9 epochs of 30,000 images.
+# The losses, optimiser settings and update schedule stay the paper's.
+PRESETS = {"laptop": "--final-size 32 --channels 1 --fmap-base 256 --fmap-max 64 --nz 64 "
+                     "--images-per-phase 10000 --dataset-size 30000 --epochs 9"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -173,7 +179,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mirror", choices=("auto", "on", "off"), default="auto",
                    help="flip each real image left-right with probability 1/2 (official mirror_augment); "
                         "auto: on for celeba and lsun, as the official CelebA-HQ and LSUN runs")
-    common.add_run_args(p, batch_size=16)  # App. A.1: minibatch 16 up to 128x128
+    common.add_run_args(p, presets=PRESETS, batch_size=16)  # App. A.1: minibatch 16 up to 128x128
     args = common.parse_args(p, argv, "progan")
     if args.image_size < 8 or args.image_size & (args.image_size - 1):
         p.error(f"--final-size (--image-size) must be a power of two, 8 or more (got {args.image_size}): "

@@ -107,10 +107,9 @@ Run:  python seqgan.py --epochs 5                         (a fresh N(0, 1) oracl
                                                            of github.com/LantaoYu/SeqGAN, as it is)
       python seqgan.py --mle-only                         (the MLE baseline, same schedule)
       python seqgan.py --text lines.txt --tokens word ;  python seqgan.py --generate 20 --resume RUN
-On a CPU: python seqgan.py --oracle target_params_py3.pkl --num-samples 2000 --eval-samples 2000
-          --pretrain-epochs 120 --d-pretrain-rounds 10 --epochs 10
-      (the laptop tier: 23 min on one core of a 2-core CPU, the MLE baseline 4 min; NLL_oracle
-      9.252 against MLE's 9.277: benchmarks/README.md)
+On a CPU: python seqgan.py --preset laptop --oracle target_params_py3.pkl
+      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
+      its time, samples and scores: benchmarks/README.md)
 """
 from __future__ import annotations
 
@@ -133,6 +132,13 @@ PAD, UNK = "<pad>", "<unk>"  # --text: index 0 pads (and is the start token), 1 
 WINDOWS = ((1, 100), (2, 200), (3, 200), (4, 200), (5, 200), (6, 100), (7, 100), (8, 100),
            (9, 100), (10, 100), (15, 160), (20, 160))
 IMAGE_FLAGS = ("data_root", "download", "image_size", "channels", "dataset_size", "sample_every", "channels_last")
+
+
+# --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
+# own flags for a 2-core CPU: the paper's oracle, networks and pretraining on 2,000 sequences, 10 adversarial epochs.
+# The losses, optimiser settings and update schedule stay the paper's.
+PRESETS = {"laptop": "--num-samples 2000 --eval-samples 2000 --pretrain-epochs 120 --d-pretrain-rounds 10 "
+                     "--epochs 10"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -189,7 +195,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the MLE baseline: after pretraining, --epochs MLE epochs instead of adversarial ones")
     # DEVIATION: 10 D-pretraining rounds and 20 adversarial epochs by default (deviation 1).
     common.add_run_args(
-        p, batch_size=64, epochs=20, log_every=1, dataset="oracle", channels_last=False,
+        p, presets=PRESETS, batch_size=64, epochs=20, log_every=1, dataset="oracle", channels_last=False,
         hide=IMAGE_FLAGS + ("dataset", "workers", "fast"),  # the image flags of the other scripts do not apply
         help={"epochs": "adversarial epochs (Alg. 1's outer loop; --mle-only: MLE ones) [200]",
               "amp": "bf16 autocast for D, the heavy network (CUDA); G stays fp32",

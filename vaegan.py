@@ -92,9 +92,9 @@ Logged (metrics.csv, besides step, epoch and images_per_s):
 Run:  python vaegan.py --epochs 5                    (built-in shapes, 64 px, no download)
       python vaegan.py --recon pixel --epochs 5      (the plain VAE baseline, same networks)
       python vaegan.py --generate 64 --resume runs/vaegan-shapes-<time>
-On a CPU: python vaegan.py --image-size 32 --channels 1 --width 16 --batch-size 32 --dataset-size 40000 --epochs 2
-      (the laptop tier: 22 min on one core of a 2-core CPU, the plain VAE 5 min; sharp small
-      shapes against the VAE's blurred ones: benchmarks/README.md)
+On a CPU: python vaegan.py --preset laptop
+      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
+      its time, samples and scores: benchmarks/README.md)
 """
 import argparse
 
@@ -103,6 +103,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+
+# --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
+# own flags for a 2-core CPU: 32 px grayscale, width 16, batch 32, 4 epochs of 40,000 images.
+# The losses, optimiser settings and update schedule stay the paper's.
+PRESETS = {"laptop": "--image-size 32 --channels 1 --width 16 --batch-size 32 --dataset-size 40000 "
+                     "--epochs 4"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,7 +138,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=common.positive_int, default=32,
                    help="w: channels of Dis's first conv and of Dec's last hidden layer; all other widths "
                         "are fixed multiples (paper: 32, giving 64-128-256 in Enc, 32-128-256-256 in Dis)")
-    common.add_run_args(p, batch_size=64)  # paper: batch 64
+    common.add_run_args(p, presets=PRESETS, batch_size=64)  # paper: batch 64
     args = common.parse_args(p, argv, "vaegan")
     if args.image_size < 16 or args.image_size % 8:
         p.error(f"--image-size must be a multiple of 8, 16 or more (got {args.image_size}): the "

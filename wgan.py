@@ -66,9 +66,9 @@ Run:  python wgan.py --epochs 5                       (built-in shapes data, no 
       python wgan.py --g-arch mlp --epochs 5          (the paper's MLP generator)
       python wgan.py --g-arch nobn-constant --epochs 5   (the paper's G without BN)
       python wgan.py --dataset lsun --data-root ./data/lsun
-On a CPU: python wgan.py --image-size 32 --channels 1 --ngf 32 --ndf 32 --epochs 20
-      (the laptop tier: about 10 min alone on 2 cores at its measured 2,005 images/s; blobs whose
-      quality the critic's estimate tracks: benchmarks/README.md)
+On a CPU: python wgan.py --preset laptop
+      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
+      its time, samples and scores: benchmarks/README.md)
 """
 import argparse
 import math
@@ -77,6 +77,11 @@ import torch
 import torch.nn as nn
 
 import common
+
+# --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
+# own flags for a 2-core CPU: 32 px grayscale, half-width networks, 20 epochs.
+# The losses, optimiser settings and update schedule stay the paper's.
+PRESETS = {"laptop": "--image-size 32 --channels 1 --ngf 32 --ndf 32 --epochs 20"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,7 +105,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ndf", type=common.positive_int, default=64, help="critic width (official code: 64)")
     p.add_argument("--mlp-units", type=common.positive_int, default=512,
                    help="hidden units of the MLP generator (Sec. 4: 512)")
-    common.add_run_args(p, batch_size=64, log_every=10)  # Alg. 1: m = 64
+    common.add_run_args(p, presets=PRESETS, batch_size=64, log_every=10)  # Alg. 1: m = 64
     args = common.parse_args(p, argv, "wgan")
     if args.image_size < 16 or args.image_size & (args.image_size - 1):
         p.error(f"--image-size must be a power of two, 16 or more (got {args.image_size}): each "

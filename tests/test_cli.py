@@ -6,7 +6,9 @@ The run folder and its files, an empty --out folder accepted, one config file pe
 Bad input must give one sentence on stderr, a non-zero exit, no traceback, and leave every
 earlier run as it was. Most cases go through common.cli in-process (fast); a few run the real
 command in a subprocess."""
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,3 +201,30 @@ def test_grayscale_data_trains_and_generates_with_one_channel(tmp_path):
     G = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["modules"]["G"]
     last_conv = [v for k, v in G.items() if k.startswith("body") and k.endswith("weight")][-1]
     assert last_conv.shape[1] == 1  # (in, out, k, k) of G's output layer
+
+
+def test_preset_laptop_fills_in_its_flags_and_each_flag_given_overrides_it(tmp_path, monkeypatch, capsys):
+    args = dcgan.parse_args(["--preset", "laptop", "--ngf", "16"])
+    assert (args.image_size, args.channels, args.ndf, args.kernel_size, args.batch_size, args.epochs) == \
+        (32, 1, 32, 4, 64, 12)
+    assert args.ngf == 16  # given: the preset's 32 does not apply
+    assert dcgan.parse_args([]).image_size == 64  # without it, the paper's defaults
+    dcgan.main(["--preset", "laptop", "--dataset-size", "128", "--max-steps", "1", "--device", "cpu",
+                "--out", "run"])
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["args"]["preset"] == "laptop" and config["args"]["image_size"] == 32
+    code, err = run_cli(monkeypatch, capsys, ["--resume", "run", "--preset", "laptop"])
+    assert code == 2 and "--preset configures a new run" in err
+    monkeypatch.setattr(sys, "argv", ["dcgan.py", "--help"])
+    with pytest.raises(SystemExit):
+        dcgan.parse_args()
+    listed = " ".join(re.sub(r"-\n\s+", "-", capsys.readouterr().out).split())  # (argparse wraps at hyphens)
+    assert "laptop = --image-size 32 --channels 1" in listed
+
+
+@pytest.mark.parametrize("script", ["dcgan", "wgan", "relativistic_gan", "infogan", "began", "vaegan", "sagan",
+                                    "progan", "cyclegan", "seqgan"])
+def test_every_script_has_a_laptop_preset_its_parser_accepts(script):
+    module = __import__(script)
+    preset = module.PRESETS["laptop"].split()
+    assert vars(module.parse_args(["--preset", "laptop"])) == {**vars(module.parse_args(preset)), "preset": "laptop"}
