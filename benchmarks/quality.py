@@ -8,10 +8,12 @@
 Two tiers. The paper tier (the default) trains the scripts' own networks at their own sizes (64
 px; a GPU) for a budget in images shown to D (`--epochs E` over `--dataset-size N` gives E x N;
 default the README's quick run, `--epochs 5` on the 60,000 shapes). The laptop tier (`--tier
-laptop`) trains every script with its LAPTOP configuration below: only the script's own flags
-(32 px, or InfoGAN's 28 px, grayscale, reduced widths, a batch size and a number of epochs),
-its losses, optimiser settings and update schedule unchanged; each run fits 30 minutes on one
-thread of a 2-core CPU, two runs at a time. Its run folders stay in --work (default
+laptop`) trains every script with its own laptop configuration, `--preset laptop` (the script's
+PRESETS: only its own flags, 32 px or InfoGAN's 28 px, grayscale, reduced widths, a batch size
+and a number of epochs), its losses, optimiser settings and update schedule unchanged; each run
+fits an hour on one thread of a 2-core CPU, two runs at a time; seeds 0-2 for every run that a
+paper comparison or curve claim rests on (each claim judged by its spread: verdict()), seed 0
+for the others. Its run folders stay in --work (default
 benchmarks/.work/laptop): a command stopped part way is run again as it was and every run goes
 on from its last checkpoint; scripts already scored are skipped. So the whole tier is one
 command, which may be spread over several sittings.
@@ -73,6 +75,7 @@ import importlib
 import json
 import math
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -469,54 +472,62 @@ SPECS = {
 TINY_SIZE = {"cyclegan": 32}  # the others: 16 px (progan: --final-size 16)
 
 
-# The laptop tier: one configuration per script, made only of the script's own flags (image
-# size, channels, widths, batch size) and a number of epochs over its built-in data; the
-# losses, optimiser settings and update schedule are the script's defaults. Each run fits 30
-# minutes on one thread of a 2-core CPU (two runs at a time), the paper's comparison runs at
-# the same configuration (variants above; relativistic_gan's on 2,000 images for as many
-# images shown to D). script -> (flags, epochs[, dataset size: default the Spec's]).
-LAPTOP = {
-    "dcgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32", "--kernel-size", "4",
-               "--batch-size", "64"), 12),
-    "wgan": (("--image-size", "32", "--channels", "1", "--ngf", "32", "--ndf", "32"), 20),
-    "relativistic_gan": (("--image-size", "32", "--channels", "1", "--width", "16"), 10),
-    "infogan": (("--channels", "1", "--ngf", "32", "--ndf", "32", "--fc-units", "512"), 12),
-    "began": (("--image-size", "32", "--channels", "1", "--n-filters", "16"), 2),
-    "vaegan": (("--image-size", "32", "--channels", "1", "--width", "16", "--batch-size", "32"), 2, 40000),
-    "sagan": (("--image-size", "32", "--channels", "1", "--ch", "16", "--batch-size", "32"), 3),
-    "progan": (("--final-size", "32", "--channels", "1", "--fmap-base", "256", "--fmap-max", "64", "--nz", "64",
-                "--images-per-phase", "10000"), 5, 30000),
-    "cyclegan": (("--image-size", "32", "--channels", "1", "--ngf", "16", "--ndf", "16", "--n-blocks", "3"), 10, 3000),
-}
-# seqgan.py on the CPU: the paper's oracle, networks and pretraining (120 MLE epochs, 10 D rounds),
-# 2,000 training and evaluation sequences in place of 10,000, 10 adversarial epochs.
-SEQGAN_LAPTOP = ["--num-samples", "2000", "--eval-samples", "2000", "--pretrain-epochs", "120",
-                 "--d-pretrain-rounds", "10", "--epochs", "10"]
-LAPTOP_TARGETS = {"classes": 8, "confident": 0.5, "fd_position": 0.3, "code_accuracy": 0.7}
+# The laptop tier: each script's own laptop configuration, `--preset laptop` (PRESETS next to its
+# parser; seqgan.py's takes --oracle FILE besides): only the script's own flags (image size,
+# channels, widths, batch size, epochs, dataset size); the losses, optimiser settings and update
+# schedule are the script's defaults. Each run fits an hour on one thread of a 2-core CPU (two
+# runs at a time). The paper's comparison runs use the same configuration plus their own flag
+# (variants above); relativistic_gan's run on 2,000 images for LAPTOP_VARIANT_IMAGES images.
+LAPTOP_VARIANT_IMAGES = {"relativistic_gan": 600_000}
+LAPTOP_TARGETS = {"classes": NUM_CLASSES, "confident": 0.65, "fd_position": 0.05, "code_accuracy": 0.7}
 PAPER_TARGETS = {"classes": NUM_CLASSES, "confident": 0.7, "fd_position": WIDE_MARGIN, "code_accuracy": 0.9}
+LAPTOP_SEEDS = 3  # for every run that a comparison or a curve claim rests on; the others: seed 0
+
+
+def laptop_preset(script: str) -> list:
+    """The script's laptop configuration as flags (its PRESETS["laptop"])."""
+    return shlex.split(importlib.import_module(script).PRESETS["laptop"])
+
+
+def _flag(flags: list, name: str, default=None):
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def laptop_images(script: str) -> int:
+    """Real images shown to D by the laptop configuration: epochs x dataset size."""
+    flags = laptop_preset(script)
+    n = int(_flag(flags, "--dataset-size", SPECS[script].dataset_size))
+    if script == "cyclegan":
+        return n * (int(_flag(flags, "--n-epochs")) + int(_flag(flags, "--n-epochs-decay")))
+    return n * int(_flag(flags, "--epochs"))
+
+
+def laptop_seeds(script: str, run: str) -> range:
+    """Seeds 0-2 for a run that a paper comparison or a curve claim rests on, else seed 0 alone."""
+    compared = {r for claim in COMPARISONS.get(script, []) for r in claim[1:3]}
+    if script in CURVE_CLAIMS:
+        compared.add("main")
+    return range(LAPTOP_SEEDS if run in compared else 1)
 
 
 def laptop_table() -> str:
     """The laptop tier's configurations as a Markdown table (the README's)."""
-    rows = ["| script | flags (besides the defaults) | comparison runs |", "|---|---|---|"]
+    rows = ["| script | `--preset laptop` | comparison runs (seeds 0-2) |", "|---|---|---|"]
     for s in SCRIPTS:
+        flags = " ".join(laptop_preset(s)) + (" --oracle FILE" if s == "seqgan" else "")
         if s == "seqgan":
-            flags, comp = " ".join(SEQGAN_LAPTOP) + " --oracle FILE", "MLE only (`--mle-only`)"
+            comp = "MLE only (`--mle-only`)"
         else:
-            base, epochs, *size = LAPTOP[s]
-            n = size[0] if size else SPECS[s].dataset_size
-            flags = " ".join(base) + f" --dataset-size {n}" + (
-                f" --n-epochs {epochs - epochs * 2 // 5} --n-epochs-decay {epochs * 2 // 5}" if s == "cyclegan"
-                else f" --epochs {epochs}")
-            comp = "; ".join(f"{name}: `{' '.join(f)}`" + (f" on {n:,} images" if n else "")
-                             for name, (f, n) in SPECS[s].variants.items()) or "-"
+            n = LAPTOP_VARIANT_IMAGES.get(s)
+            comp = "; ".join(f"{name}: `{' '.join(f)}`" + (f" on {size:,} images ({n:,} shown to D)" if size else "")
+                             for name, (f, size) in SPECS[s].variants.items()) or "-"
         rows.append(f"| {s}.py | `{flags}` | {comp} |")
     return "\n".join(rows)
 
 
 def script_channels(script: str, tier: str) -> int:
     """The channels a script's runs train on (infogan.py's default is 1, the others' 3)."""
-    flags = LAPTOP[script][0] if tier == "laptop" else SPECS[script].flags
+    flags = laptop_preset(script) if tier == "laptop" else SPECS[script].flags
     if "--channels" in flags:
         return int(flags[flags.index("--channels") + 1])
     return 1 if script == "infogan" else 3
@@ -733,36 +744,40 @@ def train_job(job: dict) -> dict:
 
 
 def plan(script: str, a, work: Path) -> list:
-    """The training runs of one script: per seed, its main run and the paper's comparison."""
+    """The training runs of one script: per seed, its main run and the paper's comparison (the
+    laptop tier: `--preset laptop` and seeds by laptop_seeds, unless --seeds says)."""
     spec, jobs = SPECS.get(script), []
-    seeds = range(a.seeds)
+    laptop = a.tier == "laptop"
+
+    def seeds(run):
+        return range(a.seeds) if a.seeds else laptop_seeds(script, run) if laptop else range(1)
+
+    def add(run, s, argv, images):
+        jobs.append({"script": script, "run": run, "seed": s, "argv": ["--seed", str(s), "--device", a.device, *argv],
+                     "device": a.device, "images": images, "dir": str(work / script / f"{run}-seed{s}"),
+                     "threads": a.threads, "resume": a.resume_runs})
+
     if script == "seqgan":
-        for s in seeds:
-            for name, extra in (("seqgan", []), ("mle", ["--mle-only"])):
-                argv = ["--seed", str(s), "--device", a.device, *seqgan_flags(a), *extra]
-                jobs.append({"script": script, "run": name, "seed": s, "argv": argv, "device": a.device,
-                             "dir": str(work / script / f"{name}-seed{s}"), "images": None,
-                             "threads": a.threads, "resume": a.resume_runs})
-        return jobs
-    runs = {"main": ((), None), **spec.variants}
-    base, budget = (), a.budget
-    if a.tier == "laptop":
-        base, epochs, *size = LAPTOP[script]
-        n = size[0] if size else spec.dataset_size
-        budget = budget or epochs * n
-        runs = {name: (extra, variant_size or n) for name, (extra, variant_size) in runs.items()}
-    for s in seeds:
-        for name, (extra, size) in runs.items():
-            flags, images = budget_flags(script, budget, size, a.tiny, base)
-            argv = ["--seed", str(s), "--device", a.device, *flags, *extra]
-            job = {"script": script, "run": name, "seed": s, "argv": argv, "device": a.device, "images": images,
-                   "dir": str(work / script / f"{name}-seed{s}"), "threads": a.threads, "resume": a.resume_runs}
+        for name, extra in (("seqgan", []), ("mle", ["--mle-only"])):
+            for s in seeds(name):
+                add(name, s, [*seqgan_flags(a), *extra], None)
+        return sorted(jobs, key=lambda j: j["seed"])
+    for name, (extra, size) in {"main": ((), None), **spec.variants}.items():
+        if laptop and a.budget is None:
+            images = LAPTOP_VARIANT_IMAGES.get(script, laptop_images(script)) if size else laptop_images(script)
+            flags = ("--preset", "laptop") + (("--dataset-size", str(size), "--epochs", str(round(images / size)))
+                                              if size else ())
+        else:
+            base = tuple(laptop_preset(script)) if laptop else ()
+            flags, images = budget_flags(script, a.budget, size, a.tiny, base)
+        for s in seeds(name):
+            add(name, s, [*flags, *extra], images)
             if spec.curve and name == "main":
-                epochs = int(argv[argv.index("--epochs") + 1])
-                job["segments"] = list(range(1, epochs + 1)) if epochs > 1 else [1]
-                job["curve_n"] = a.n_eval
-            jobs.append(job)
-    return jobs
+                argv = jobs[-1]["argv"]
+                epochs = int(_flag(argv, "--epochs", None) or _flag(laptop_preset(script), "--epochs"))
+                jobs[-1]["segments"] = list(range(1, epochs + 1)) if epochs > 1 else [1]
+                jobs[-1]["curve_n"] = a.n_eval
+    return sorted(jobs, key=lambda j: j["seed"])  # (seed 0 of every run first: the gallery, then the spreads)
 
 
 def seqgan_flags(a) -> list:
@@ -772,9 +787,7 @@ def seqgan_flags(a) -> list:
                  "--rollout-num", "4", "--k-epochs", "1", "--d-steps", "2", "--eval-every", "2",
                  "--pretrain-epochs", "3", "--d-pretrain-rounds", "2", "--epochs", "3"]
     elif a.tier == "laptop":
-        flags = list(SEQGAN_LAPTOP)
-        if a.budget is not None:
-            flags[flags.index("--epochs") + 1] = str(a.budget)
+        flags = ["--preset", "laptop"] + ([] if a.budget is None else ["--epochs", str(a.budget)])
     else:
         flags = [] if a.budget is None else ["--epochs", str(a.budget)]
     return flags + (["--oracle", str(a.oracle)] if a.oracle and not a.tiny else [])
@@ -987,23 +1000,47 @@ CURVE_CLAIMS = {"wgan": "the critic's estimate of the EM distance falls as sampl
                 "began": "M_global falls as samples improve"}
 
 
+def verdict(a: dict, b: dict | None = None, lower: bool = True) -> str:
+    """What the seeds say about a claim: A better than B (or a correlation above 0 when b is None)
+    only when the difference of the means exceeds twice its standard error; 'within noise' when
+    it does not; 'one seed' when there is no spread to judge it by."""
+    na, nb = a.get("n") or len(a.get("values") or [1]), (b.get("n") or len(b.get("values") or [1])) if b else None
+    diff = a["mean"] - (b["mean"] if b else 0.0)
+    if na < 2 or (b is not None and nb < 2):
+        return "one seed"
+    se = math.sqrt(a["std"] ** 2 / na + (b["std"] ** 2 / nb if b else 0.0))
+    if abs(diff) <= 2 * se:
+        return "within noise"
+    better = diff < 0 if (b is not None and lower) else diff > 0
+    return "agrees" if better else "disagrees"
+
+
 def comparisons(script: str, runs: dict) -> list:
+    """Each paper claim with every seed's values, the means and the verdict (see verdict())."""
     out = []
+
+    def measure(run, key):
+        return runs.get(run, {}).get("metrics", {}).get(key) or {}
+
     if script in CURVE_CLAIMS:
         key = f"spearman_{SPECS[script].curve}_vs_fd"
-        rho = runs.get("main", {}).get("metrics", {}).get(key, {}).get("mean")
-        out.append({"claim": CURVE_CLAIMS[script] + " (Spearman with FD-shapes over checkpoints > 0)",
-                    "runs": ["main"], "measure": key, "main": rho,
-                    **({"missing": True} if rho is None else {"agrees_with_paper": bool(rho > 0)})})
+        rho = measure("main", key)
+        item = {"claim": CURVE_CLAIMS[script] + " (Spearman with FD-shapes over checkpoints > 0)",
+                "runs": ["main"], "measure": key, "main": rho.get("mean")}
+        if rho.get("mean") is None:
+            item["missing"] = True
+        else:
+            item.update(spread={"main": rho}, agrees_with_paper=bool(rho["mean"] > 0), verdict=verdict(rho))
+        out.append(item)
     for claim, a, b, key, lower in COMPARISONS.get(script, []):
-        va = runs.get(a, {}).get("metrics", {}).get(key, {}).get("mean")
-        vb = runs.get(b, {}).get("metrics", {}).get(key, {}).get("mean")
+        ma, mb = measure(a, key), measure(b, key)
+        va, vb = ma.get("mean"), mb.get("mean")
         if va is None or vb is None:
             out.append({"claim": claim, "runs": [a, b], "measure": key, "missing": True})
             continue
         agrees = va < vb if lower else va > vb
         out.append({"claim": claim, "runs": [a, b], "measure": key, a: va, b: vb, "difference": va - vb,
-                    "agrees_with_paper": bool(agrees)})
+                    "spread": {a: ma, b: mb}, "agrees_with_paper": bool(agrees), "verdict": verdict(ma, mb, lower)})
     return out
 
 
@@ -1030,11 +1067,11 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
         anchors["kid_floor"] = kernel_inception_distance(r1["features"], r2["features"])[0]
         cov = coverage(r1["probs"])
         anchors["real_confident_rate"], anchors["real_classes_covered"] = cov["confident_rate"], cov["classes_covered"]
-        ceiling = [s["fd_ceiling"] for j, s in per_run["main"]]
-        anchors["fd_ceiling"] = summarise(ceiling)
+        ceiling = {j["seed"]: s["fd_ceiling"] for j, s in per_run["main"]}
+        anchors["fd_ceiling"] = summarise(list(ceiling.values()))
         for items in per_run.values():
-            for j, s in items:
-                c = ceiling[[jj["seed"] for jj, _ in per_run["main"]].index(j["seed"])]
+            for j, s in items:  # (a comparison run's seed without a main run: the mean ceiling)
+                c = ceiling.get(j["seed"], anchors["fd_ceiling"]["mean"])
                 s["fd_position"] = (s["fd_shapes"] - anchors["fd_floor"]) / max(c - anchors["fd_floor"], 1e-12)
                 s["fd_ratio_to_floor"] = s["fd_shapes"] / max(anchors["fd_floor"], 1e-12)
     runs = {}
@@ -1049,7 +1086,7 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
         gaps = [m["nll_oracle_final"] - g["nll_oracle_final"]
                 for (_, m), (_, g) in zip(per_run["mle"], per_run["seqgan"])]
         runs["comparison"] = {"metrics": {"mle_minus_seqgan": summarise(gaps)}}
-    result = {**header, "script": script, "seeds": list(range(a.seeds)), "anchors": anchors, "runs": runs,
+    result = {**header, "script": script, "seeds": sorted({j["seed"] for j in jobs}), "anchors": anchors, "runs": runs,
               "targets": targets(script, runs, anchors, a.tier), "comparisons": comparisons(script, runs),
               "wall_s": {"training": round(sum(j["wall_s"] for j in jobs), 1),
                          "scoring": round(time.perf_counter() - t0, 1)}}
@@ -1071,12 +1108,32 @@ def real_grid(results_dir, suffix: str = "-laptop") -> Path:
     return path
 
 
+def is_laptop_preset(script: str, result: dict) -> bool:
+    """Whether a laptop JSON's main run trained the script's current `--preset laptop`."""
+    run = result.get("runs", {}).get("seqgan" if script == "seqgan" else "main", {})
+    if not run.get("flags"):
+        return True  # (nothing to compare)
+    module, skip = importlib.import_module(script), {"seed", "device", "preset", "oracle", "out"}
+    with contextlib.suppress(SystemExit, common.UserError):
+        ran, preset = vars(module.parse_args(run["flags"])), vars(module.parse_args(["--preset", "laptop"]))
+        preset["dataset_size"] = preset["dataset_size"] or SPECS.get(script, Spec()).dataset_size
+        ran["dataset_size"] = ran["dataset_size"] or preset["dataset_size"]
+        return all(ran[k] == preset[k] for k in preset if k not in skip)
+    return False
+
+
+def spread(m: dict, fmt: str = ".4g") -> str:
+    """mean ± standard deviation over the seeds (the mean alone for one seed)."""
+    return f"{m['mean']:{fmt}}" + (f" ± {m['std']:{fmt}}" if (m.get("n") or 1) > 1 else "")
+
+
 def results_table(results_dir, suffix: str = "-laptop") -> str:
     """The README's results table, from the JSONs in results_dir (scripts without one are left out).
-    The last column is the longest run's CPU time (its wall time where no CPU time was recorded):
-    with one thread per run, about its wall time alone on one core."""
-    rows = ["| script | FD-shapes (fd_position) | classes | confident | the paper's own measure | longest run |",
-            "|---|---|---|---|---|---|"]
+    The targets are the tier's current ones (recomputed from each JSON's measures); the last column
+    is the longest run's CPU time (its wall time where no CPU time was recorded): with one thread
+    per run, about its wall time alone on one core."""
+    rows = ["| script | FD-shapes (fd_position) | classes | confident | targets | the paper's own measure | "
+            "longest run |", "|---|---|---|---|---|---|---|"]
     for s in SCRIPTS:
         path = Path(results_dir) / f"quality-{s}{suffix}.json"
         if not path.exists():
@@ -1087,26 +1144,28 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
         def mean(k, m=m):
             return (m.get(k) or {}).get("mean")
 
-        own = []
+        own, goals = [], targets(s, r["runs"], r.get("anchors", {}), "laptop" if suffix == "-laptop" else "paper")
+        missed = [name.split(" (")[0] for name, t in goals.items() if not t["met"]]
+        verdict_of_targets = "met" if not missed else "missed: " + ", ".join(missed)
         image_targets = ("classes covered", "confident-sample", "fd_position")
-        for name, t in r["targets"].items():
+        for name, t in goals.items():
             if not any(k in name for k in image_targets) and s != "seqgan":  # (seqgan: its comparison says it)
                 v = t["value"]
-                own.append(f"{name}: {'-' if v is None else f'{v:.3g}'} ({'met' if t['met'] else 'missed'})")
+                own.append(f"{name.split(' (')[0]}: {'-' if v is None else f'{v:.3g}'}")
         for c in comparisons(s, r["runs"]):  # (from the runs' measures, whichever version wrote the JSON)
             if c.get("missing"):
                 continue
             if c["runs"] == ["main"]:
-                own.append(f"{c['claim'].split(' (')[0]}: ρ = {c['main']:.2f} "
-                           f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
+                own.append(f"{c['claim'].split(' (')[0]}: ρ = {spread(c['spread']['main'], '.2f')} "
+                           f"({c['verdict']})")
             else:
                 a, b = c["runs"]
                 label = {"fd_shapes": "FD-shapes", "nll_oracle_final": "NLL_oracle",
                          "fd_shapes_reconstructions": "FD-shapes of reconstructions",
                          "class_preserved_AB": "class kept A→B",
                          "paired_err_AB": "paired error A→B"}.get(c["measure"], c["measure"])
-                own.append(f"{label} {a} {c[a]:.4g} against {b} {c[b]:.4g} "
-                           f"({'agrees' if c['agrees_with_paper'] else 'disagrees'})")
+                own.append(f"{label} {a} {spread(c['spread'][a])} against {b} {spread(c['spread'][b])} "
+                           f"({c['verdict']})")
         key = "train_cpu_s" if any("train_cpu_s" in run.get("metrics", {}) for run in r["runs"].values()) \
             else "train_wall_s"
         walls = [run["metrics"][key]["max"] for run in r["runs"].values()
@@ -1115,10 +1174,11 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
         if s == "seqgan":
             fd = cls = conf = "-"
         else:
-            fd = f"{mean('fd_shapes'):.1f} ({mean('fd_position'):.2f})"
+            fd = f"{spread(m['fd_shapes'], '.1f')} ({mean('fd_position'):.2f})"
             cls, conf = f"{mean('classes_covered'):.0f}/10", f"{mean('confident_rate'):.0%}"
         wall = "-" if minutes is None else f"{minutes:.0f} min"
-        rows.append(f"| {s}.py | {fd} | {cls} | {conf} | {'; '.join(own) or '-'} | {wall} |")
+        name = f"{s}.py" + ("" if suffix != "-laptop" or is_laptop_preset(s, r) else " (an earlier configuration)")
+        rows.append(f"| {name} | {fd} | {cls} | {conf} | {verdict_of_targets} | {'; '.join(own) or '-'} | {wall} |")
     return "\n".join(rows)
 
 
@@ -1141,7 +1201,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=common.positive_int, default=None,
                    help="real images shown to D per run (default: the README's quick run, 5 epochs of the "
                         "script's built-in data); seqgan.py: adversarial epochs (default: its own, 20)")
-    p.add_argument("--seeds", type=common.positive_int, default=1, help="seeds 0..K-1 for every run")
+    p.add_argument("--seeds", type=common.positive_int, default=None,
+                   help="seeds 0..K-1 for every run (default 1; --tier laptop: seeds 0-2 for the runs a paper "
+                        "comparison or curve claim rests on, seed 0 for the others)")
     p.add_argument("--n-eval", type=common.positive_int, default=5000,
                    help="generated (and real) images per measure")
     p.add_argument("--jobs", type=common.positive_int, default=None,

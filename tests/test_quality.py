@@ -329,7 +329,8 @@ def test_a_failed_comparison_run_leaves_the_script_scored_from_the_others(tmp_pa
 _LAPTOP_MAY_CHANGE = {"image_size", "final_size", "channels", "ngf", "ndf", "width", "ch", "n_filters", "fc_units",
                       "kernel_size", "fmap_base", "fmap_max", "nz", "n_blocks", "batch_size", "dataset_size", "epochs",
                       "n_epochs", "n_epochs_decay", "images_per_phase", "seed", "device", "attention_res", "load_size",
-                      "num_samples", "eval_samples", "pretrain_epochs", "d_pretrain_rounds", "eval_every", "oracle"}
+                      "num_samples", "eval_samples", "pretrain_epochs", "d_pretrain_rounds", "eval_every", "oracle",
+                      "preset"}
 
 
 @pytest.mark.parametrize("script", quality.SCRIPTS)
@@ -352,10 +353,19 @@ def test_laptop_runs_are_the_scripts_own_flags_and_keep_its_method(script, tmp_p
         assert job["threads"] == 1 and job["resume"]
         if script != "seqgan":
             assert args["channels"] == 1 and args.get("image_size", 0) in (28, 32)
-    if script == "relativistic_gan":  # the comparison on 2,000 images sees as many images as the main run
-        images = {j["run"]: j["images"] for j in jobs}
-        assert len(set(images.values())) == 1
-        assert all("2000" in j["argv"] for j in jobs if j["run"].startswith("small-"))
+        assert args == {**vars(module.parse_args(["--preset", "laptop", *job["argv"]]))}  # the preset, as a user runs it
+    if script == "relativistic_gan":  # the comparison runs on 2,000 images see as many images as one another
+        small = [j for j in jobs if j["run"].startswith("small-")]
+        assert {j["images"] for j in small} == {quality.LAPTOP_VARIANT_IMAGES[script]}
+        assert all(j["argv"][j["argv"].index("--dataset-size") + 1] == "2000" for j in small)
+    # seeds 0-2 for every run a comparison or a curve claim rests on; seed 0 alone for the others
+    seeds = {}
+    for job in jobs:
+        seeds.setdefault(job["run"], []).append(job["seed"])
+    compared = {r for claim in quality.COMPARISONS.get(script, []) for r in claim[1:3]}
+    compared |= {"main"} if script in quality.CURVE_CLAIMS else set()
+    assert seeds == {run: [0, 1, 2] if run in compared else [0] for run in seeds}
+    assert [j["seed"] for j in jobs] == sorted(j["seed"] for j in jobs)  # every seed 0 first
 
 
 def test_laptop_tier_runs_all_ten_and_skips_scored_scripts(tmp_path, capsys):
@@ -376,13 +386,14 @@ def test_laptop_targets_and_comparisons_carry_their_sign():
              "fd_position": {"mean": position}, "fd_shapes": {"mean": fd_a}}
         return {"main": {"metrics": m}, "no-attention": {"metrics": {"fd_shapes": {"mean": fd_b}}}}
 
-    met = quality.targets("sagan", runs(8, 0.5, 0.3, 1, 2), {}, "laptop")
+    met = quality.targets("sagan", runs(10, 0.65, 0.05, 1, 2), {}, "laptop")
     assert all(t["met"] for t in met.values()) and len(met) == 3
-    missed = quality.targets("sagan", runs(7, 0.49, 0.31, 1, 2), {}, "laptop")
+    missed = quality.targets("sagan", runs(9, 0.64, 0.051, 1, 2), {}, "laptop")
     assert not any(t["met"] for t in missed.values())
-    assert not any(t["met"] for t in quality.targets("sagan", runs(8, 0.5, 0.3, 1, 2), {}, "paper").values())
+    assert not any(t["met"] for t in quality.targets("sagan", runs(9, 0.5, 0.3, 1, 2), {}, "paper").values())
     better, = quality.comparisons("sagan", runs(8, 0.5, 0.3, 1.0, 2.0))
     worse, = quality.comparisons("sagan", runs(8, 0.5, 0.3, 3.0, 2.0))
+    assert better["verdict"] == worse["verdict"] == "one seed"
     assert better["agrees_with_paper"] and better["difference"] == -1.0
     assert not worse["agrees_with_paper"] and worse["difference"] == 1.0
     seq = {"seqgan": {"metrics": {"nll_oracle_final": {"mean": 9.0}}},
@@ -390,6 +401,22 @@ def test_laptop_targets_and_comparisons_carry_their_sign():
            "comparison": {"metrics": {"mle_minus_seqgan": {"mean": 0.1}}}}
     assert quality.targets("seqgan", seq, {}, "laptop")["SeqGAN below MLE at the end (NLL_oracle)"]["met"]
     assert quality.comparisons("seqgan", seq)[0]["agrees_with_paper"]
+
+
+def test_a_claim_agrees_or_disagrees_only_beyond_twice_its_standard_error():
+    def seeds(*values):
+        return quality.summarise(list(values))
+
+    low, high = seeds(1.0, 1.1, 0.9), seeds(2.0, 2.1, 1.9)         # means 1 and 2, each std 0.1
+    assert quality.verdict(low, high) == "agrees"                   # lower is better, 1 < 2 by 12 SE
+    assert quality.verdict(high, low) == "disagrees"
+    assert quality.verdict(high, low, lower=False) == "agrees"
+    wide = seeds(1.0, 2.0, 3.0)                                      # mean 2, std 1: SE of 1 vs 2 is 0.58
+    assert quality.verdict(seeds(1.0, 1.1, 0.9), wide) == "within noise"  # 1.0 < 2 * 0.58
+    assert quality.verdict(seeds(0.0, 0.1, -0.1), seeds(1.3, 1.4, 1.2)) == "agrees"  # 1.3 > 2 * 0.082
+    assert quality.verdict(seeds(1.0), seeds(2.0)) == "one seed"
+    assert quality.verdict(seeds(0.9, 0.95, 0.85)) == "agrees"      # a correlation above 0
+    assert quality.verdict(seeds(0.5, -0.4, 0.2)) == "within noise"
 
 
 def test_a_stopped_laptop_run_resumes_and_a_finished_one_is_reused(tmp_path, monkeypatch):
@@ -435,8 +462,9 @@ def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_
     table = quality.results_table(tmp_path).splitlines()
     assert len(table) == 3   # header, rule, sagan (the nine without a JSON are left out)
     row = table[2]
-    assert row.startswith("| sagan.py | 12.3 (0.25) | 9/10 | 61% |")
-    assert "FD-shapes main 12.3 against no-attention 15 (agrees)" in row
+    assert row.startswith("| sagan.py | 12.3 (0.25) | 9/10 | 61% | missed: all ten classes covered, confident-sample "
+                          "rate >= 65%, fd_position <= 0.05 |")
+    assert "FD-shapes main 12.3 against no-attention 15 (one seed)" in row
     assert row.endswith("| 28 min |")  # the longest run
     runs["main"]["metrics"]["train_cpu_s"] = metric(1200.0)   # CPU time, where recorded, over wall time
     runs["no-attention"]["metrics"]["train_cpu_s"] = metric(1260.0)
