@@ -1312,7 +1312,7 @@ def main(argv=None) -> dict:
         nets_cache[channels] = (net, report, cfg)
         header["classifier"][f"{channels}ch"] = {"config": cfg, **report}
         print(f"classifier {channels} ch: held-out accuracy {report['heldout_accuracy']:.4f}", flush=True)
-    jobs = [job for s in a.script for job in plan(s, a, work)]
+    jobs = sorted((job for s in a.script for job in plan(s, a, work)), key=lambda j: j["seed"])  # seed 0 first
     pending = {s: sum(j["script"] == s for j in jobs) for s in a.script}
     done: dict = {s: [] for s in a.script}
     results, failed = {}, []
