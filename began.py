@@ -75,6 +75,8 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
     is not published: carry falls linearly (the paper: "progressively") from 1 at step 0 to 0
     at --carry-steps (16000, the paper's), a function of the step, so a resumed run goes on
     exactly; it is a buffer in the state dict, so a loaded G samples with its last carry.
+    Off by default: at the laptop size on the shapes it delays the fall of k_t to 0 (step
+    ~950 with carry over 16000 steps, ~510 over 2000, ~290 without) but G still draws one image.
 
 Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in losses.png):
   loss_D    D's loss L(x) - k_t L(G(z_D)), with the k_t of this step
