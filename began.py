@@ -21,8 +21,11 @@ Paper -> code (section titles; the numbering differs between the arXiv versions)
       nonlinearity to and from h; G has the decoder's architecture, its own weights)
                                                               -> Encoder, Decoder, Discriminator,
                                                                  Generator
-  "Optional improvement: vanishing residuals" (h0 up-sampled and concatenated after each
-      up-sampling step)                                       -> Decoder(skip=True), --skip
+  "Optional improvements": vanishing residuals (for successive same-sized layers,
+      in_{x+1} = carry * in_x + (1 - carry) * out_x, carry falling from 1 to 0 "over 16000
+      steps (one epoch)")                                     -> ConvELU, carry_at, --vanishing-residual
+      and skip connections (h0 up-sampled and concatenated after each up-sampling step of the
+      decoder)                                                -> Decoder(skip=True), --skip
   Experiments: Adam, lr in [5e-5, 1e-4] "decaying by a factor of 2 when the measure of
       convergence stalls", N_h = N_z = 64, z ~ U(-1, 1)       -> parse_args, stalled, lr_factor, train
 
@@ -64,6 +67,16 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
   - Defaults: γ = 0.5 (--gamma; the paper shows 0.3 to 0.7), λ_k = 0.001, n = 128 filters
     (--n-filters; the encoder grows n, 2n, 3n, 4n at 64 px), `--lr-decay none` keeps the rate.
     k_t stays on the device (no host sync per step) and comes back on --resume.
+  - Vanishing residuals (--vanishing-residual): the block is the author's, from his
+    tf_img_tech layers.py (copied into the port as layers.py, which the port's models do not
+    use): vout = carry * vout + (1 - carry) * elu(conv(vout)). His layout blends the stride-1
+    convs of each encoder scale and all but the first conv of each decoder scale; here, as the
+    paper words it, every conv whose input and output have the same shape. His training script
+    is not published: carry falls linearly (the paper: "progressively") from 1 at step 0 to 0
+    at --carry-steps (16000, the paper's), a function of the step, so a resumed run goes on
+    exactly; it is a buffer in the state dict, so a loaded G samples with its last carry.
+    Off by default: at the laptop size on the shapes it delays the fall of k_t to 0 (step
+    ~950 with carry over 16000 steps, ~510 over 2000, ~290 without) but G still draws one image.
 
 Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in losses.png):
   loss_D    D's loss L(x) - k_t L(G(z_D)), with the k_t of this step
@@ -118,7 +131,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="N_h, the size of D's embedding h (paper: 64)")
     p.add_argument("--skip", action="store_true",
                    help="the paper's optional skip connections: h0 up-sampled and concatenated after each "
-                        "up-sampling step (vanishing residuals)")
+                        "up-sampling step of the decoder (\"Optional improvements\")")
+    p.add_argument("--vanishing-residual", action=argparse.BooleanOptionalAction, default=False,
+                   help="the paper's optional vanishing residuals: each 3x3 conv whose input and output have "
+                        "the same shape computes carry * x + (1 - carry) * elu(conv(x)), carry annealed from 1 "
+                        "to 0 (\"Optional improvements\")")
+    p.add_argument("--carry-steps", type=common.positive_int, default=16000,
+                   help="steps over which carry falls linearly from 1 to 0 (paper: \"over 16000 steps (one "
+                        "epoch)\")")
     p.add_argument("--lr", type=common.positive_float, default=1e-4,
                    help="initial Adam learning rate of D and G (paper: in [5e-5, 1e-4]; port: 8e-5)")
     p.add_argument("--beta1", type=common.unit_interval, default=0.9,
@@ -138,6 +158,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "window's (the port's commented-out rule: 1%%)")
     common.add_run_args(p, presets=PRESETS, batch_size=16)  # the port's default batch size
     args = common.parse_args(p, argv, "began")
+    if args.resume and "vanishing_residual" not in common.read_checkpoint(args.resume, "began")["args"]:
+        args.vanishing_residual = False  # a run saved before the flag existed trained without them
     if args.image_size < 16 or args.image_size & (args.image_size - 1):
         p.error(f"--image-size must be a power of two, 16 or more (got {args.image_size}): the "
                 f"autoencoder halves and doubles the side between 8x8 and the image size")
@@ -153,6 +175,41 @@ def _conv(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, 3, stride, 1)
 
 
+class ConvELU(nn.Module):
+    """A 3x3 conv and an ELU; with residual=True and the same shape in and out, a vanishing
+    residual ("Optional improvements": for successive same-sized layers the next layer's input
+    is carry * in + (1 - carry) * out): x -> carry * x + (1 - carry) * elu(conv(x)). carry is
+    a buffer (in the state dict, so a loaded network has the value it last trained with), set
+    by the training loop from the step (carry_at); 1 at initialisation, where the block is the
+    identity. Without residual, or where the shapes differ, it is elu(conv(x))."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, residual: bool = False):
+        super().__init__()
+        self.conv, self.act = _conv(c_in, c_out, stride), nn.ELU(inplace=True)
+        self.residual = residual and c_in == c_out and stride == 1
+        if self.residual:
+            self.register_buffer("carry", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv(x))
+        return self.carry * x + (1 - self.carry) * y if self.residual else y
+
+
+def carry_at(step: int, carry_steps: int) -> float:
+    """The vanishing residuals' carry in training step `step` (0-based): 1 at the start, falling
+    linearly to 0 at `carry_steps`, 0 after ("we start with carry = 1 and progressively decrease
+    it to 0 over 16000 steps (one epoch)"; the paper does not say linearly)."""
+    return max(0.0, 1.0 - step / carry_steps)
+
+
+def set_carry(net: nn.Module, carry: float) -> None:
+    """Set the carry of every vanishing-residual block in `net` (in place: no new tensors, so a
+    CUDA graph or a compiled network reads the new value)."""
+    for m in net.modules():
+        if isinstance(m, ConvELU) and m.residual:
+            m.carry.fill_(carry)
+
+
 def _stages(image_size: int) -> int:
     # DEVIATION: any power-of-two size from 16 (deviation 1); 64 px gives 4 stages: 8, 16, 32, 64.
     return int(math.log2(image_size)) - 2
@@ -163,17 +220,18 @@ class Encoder(nn.Module):
 
     conv 3x3 to n, then per stage i = 0, 1, ...: two 3x3 convs to n*(i+1) and, but in the last
     stage, a stride-2 3x3 conv (the paper's sub-sampling); ELU after every conv; at 8x8 an FC
-    layer to N_h with no nonlinearity. Filters grow linearly: n, 2n, 3n, 4n at 64 px."""
+    layer to N_h with no nonlinearity. Filters grow linearly: n, 2n, 3n, 4n at 64 px. With
+    vanishing_residual, the stride-1 convs that keep the channels are vanishing residuals."""
 
-    def __init__(self, nh=64, n=128, channels=3, image_size=64):
+    def __init__(self, nh=64, n=128, channels=3, image_size=64, vanishing_residual=False):
         super().__init__()
-        stages = _stages(image_size)
-        layers, c = [_conv(channels, n), nn.ELU(inplace=True)], n
+        stages, vr = _stages(image_size), vanishing_residual
+        layers, c = [ConvELU(channels, n)], n
         for i in range(stages):
             c_out = n * (i + 1)
-            layers += [_conv(c, c_out), nn.ELU(inplace=True), _conv(c_out, c_out), nn.ELU(inplace=True)]
+            layers += [ConvELU(c, c_out, residual=vr), ConvELU(c_out, c_out, residual=vr)]
             if i < stages - 1:
-                layers += [_conv(c_out, c_out, stride=2), nn.ELU(inplace=True)]  # halves the side
+                layers.append(ConvELU(c_out, c_out, stride=2))  # halves the side
             c = c_out
         self.body = nn.Sequential(*layers)
         self.fc = nn.Linear(c * 8 * 8, nh)
@@ -187,17 +245,18 @@ class Decoder(nn.Module):
 
     FC to h0, an 8x8xn map (no nonlinearity), then per stage two 3x3 convs at n channels with
     ELU, 2x nearest-neighbour up-sampling between stages, and a last 3x3 conv to the image
-    channels (no nonlinearity). With skip=True ("vanishing residuals"), after each up-sampling
-    h0 is up-sampled to the same side and concatenated, so that stage's first conv sees 2n."""
+    channels (no nonlinearity). With skip=True (the paper's skip connections), after each
+    up-sampling h0 is up-sampled to the same side and concatenated, so that stage's first conv
+    sees 2n. With vanishing_residual, the convs from n to n are vanishing residuals."""
 
-    def __init__(self, nh=64, n=128, channels=3, image_size=64, skip=False):
+    def __init__(self, nh=64, n=128, channels=3, image_size=64, skip=False, vanishing_residual=False):
         super().__init__()
         self.n, self.skip = n, skip
         self.fc = nn.Linear(nh, 8 * 8 * n)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.stages = nn.ModuleList(
-            nn.Sequential(_conv(2 * n if skip and i > 0 else n, n), nn.ELU(inplace=True),
-                          _conv(n, n), nn.ELU(inplace=True))
+            nn.Sequential(ConvELU(2 * n if skip and i > 0 else n, n, residual=vanishing_residual),
+                          ConvELU(n, n, residual=vanishing_residual))
             for i in range(_stages(image_size)))
         self.out = _conv(n, channels)
 
@@ -222,10 +281,10 @@ class Generator(Decoder):
 class Discriminator(nn.Module):
     """The autoencoder: image (B, C, S, S) -> its reconstruction (B, C, S, S)."""
 
-    def __init__(self, nh=64, n=128, channels=3, image_size=64, skip=False):
+    def __init__(self, nh=64, n=128, channels=3, image_size=64, skip=False, vanishing_residual=False):
         super().__init__()
-        self.encoder = Encoder(nh, n, channels, image_size)
-        self.decoder = Decoder(nh, n, channels, image_size, skip)
+        self.encoder = Encoder(nh, n, channels, image_size, vanishing_residual)
+        self.decoder = Decoder(nh, n, channels, image_size, skip, vanishing_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
@@ -335,8 +394,9 @@ def generator_step(G, D, opt_G, batch_size, nz, device, amp=False):
 
 
 def build(args, channels: int, device):
-    G = Generator(args.nz, args.n_filters, channels, args.image_size, args.skip).to(device)
-    D = Discriminator(args.nh, args.n_filters, channels, args.image_size, args.skip).to(device)
+    vr = getattr(args, "vanishing_residual", False)  # (absent from the flags of older runs: off)
+    G = Generator(args.nz, args.n_filters, channels, args.image_size, args.skip, vr).to(device)
+    D = Discriminator(args.nh, args.n_filters, channels, args.image_size, args.skip, vr).to(device)
     G.apply(weights_init)
     D.apply(weights_init)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
@@ -382,6 +442,9 @@ def train(args) -> dict:
     batches = run.stream(data)
     for step in run.loop():                   # one real batch per step
         real, _ = next(batches)
+        if args.vanishing_residual:           # this step's carry, from the step alone: exact on resume
+            for net in (G, D):
+                set_carry(net, carry_at(step, args.carry_steps))
         loss_D, loss_real, loss_G = updates(real, state["k_t"])
         # under torchrun: the global batch's losses (the mean over the processes), so that k_t,
         # M_global and the lr rule agree on every process

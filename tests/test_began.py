@@ -31,10 +31,11 @@ def _same(a, b):
     return all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def _nets(skip=False, size=16):
+def _nets(skip=False, size=16, vanishing=False):
     torch.manual_seed(0)
     args = began.parse_args(["--image-size", str(size), "--n-filters", "8", "--nz", "8", "--nh", "8"]
-                            + (["--skip"] if skip else []))
+                            + (["--skip"] if skip else [])
+                            + ["--vanishing-residual" if vanishing else "--no-vanishing-residual"])
     return began.build(args, 3, torch.device("cpu"))
 
 
@@ -186,9 +187,10 @@ def test_fc_layers_and_the_output_conv_have_no_nonlinearity():
     assert torch.equal(seen["h0"], torch.full((2, 8, 8, 8), -3.0))          # the 8x8xn map h0
 
 
-def test_no_normalisation_anywhere_and_elu_only():
+@pytest.mark.parametrize("vanishing", [False, True])
+def test_no_normalisation_anywhere_and_elu_only(vanishing):
     for skip in (False, True):
-        G, D, _, _ = _nets(skip, size=32)
+        G, D, _, _ = _nets(skip, size=32, vanishing=vanishing)
         modules = list(G.modules()) + list(D.modules())
         assert not any("Norm" in type(m).__name__ for m in modules)   # batch, instance, group, layer norm
         acts = [m for m in modules if type(m).__module__ == "torch.nn.modules.activation"]
@@ -199,7 +201,7 @@ def test_no_normalisation_anywhere_and_elu_only():
 
 def test_filters_grow_linearly_and_sampling_is_strided_down_nearest_up():
     D = began.Discriminator(nh=8, n=8, image_size=64)
-    convs = [m for m in D.encoder.body if isinstance(m, nn.Conv2d)]
+    convs = [m for m in D.encoder.body.modules() if isinstance(m, nn.Conv2d)]
     assert [m.out_channels for m in convs] == [8, 8, 8, 8, 16, 16, 16, 24, 24, 24, 32, 32]
     assert [m.stride[0] for m in convs] == [1, 1, 1, 2, 1, 1, 2, 1, 1, 2, 1, 1]  # stride-2 sub-sampling
     assert all(m.kernel_size == (3, 3) for m in convs)
@@ -211,9 +213,9 @@ def test_filters_grow_linearly_and_sampling_is_strided_down_nearest_up():
 
 def test_skip_connections_concatenate_h0():
     G = began.Generator(nh=8, n=8, image_size=32, skip=True)
-    assert [s[0].in_channels for s in G.stages] == [8, 16, 16]   # h0 joins after each up-sampling
+    assert [s[0].conv.in_channels for s in G.stages] == [8, 16, 16]   # h0 joins after each up-sampling
     assert G(torch.zeros(2, 8)).shape == (2, 3, 32, 32)
-    assert [s[0].in_channels for s in began.Generator(nh=8, n=8, image_size=32).stages] == [8, 8, 8]
+    assert [s[0].conv.in_channels for s in began.Generator(nh=8, n=8, image_size=32).stages] == [8, 8, 8]
     # h0 reaches the last stage directly: with the earlier stages zeroed, the output still
     # depends on h with skips, and does not without.
     h = torch.randn(2, 8)
@@ -238,6 +240,54 @@ def test_skip_concatenates_h0_nearest_neighbour_upsampled():
         h0 = G.fc(h).view(2, 8, 8, 8)
     for x, scale in zip(seen, (2, 4)):                                       # 16x16, then 32x32
         assert torch.equal(x[:, 8:], h0.repeat_interleave(scale, 2).repeat_interleave(scale, 3))
+
+
+def test_carry_falls_linearly_from_one_to_zero_over_carry_steps():
+    # "we start with carry = 1 and progressively decrease it to 0 over 16000 steps (one epoch)"
+    assert began.parse_args([]).carry_steps == 16000
+    steps = [0, 1, 4000, 8000, 12000, 15999, 16000, 16001, 10 ** 6]
+    assert [began.carry_at(t, 16000) for t in steps] == pytest.approx(
+        [1.0, 1 - 1 / 16000, 0.75, 0.5, 0.25, 1 / 16000, 0.0, 0.0, 0.0], abs=1e-12)
+    assert [began.carry_at(t, 4) for t in range(6)] == [1.0, 0.75, 0.5, 0.25, 0.0, 0.0]
+
+
+def test_vanishing_residual_block_blends_identity_and_conv_path():
+    torch.manual_seed(0)
+    block = began.ConvELU(4, 4, residual=True)
+    plain = began.ConvELU(4, 4)                                      # the same block, no residual
+    plain.load_state_dict({k: v for k, v in block.state_dict().items() if k != "carry"})
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        path = torch.nn.functional.elu(block.conv(x))
+        assert block.carry.item() == 1.0 and torch.equal(block(x), x)        # at initialisation: identity
+        began.set_carry(block, 0.0)
+        assert torch.equal(block(x), path) and torch.equal(plain(x), path)   # carry 0: the plain conv path
+        began.set_carry(block, 0.25)
+        assert torch.allclose(block(x), 0.25 * x + 0.75 * path, atol=1e-6)
+    # only where the shape is kept: a conv that changes the channels or the side is never blended
+    for other in (began.ConvELU(4, 8, residual=True), began.ConvELU(4, 4, stride=2, residual=True)):
+        assert not other.residual and "carry" not in other.state_dict()
+    assert "carry" in block.state_dict()               # saved: a loaded network has its last carry
+
+
+def test_at_carry_one_the_vanishing_residual_networks_skip_their_same_shape_convs():
+    torch.manual_seed(0)
+    G = began.Generator(nh=8, n=8, channels=1, image_size=32, vanishing_residual=True)
+    D = began.Discriminator(nh=8, n=8, channels=1, image_size=32, vanishing_residual=True)
+    residual = [m.residual for m in D.encoder.body]                     # conv_pre, then per stage
+    assert residual == [False, True, True, False, False, True, False, False, True]
+    assert all(m.residual for s in G.stages for m in s)                 # n -> n everywhere (no skip)
+    skip = began.Generator(nh=8, n=8, image_size=32, skip=True, vanishing_residual=True)
+    assert [[m.residual for m in s] for s in skip.stages] == [[True, True], [False, True], [False, True]]
+    h = torch.randn(3, 8)
+    with torch.no_grad():
+        h0 = G.fc(h).view(3, 8, 8, 8)
+        # every stage is the identity at carry 1: G(z) = out(nearest-upsampled h0)
+        assert torch.allclose(G(h), G.out(h0.repeat_interleave(4, 2).repeat_interleave(4, 3)), atol=1e-6)
+        began.set_carry(G, 0.0)
+        plain = began.Generator(nh=8, n=8, channels=1, image_size=32)
+        plain.load_state_dict({k: v for k, v in G.state_dict().items() if not k.endswith("carry")})
+        assert torch.equal(G(h), plain(h))                                  # carry 0: the plain network
 
 
 def test_sizes_the_architecture_cannot_make_are_refused(capsys):
@@ -418,6 +468,36 @@ def test_cli_halving_stops_at_the_lr_floor(tmp_path, floor, expected):
     began.main(TINY_B + flags + (["--lr-floor", floor] if floor else []))
     lrs = [float(r["lr"]) for r in read_metrics(tmp_path / "run")]
     assert lrs == pytest.approx(expected, rel=1e-6)
+
+
+def test_cli_carry_follows_the_step_and_resumes_exactly(tmp_path):
+    flags = TINY_B + ["--vanishing-residual", "--carry-steps", "8"]
+    began.main(flags + ["--max-steps", "6", "--out", "straight"])
+    began.main(flags + ["--max-steps", "3", "--out", "split"])
+    for run, last_step in (("straight", 5), ("split", 2)):   # the checkpoint holds the last step's carry
+        G = torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["modules"]["G"]
+        carries = [v.item() for k, v in G.items() if k.endswith("carry")]
+        assert carries and all(c == began.carry_at(last_step, 8) for c in carries)
+    began.main(["--resume", "split", "--max-steps", "6"])
+    straight, split = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    assert len(split) == 6
+    for a, b in zip(straight, split):
+        for col in ("loss_D", "loss_G", "L_x", "k_t", "M_global"):
+            assert a[col] == b[col], (a["step"], col)
+    began.main(TINY_B + ["--no-vanishing-residual", "--max-steps", "6", "--out", "plain"])
+    assert read_metrics(tmp_path / "plain")[1]["loss_G"] != straight[1]["loss_G"]   # the flag does something
+
+
+def test_a_run_saved_before_the_flag_resumes_without_vanishing_residuals(tmp_path):
+    began.main(TINY_B + ["--no-vanishing-residual", "--max-steps", "2", "--out", "old"])
+    path = tmp_path / "old" / "checkpoint.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for key in ("vanishing_residual", "carry_steps"):
+        del ckpt["args"][key]
+    torch.save(ckpt, path)
+    assert began.parse_args(["--resume", "old"]).vanishing_residual is False
+    began.main(["--resume", "old", "--max-steps", "3"])
+    assert len(read_metrics(tmp_path / "old")) == 3
 
 
 def test_cli_fixed_schedule_epochs_plot_and_generate(tmp_path):
