@@ -131,6 +131,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 8 <= args.attention_res <= S // 2 or args.attention_res & (args.attention_res - 1):
         p.error(f"--attention-res must be a power of two from 8 to {S // 2} at --image-size {S} "
                 f"(got {args.attention_res}): both networks have a feature map of that side")
+    narrowest = args.ch * min(16, S // (2 * args.attention_res))  # D's channels at the attention map
+    if not args.no_attention and narrowest < 8:
+        p.error(f"--ch {args.ch} gives D {narrowest} channels at the {args.attention_res}x{args.attention_res} "
+                f"attention map, and self-attention needs 8 or more (C/8 query channels); pass a larger "
+                f"--ch or --no-attention")
     if args.sample_class is not None and not args.generate:
         p.error("--class K only makes sense with --generate N --resume RUN")
     return args

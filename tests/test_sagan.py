@@ -220,6 +220,17 @@ def test_bad_sizes_and_attention_placements_are_refused(capsys):
     assert sagan.parse_args(["--image-size", "128", "--attention-res", "64"]).attention_res == 64
 
 
+def test_a_width_too_narrow_for_attention_is_refused_and_without_attention_trains(capsys):
+    # at 64 px and feat32, D has ch channels at the attention map: --ch 4 would give C/8 = 0
+    with pytest.raises(SystemExit) as e:
+        sagan.parse_args(["--ch", "4"])
+    assert e.value.code == 2 and "--ch 4 gives D 4 channels at the 32x32 attention map" in capsys.readouterr().err
+    assert sagan.parse_args(["--ch", "4", "--no-attention"]).ch == 4
+    assert sagan.parse_args(["--ch", "4", "--attention-res", "8"]).ch == 4   # 4 * 4 = 16 channels at 8x8
+    sagan.Generator(ch=8, image_size=64, attention_res=32)                  # the narrowest accepted builds
+    sagan.Discriminator(ch=8, image_size=64, attention_res=32)
+
+
 def _png(path):
     return Image.open(path).tobytes()
 
