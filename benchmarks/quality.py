@@ -49,9 +49,14 @@ checkpoints, and each comparison above with its sign ("comparisons" in the JSON)
 no images: its measure is NLL_oracle of SeqGAN and of the MLE baseline on the same oracle
 (`--oracle FILE`, as seqgan.py takes it; without it, a fresh oracle from the seed).
 
-Runs can share one GPU: `--jobs J` trains J runs at a time in worker processes (spawned),
-each writing its log next to its run folder; the JSON of a script is written as soon as its
-runs are scored. A run that fails is reported with its script, run, seed and error sentence.
+Runs can share one GPU: `--jobs J` trains J runs at a time, each in a worker process of its
+own (spawned), writing its log next to its run folder; the JSON of a script is written as soon
+as its runs are scored. Ctrl-C or SIGTERM stops the command as it stops a script: each worker
+finishes its step, saves a checkpoint and exits (one still running after STOP_GRACE_S is
+killed), then exit status 130 or 143; a worker whose command died without stopping it (SIGKILL)
+stops the same way. One process writes to a run folder (its lock), and one command uses a
+--work folder: a second command on the same --work is refused at its start.
+A run that fails is reported with its script, run, seed and error sentence.
 If only comparison runs of a script failed (RGAN's SGAN on 2,000 images, say), the script is
 scored from the runs that finished and its JSON names the failed ones ("failed_runs"); if a
 main run (or one of seqgan's paired runs) failed, it is not scored (no JSON: a line says so).
@@ -74,17 +79,20 @@ import hashlib
 import importlib
 import json
 import math
+import multiprocessing as mp
+import multiprocessing.connection
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -310,9 +318,8 @@ def classifier(channels: int, device, cfg: dict | None = None, cache: Path | Non
     net, report = train_classifier(channels, cfg, device, log)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"state_dict": net.state_dict(), "report": json.dumps(report), "config": json.dumps(cfg)}, tmp)
-        tmp.replace(path)
+        saved = {"state_dict": net.state_dict(), "report": json.dumps(report), "config": json.dumps(cfg)}
+        common.replace_atomically(path, partial(torch.save, saved))
         report = {**report, "cache": path.name}
     return net, report, cfg
 
@@ -642,8 +649,13 @@ def error_sentence(e: BaseException) -> str:
 def train_job(job: dict) -> dict:
     """Train one run through the script's own main(); with job['segments'], in segments of
     epochs (resumed exactly), saving n samples after each: the checkpoints of a curve, and
-    the step each ended at (job['segment_steps']). A failure (other than Ctrl-C) is returned
-    as job['error'], its traceback written to the run's log.
+    the step each ended at (job['segment_steps']). A failure (other than Ctrl-C or SIGTERM) is
+    returned as job['error'], its traceback written to the run's log.
+
+    One process trains a run: this one takes the run folder's lock (common.lock_folder) before
+    it looks into the folder, and holds it until the run is trained and sampled. A folder that
+    another process holds (a worker of an earlier command, still stopping) is left as it is: the
+    run is returned with that error.
 
     With job['resume'] (a persistent --work folder) a run is never trained twice: a finished
     run (its progress.json says done) is returned as it was, a stopped one resumes from its
@@ -654,12 +666,28 @@ def train_job(job: dict) -> dict:
     cpu_s is the CPU time of the training process (time.process_time, all its threads): with one
     thread per run it is about what the run takes alone on one core, whatever else the machine
     was doing, where wall_s grows with the load. A stopped piece's CPU time is its wall time
-    until the checkpoint times the CPU share last seen by a heartbeat (every 15 s)."""
+    until the checkpoint times the CPU share last seen by a heartbeat (every BEAT_S)."""
     if job.get("threads"):
         torch.set_num_threads(job["threads"])
-    module = importlib.import_module(job["script"])
     run_dir = Path(job["dir"])
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        common.lock_folder(run_dir)
+    except common.UserError as e:
+        return {**job, "error": error_sentence(e), "wall_s": None, "log": str(log_path(job))}
+    try:
+        return _train_locked(job, run_dir)
+    finally:
+        common.unlock_folder(run_dir)
+
+
+BEAT_S = 15         # how often a run in training records its progress (wall and CPU time)
+PARENT_CHECK_S = 2  # how often a worker checks that the command that started it still runs
+
+
+def _train_locked(job: dict, run_dir: Path) -> dict:
+    """train_job(), once the run folder's lock is held."""
+    module = importlib.import_module(job["script"])
     log = log_path(job)
     progress_file = run_dir.parent / f"{run_dir.name}.progress.json"
     progress = {"wall_s": 0.0, "cpu_s": 0.0, "segment_steps": [], "done": False, "piece_started": None}
@@ -677,22 +705,32 @@ def train_job(job: dict) -> dict:
                 else 1.0
             progress["wall_s"] += wall
             progress["cpu_s"] += wall * min(share, job.get("threads") or os.cpu_count() or 1)
-    if run_dir.exists() and not (job.get("resume") and (run_dir / "checkpoint.pt").exists()):
-        shutil.rmtree(run_dir)  # (our own scratch folder, from a run stopped before its first checkpoint)
+    if not (job.get("resume") and (run_dir / "checkpoint.pt").exists()):
+        # (a run stopped before its first checkpoint, or not resumed: it starts again in an empty
+        # folder; the lock file stays: the lock held is on it)
+        for p in run_dir.iterdir():
+            if p.name != common.LOCK_NAME:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     lock = threading.Lock()
 
     def save_progress():
         if job.get("resume"):
             with lock:
-                tmp = progress_file.with_suffix(".tmp")
-                tmp.write_text(json.dumps(progress))
-                tmp.replace(progress_file)
+                common.write_text_atomically(progress_file, json.dumps(progress))
 
     stop_beat = threading.Event()
 
     def heartbeat():
-        while not stop_beat.wait(15):
-            if progress["piece_started"] is not None:
+        last_beat = time.monotonic()
+        while not stop_beat.wait(PARENT_CHECK_S):
+            if _orphaned() and not _kernel_stops_orphans:
+                # the command died without stopping this worker: stop the run as SIGTERM does (the
+                # step, a checkpoint, Interrupted). Where the kernel sent SIGTERM already, a second
+                # one would abort the run before its checkpoint.
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            if progress["piece_started"] is not None and time.monotonic() - last_beat >= BEAT_S:
+                last_beat = time.monotonic()
                 progress["beat"] = (time.time(), time.process_time() - progress["piece_cpu0"])
                 save_progress()
 
@@ -717,9 +755,10 @@ def train_job(job: dict) -> dict:
                 module.main(argv)
                 if epochs is not None:
                     device = common.select_device(job["device"])
-                    steps.append(int(common.read_checkpoint(run_dir, job["script"])["step"]))
+                    step = int(common.read_checkpoint(run_dir, job["script"])["step"])
                     images = draw(sampler(job["script"], run_dir, device), job["curve_n"])
-                    torch.save(images, run_dir / f"curve-{k:02d}.pt")
+                    common.replace_atomically(run_dir / f"curve-{k:02d}.pt", partial(torch.save, images))
+                    steps.append(step)  # (after its samples: a segment in steps has them)
                 progress["wall_s"] += time.perf_counter() - t0
                 progress["cpu_s"] += time.process_time() - progress["piece_cpu0"]
                 progress["piece_started"] = None
@@ -741,6 +780,125 @@ def train_job(job: dict) -> dict:
     if job.get("segments"):
         out["segment_steps"] = steps
     return {**out, "error": error} if error else out
+
+
+# Worker processes: each trains one run and dies with the command that started it.
+STOP_GRACE_S = 120  # how long a stopped worker may take to finish its step and save a checkpoint
+_parent = None      # in a worker: the PID of the command that started it
+_kernel_stops_orphans = False  # in a worker: the kernel sends it SIGTERM when that command dies
+
+
+def _orphaned() -> bool:
+    """In a worker: whether the command that started it has died (its parent is another process)."""
+    return _parent is not None and os.getppid() != _parent
+
+
+def _die_with_parent() -> bool:
+    """Linux: ask the kernel to send this process SIGTERM when its parent dies (PR_SET_PDEATHSIG).
+    Whether it was set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # (a C library without prctl)
+        return False
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    return prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+
+
+def _worker(job: dict, conn, parent: int) -> None:
+    """A worker process: trains one run, sends back train_job's result, exits. In its own process
+    group, so that a Ctrl-C at the terminal reaches the command alone, which stops each worker
+    once (a second signal would abort a run before its checkpoint). When the command dies, the
+    kernel sends it SIGTERM (Linux), or else its heartbeat (train_job) sees the command gone."""
+    global _parent, _kernel_stops_orphans
+    if os.name == "posix":
+        os.setpgrp()
+    _parent, _kernel_stops_orphans = parent, _die_with_parent()
+    if _orphaned():  # the command died before the kernel was asked
+        return
+    try:
+        result = train_job(job)
+    except BaseException as e:  # stopped (common.Interrupted: its checkpoint is saved), or a second stop
+        said = str(e) if isinstance(e, common.Interrupted) else error_sentence(e)
+        result = {**job, "error": said, "wall_s": None, "log": str(log_path(job))}
+    with contextlib.suppress(OSError):  # (the command may be gone)
+        conn.send(result)
+
+
+def train_in_workers(jobs: list, n: int, finished) -> None:
+    """Train the jobs n at a time, each in a worker process of its own (spawned: CUDA cannot be
+    forked), and call finished(result) here as each ends. However this ends (done, an error,
+    Ctrl-C, SIGTERM: see sigterm_stops), no worker is left running: stop_workers()."""
+    ctx = mp.get_context("spawn")
+    waiting, running = list(jobs), {}  # running: the end of a worker's pipe -> (worker, job)
+    try:
+        while waiting or running:
+            while waiting and len(running) < n:
+                job = waiting.pop(0)
+                receive, send = ctx.Pipe(duplex=False)
+                worker = ctx.Process(target=_worker, args=(job, send, os.getpid()))
+                worker.start()
+                send.close()  # (the worker holds the other copy: its exit ends the pipe)
+                running[receive] = (worker, job)
+            for receive in mp.connection.wait(list(running)):
+                worker, job = running.pop(receive)
+                try:
+                    result = receive.recv()
+                except EOFError:  # the worker died without a result (killed, out of memory)
+                    worker.join()
+                    code = worker.exitcode
+                    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+                    result = {**job, "error": f"its worker process ended without a result ({how})",
+                              "wall_s": None, "log": str(log_path(job))}
+                worker.join()
+                receive.close()
+                finished(result)
+    finally:
+        stop_workers([worker for worker, _ in running.values()])
+
+
+def stop_workers(workers: list) -> None:
+    """SIGTERM to each worker still running: it finishes its step, saves a checkpoint and exits.
+    Wait for them (STOP_GRACE_S at most, or until a second Ctrl-C or SIGTERM), then kill the rest."""
+    workers = [w for w in workers if w.is_alive()]
+    if not workers:
+        return
+    print(f"stopping {len(workers)} run(s) in training: each saves a checkpoint", file=sys.stderr, flush=True)
+    for w in workers:
+        w.terminate()  # (SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    with contextlib.suppress(KeyboardInterrupt):
+        for w in workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join()
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM to the command. A KeyboardInterrupt, like Ctrl-C's: no `except Exception` takes it."""
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """Within it, SIGTERM raises Stopped in this process (the main thread's), as Ctrl-C raises
+    KeyboardInterrupt: the command stops its workers and ends (the scripts' loops still stop
+    after their step on SIGTERM: they replace this handler while they run)."""
+    def stop(signum, frame):
+        raise Stopped
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def plan(script: str, a, work: Path) -> list:
@@ -1289,15 +1447,35 @@ def main(argv=None) -> dict:
         return {}
     device = common.select_device(a.device)
     a.device = device.type
-    results_dir = Path(a.results_dir)
     if not a.script:
         print("nothing to do: every script named has its results", flush=True)
         return {}
     if a.threads:
         torch.set_num_threads(a.threads)
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="quality-"))
-    if a.work and not a.resume_runs and work.exists() and any(work.iterdir()):
+    if a.work and not a.resume_runs and work.exists() and any(p.name != common.LOCK_NAME for p in work.iterdir()):
         raise common.UserError(f"{work} already holds files; choose a new --work folder.")
+    if a.work:  # one command at a time in a --work folder: a second one is refused here
+        work.mkdir(parents=True, exist_ok=True)
+        common.lock_folder(work)
+    try:
+        with sigterm_stops():
+            return benchmark(a, device, work)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (Stopped): the runs in training were stopped
+        signum = signal.SIGTERM if isinstance(e, Stopped) else signal.SIGINT
+        then = ("run the same command again to go on from the runs' checkpoints" if a.resume_runs
+                else "nothing more is scored")
+        print(f"{Path(sys.argv[0]).name}: {signal.Signals(signum).name}: stopped; {then}.", file=sys.stderr,
+              flush=True)
+        raise SystemExit(128 + signum) from None
+    finally:
+        if a.work:
+            common.unlock_folder(work)
+
+
+def benchmark(a, device, work: Path) -> dict:
+    """Train every run (a.jobs at a time, in `work`) and score each script as its runs end."""
+    results_dir = Path(a.results_dir)
     header = {"date": datetime.now().isoformat(timespec="seconds"), "device": str(device),
               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else
               f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "tiny": a.tiny,
@@ -1357,16 +1535,7 @@ def main(argv=None) -> dict:
             for job in jobs:
                 finished(train_job(job))
         else:
-            import multiprocessing as mp
-            with ProcessPoolExecutor(a.jobs, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(train_job, job): job for job in jobs}
-                for fut in as_completed(futures):
-                    try:
-                        result = fut.result()
-                    except Exception as e:  # the worker itself died (train_job returns a run's errors)
-                        job = futures[fut]
-                        result = {**job, "error": error_sentence(e), "wall_s": None, "log": str(log_path(job))}
-                    finished(result)
+            train_in_workers(jobs, a.jobs, finished)
     finally:
         if not a.work and not failed:
             shutil.rmtree(work, ignore_errors=True)

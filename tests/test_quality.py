@@ -6,15 +6,23 @@ coverage, matching, rank correlation with NaN points dropped, the budget's flags
 curve points taken by the step each segment ended at, CycleGAN's reference set independent of
 its paired targets, a failed run named while the other scripts are still scored, a script with
 a failed comparison run scored from the rest, bad `--classifier` values and existing results
-refused, the CPU path end to end with a tiny feature network; slow (`-m slow`, about 3 minutes on
+refused, the CPU path end to end with a tiny feature network, the workers stopped with
+checkpoints when the command is killed (SIGKILL) or stopped (SIGTERM, then resumed), a run
+folder or --work folder in use by another process left alone; slow (`-m slow`, about 3 minutes on
 a 2-core CPU): the real feature network separating shapes from noise.
 """
 import argparse
+import contextlib
 import csv
 import itertools
 import json
 import math
+import os
+import signal
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +45,8 @@ TINY_CLASSIFIER = {"n_train": 512, "n_test": 100, "epochs": 1, "width": 8, "feat
 def tiny_cache(tmp_path_factory):
     torch.set_num_threads(2)
     cache = tmp_path_factory.mktemp("cache")
-    quality.classifier(3, "cpu", TINY_CLASSIFIER, cache=cache, log=lambda s: None)
+    for channels in (1, 3):  # (the laptop tier trains on 1 channel)
+        quality.classifier(channels, "cpu", TINY_CLASSIFIER, cache=cache, log=lambda s: None)
     return cache
 
 
@@ -475,3 +484,194 @@ def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_
 def test_benchmarks_readme_lists_the_laptop_tiers_configurations_as_they_are():
     readme = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
     assert quality.laptop_table() in readme
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes and run folders: one writer per run, no worker outlives the benchmark
+# ----------------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tiny_laptop(epochs: int, dataset_size: int) -> tuple:
+    """dcgan's laptop configuration made tiny: its tiny networks, `epochs` of `dataset_size` images."""
+    return quality.SPECS["dcgan"].tiny + ("--channels", "1"), epochs, dataset_size
+
+
+def _laptop_argv(tmp_path, cache) -> list:
+    """--tier laptop (resumable runs in --work), dcgan's two seeds trained at once in workers."""
+    return ["--tier", "laptop", "--script", "dcgan", "--seeds", "2", "--jobs", "2", "--n-eval", "32",
+            "--device", "cpu", "--work", str(tmp_path / "work"), "--results-dir", str(tmp_path / "results"),
+            "--cache", str(cache), "--classifier", *[f"{k}={json.dumps(v)}" for k, v in TINY_CLASSIFIER.items()]]
+
+
+def _laptop_command(tmp_path, cache, epochs: int, dataset_size: int) -> list:
+    """quality.py with _laptop_argv() and _tiny_laptop(epochs, dataset_size), as a command."""
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); sys.path.insert(0, 'tests'); import common, quality; "
+            f"from test_quality import _tiny_laptop; quality.LAPTOP['dcgan'] = _tiny_laptop({epochs}, {dataset_size}); "
+            "common.cli(quality.main)")
+    return [sys.executable, "-c", code, *_laptop_argv(tmp_path, cache)]
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    return True
+
+
+def _training_workers(runs: list, proc, timeout: float = 120) -> list:
+    """Wait until each run folder has a lock file naming its writer and a first metrics row; the
+    writers' PIDs (the worker processes)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        locks = [run / ".lock" for run in runs]
+        if all(lock.exists() and lock.read_text().strip() and (run / "metrics.csv").exists()
+               for lock, run in zip(locks, runs)):
+            return [int(lock.read_text()) for lock in locks]
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"the workers did not start training (exit status {proc.poll()})")
+
+
+def _gone_within(pids: list, seconds: float) -> list:
+    """The PIDs still running after `seconds` (killed then, so that the test leaves none behind)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    for p in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    return left
+
+
+def _step(run) -> int:
+    return int(torch.load(run / "checkpoint.pt", weights_only=False)["step"])
+
+
+posix_signals = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+
+
+@posix_signals
+def test_workers_stop_and_save_when_the_benchmark_is_killed(tmp_path, tiny_cache):
+    # SIGKILL to the benchmark alone (no chance to stop its workers): each worker stops as on
+    # SIGTERM (a checkpoint) and exits, long before its run (20 epochs of 500 steps) would end
+    runs = [tmp_path / "work" / "dcgan" / f"main-seed{s}" for s in (0, 1)]
+    proc = subprocess.Popen(_laptop_command(tmp_path, tiny_cache, 20, 16000), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers = _training_workers(runs, proc)
+    assert proc.pid not in workers
+    proc.kill()
+    proc.wait()
+    assert not _gone_within(workers, 30), "a worker outlived the benchmark"   # (the test kills it then)
+    for run in runs:
+        assert "SIGTERM: stopping after this step" in run.with_suffix(".log").read_text()
+        assert 0 < _step(run) < 20 * 500
+
+
+@posix_signals
+def test_sigterm_stops_the_workers_with_checkpoints_and_the_same_command_resumes(tmp_path, tiny_cache,
+                                                                                   monkeypatch):
+    runs = [tmp_path / "work" / "dcgan" / f"main-seed{s}" for s in (0, 1)]
+    proc = subprocess.Popen(_laptop_command(tmp_path, tiny_cache, 10, 640), cwd=ROOT,   # 200 steps a run
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = _training_workers(runs, proc)
+    try:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        left = _gone_within(workers, 5)   # (killed then: the test leaves no process behind)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "SIGTERM: stopped; run the same command again" in err, err
+    assert not left, "a worker outlived the benchmark"
+    stopped = [_step(run) for run in runs]
+    assert all(0 < s < 200 for s in stopped), stopped
+    # the same command again (here, in this process): each run goes on from its checkpoint
+    monkeypatch.setitem(quality.LAPTOP, "dcgan", _tiny_laptop(10, 640))
+    results = quality.main(_laptop_argv(tmp_path, tiny_cache))
+    for run, step in zip(runs, stopped):
+        assert (run / f"config-resume-{step}.json").exists(), "trained again instead of resumed"
+        assert _step(run) == 200
+    assert results["dcgan"]["runs"]["main"]["metrics"]["fd_shapes"]["n"] == 2
+
+
+def _hold_lock(folder):
+    """Another process holding a folder's lock (until its stdin closes)."""
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, common; common.lock_folder(sys.argv[1]); "
+                               "print('locked', flush=True); sys.stdin.read()", str(folder)],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_run_folder_in_use_by_another_process_is_neither_removed_nor_trained(tmp_path, monkeypatch):
+    # a run stopped before its first checkpoint is started again from an empty folder, but not
+    # while another process (a worker of an earlier benchmark, say) writes there
+    run = tmp_path / "dcgan" / "main-seed0"
+    (run / "samples").mkdir(parents=True)
+    (run / "metrics.csv").write_text("step,loss_D\n1,0.7\n")
+    (run / "samples" / "step-0000001.png").write_bytes(b"png")
+    job = {"script": "dcgan", "run": "main", "seed": 0, "device": "cpu", "dir": str(run), "images": None,
+           "argv": ["--seed", "0", "--device", "cpu", *quality.SPECS["dcgan"].tiny], "threads": 1, "resume": True}
+    monkeypatch.setattr(quality.importlib.import_module("dcgan"), "main",
+                        lambda argv: pytest.fail("trained a run another process is training"))
+    holder = _hold_lock(run)
+    try:
+        out = quality.train_job(job)
+    finally:
+        holder.communicate("")
+    assert f"in use by another process (PID {holder.pid})" in out["error"]
+    assert (run / "metrics.csv").read_text() == "step,loss_D\n1,0.7\n"
+    assert (run / "samples" / "step-0000001.png").read_bytes() == b"png"
+    assert not (tmp_path / "dcgan" / "main-seed0.progress.json").exists()
+
+
+def test_a_second_benchmark_on_the_same_work_folder_is_refused_at_start(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.setattr(quality, "classifier", lambda *a, **k: pytest.fail("started beside another benchmark"))
+    holder = _hold_lock(work)
+    try:
+        with pytest.raises(common.UserError, match=f"in use by another process \\(PID {holder.pid}\\)"):
+            quality.main(["--tier", "laptop", "--script", "dcgan", "--device", "cpu", "--work", str(work),
+                          "--results-dir", str(tmp_path / "results")])
+    finally:
+        holder.communicate("")
+
+
+@posix_signals
+def test_a_worker_whose_benchmark_died_stops_like_sigterm(tmp_path):
+    # where the kernel cannot be asked to signal it (no PR_SET_PDEATHSIG), the worker's heartbeat
+    # sees its parent gone and stops the run as SIGTERM does: a checkpoint, then Interrupted
+    run = tmp_path / "main-seed0"
+    job = {"script": "dcgan", "run": "main", "seed": 0, "device": "cpu", "dir": str(run), "images": None,
+           "argv": ["--seed", "0", "--device", "cpu", "--dataset-size", "16000", "--epochs", "20",
+                    *quality.SPECS["dcgan"].tiny], "threads": 1, "resume": True}
+    code = textwrap.dedent(f"""
+        import json, os, sys, threading, time
+        sys.path.insert(0, "benchmarks")
+        import common, quality
+        quality._parent, quality._kernel_stops_orphans = os.getppid(), False
+
+        def parent_dies_once_training():
+            while not os.path.exists({str(run / "metrics.csv")!r}):
+                time.sleep(0.05)
+            quality._parent = -1   # (its parent is now another process)
+
+        threading.Thread(target=parent_dies_once_training, daemon=True).start()
+        try:
+            quality.train_job(json.loads({json.dumps(json.dumps(job))}))
+        except common.Interrupted as e:
+            sys.exit(f"stopped: {{e}}")
+        """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.startswith("stopped: interrupted at step"), done.stderr[-2000:]
+    assert "SIGTERM: stopping after this step" in run.with_suffix(".log").read_text()
+    assert 0 < _step(run) < 20 * 500
