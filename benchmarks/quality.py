@@ -480,7 +480,8 @@ TINY_SIZE = {"cyclegan": 32}  # the others: 16 px (progan: --final-size 16)
 
 
 # The laptop tier: each script's own laptop configuration, `--preset laptop` (PRESETS next to its
-# parser; seqgan.py's takes --oracle FILE besides): only the script's own flags (image size,
+# parser; the runs are given its flags, so that each JSON records them; seqgan.py's takes
+# --oracle FILE besides): only the script's own flags (image size,
 # channels, widths, batch size, epochs, dataset size); the losses, optimiser settings and update
 # schedule are the script's defaults. Each run fits an hour on one thread of a 2-core CPU (two
 # runs at a time). The paper's comparison runs use the same configuration plus their own flag
@@ -498,6 +499,17 @@ def laptop_preset(script: str) -> list:
 
 def _flag(flags: list, name: str, default=None):
     return flags[flags.index(name) + 1] if name in flags else default
+
+
+def with_flags(flags: list, values: dict) -> tuple:
+    """flags with each --flag of `values` set to its value (replaced where given, else added)."""
+    flags = list(flags)
+    for name, value in values.items():
+        if name in flags:
+            flags[flags.index(name) + 1] = str(value)
+        else:
+            flags += [name, str(value)]
+    return tuple(flags)
 
 
 def laptop_images(script: str) -> int:
@@ -923,8 +935,8 @@ def plan(script: str, a, work: Path) -> list:
     for name, (extra, size) in {"main": ((), None), **spec.variants}.items():
         if laptop and a.budget is None:
             images = LAPTOP_VARIANT_IMAGES.get(script, laptop_images(script)) if size else laptop_images(script)
-            flags = ("--preset", "laptop") + (("--dataset-size", str(size), "--epochs", str(round(images / size)))
-                                              if size else ())
+            flags = with_flags(laptop_preset(script), {"--dataset-size": size, "--epochs": round(images / size)}
+                               if size else {})
         else:
             base = tuple(laptop_preset(script)) if laptop else ()
             flags, images = budget_flags(script, a.budget, size, a.tiny, base)
@@ -945,7 +957,7 @@ def seqgan_flags(a) -> list:
                  "--rollout-num", "4", "--k-epochs", "1", "--d-steps", "2", "--eval-every", "2",
                  "--pretrain-epochs", "3", "--d-pretrain-rounds", "2", "--epochs", "3"]
     elif a.tier == "laptop":
-        flags = ["--preset", "laptop"] + ([] if a.budget is None else ["--epochs", str(a.budget)])
+        flags = list(with_flags(laptop_preset("seqgan"), {} if a.budget is None else {"--epochs": a.budget}))
     else:
         flags = [] if a.budget is None else ["--epochs", str(a.budget)]
     return flags + (["--oracle", str(a.oracle)] if a.oracle and not a.tiny else [])
