@@ -69,7 +69,6 @@ def cli(main) -> None:
         return
     except UserError as e:  # (bad flags or data: the same on every process of a node)
         message, code, shared = f"error: {_one_line(e)}", 2, os.environ.get("LOCAL_RANK", "0") != "0"
-        _remove_unstarted_folders()
     except TrainingError as e:
         message, code, shared = _one_line(e), 1, True
     except Interrupted as e:
@@ -337,15 +336,18 @@ def lock_folder(folder) -> None:
     except OSError as e:
         raise UserError(f"cannot write in {folder}: {e.strerror}; a run folder must be writable.") from None
     try:
-        if os.name == "nt":
+        if os.name == "nt":  # (byte 0 locked; Windows hides a locked byte from other readers)
             import msvcrt
+            f.seek(0)
             msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
         else:
             import fcntl
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        f.seek(0)
-        holder = f.read().strip()
+        holder = ""
+        with contextlib.suppress(OSError):
+            f.seek(0)
+            holder = f.read().strip()
         f.close()
         raise UserError(f"{folder} is in use by another process ({f'PID {holder}' if holder else 'its PID unknown'}): "
                         f"one process at a time writes to a run folder; wait for it to end, or stop it "
@@ -355,25 +357,6 @@ def lock_folder(folder) -> None:
     f.write(f"{os.getpid()}\n")
     f.flush()
     _locks[key] = [f, 1]
-
-
-_unstarted: dict = {}  # run folders this process made, with no checkpoint yet -> the folders it made
-
-
-def _remove_unstarted_folders() -> None:
-    """A run refused after its folder was made (a damaged image in the first batch) leaves nothing:
-    what it wrote there (config, an empty samples/, metrics) goes, and the folder if it made it."""
-    for folder, made in list(_unstarted.items()):
-        _unstarted.pop(folder)
-        if (folder / "checkpoint.pt").exists():
-            continue
-        while folder.resolve() in _locks:
-            unlock_folder(folder)
-        for p in folder.iterdir():
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        for parent in made:  # (innermost first; each only if empty: another run may have appeared)
-            with contextlib.suppress(OSError):
-                parent.rmdir()
 
 
 def unlock_folder(folder) -> None:
@@ -482,7 +465,7 @@ class Run:
         self._sums, self._counts, self._header, self.last_metrics = {}, {}, None, {}
         self._images, self._steps_per_epoch, self._saved_step = 0, 1, None
         self._last_log = (time.perf_counter(), 0)
-        self._dir = self._locked = self._branch_from = None
+        self._dir = self._locked = self._branch_from = self._made = None
         self._opened = False
         if rank() > 0:  # after the networks were built alike: other latents, crops, pool coins
             seed_everything(seed_of(args.seed, rank()))
@@ -513,7 +496,7 @@ class Run:
     def dir(self) -> Path:
         """The run folder. A new run makes it on first use (the loop's start), after everything
         that can refuse the run has been checked: a refused run leaves nothing behind."""
-        if self._dir is None:
+        if not self._opened:
             self.open()
         return self._dir
 
@@ -539,6 +522,19 @@ class Run:
         if self._locked is not None:
             self._locked()  # (a finalizer runs once)
 
+    def _discard(self) -> None:
+        """A new run refused after its folder was made (a damaged image in its first batch) leaves
+        nothing: what it wrote there goes, and the folders it made."""
+        if self._made is None or not is_main():
+            return
+        self.close()
+        for p in self._dir.iterdir():
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        for folder in self._made:  # (innermost first; each only if empty: another run may be there)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self._made = None
+
     def _claim(self) -> Path:
         target = Path(self.args.out) if self.args.out else Path("runs") / "x"
         made = [p for p in [target, *target.parents] if not p.exists()]  # (mkdir's, innermost first)
@@ -558,7 +554,8 @@ class Run:
             else:
                 raise UserError(f"runs/ holds too many folders named {stem}*.")
             self._lock(path)
-        _unstarted[path] = [path, *made[1:]] if not self.args.out else made
+        self._made = [path.resolve(), *(p.resolve() for p in made[1:])] if not self.args.out else \
+            [p.resolve() for p in made]
         if self._branch_from is not None:  # --resume R --out NEW: NEW starts as a copy of R
             self._copy_run(self._branch_from, path)
         (path / "samples").mkdir(exist_ok=True)
@@ -752,7 +749,7 @@ class Run:
         if _in_group():
             _scale().barrier()  # no process runs on (or stops) before the file is whole
         self._saved_step = self.step
-        _unstarted.pop(self._dir, None)
+        self._made = None  # (a run with a checkpoint is never discarded)
         return path
 
     def _restore(self, ckpt: dict) -> None:
@@ -803,10 +800,14 @@ class Run:
         def endless():
             while True:
                 epoch, start = divmod(self.batches_drawn, self._steps_per_epoch)
-                for batch in data.batches(batch_size, epoch, self.args.seed, start, rank(), world_size()):
-                    self.batches_drawn += 1
-                    self._images += batch_size
-                    yield batch
+                try:
+                    for batch in data.batches(batch_size, epoch, self.args.seed, start, rank(), world_size()):
+                        self.batches_drawn += 1
+                        self._images += batch_size
+                        yield batch
+                except UserError:  # (an unreadable image: a run refused before its first checkpoint
+                    self._discard()  # leaves no folder)
+                    raise
 
         return endless()
 

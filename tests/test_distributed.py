@@ -124,7 +124,8 @@ def test_begans_k_t_and_lr_rule_agree_across_processes(core):
 
 def test_only_rank_0_writes_files(core):
     work, dumps = core
-    assert {p.name for p in work.iterdir()} == {"full", "split", "began", "single", "stopped", "terminated", *OTHERS}  # no "odd"
+    made = {"full", "split", "began", "single", "stopped", "terminated", *OTHERS}
+    assert {p.name for p in work.iterdir()} == made  # no "odd"
     plot = {"losses.png"} if importlib.util.find_spec("matplotlib") else set()  # (optional dependency)
     assert files(work / "full") == {".lock", "config.json", "metrics.csv", "checkpoint.pt", *plot,
                                     "samples/epoch-001.png", "samples/epoch-002.png", "samples/final.png"}
