@@ -77,6 +77,13 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
     exactly; it is a buffer in the state dict, so a loaded G samples with its last carry.
     Off by default: at the laptop size on the shapes it delays the fall of k_t to 0 (step
     ~950 with carry over 16000 steps, ~510 over 2000, ~290 without) but G still draws one image.
+  - Known failure at the laptop size (32 px, 16 filters) on the shapes and on MNIST: k_t falls to
+    0 by step ~300 and G collapses. D's updates on the real images, with k_t still near 0.01,
+    drift its reconstruction of G's grey images towards the black background, raising L(G(z))
+    five times faster than G's updates lower it, while G, which D does not yet push away, has
+    already shrunk its spread to what D reconstructs. Neither lr 5e-5, beta1 0.5, gamma 0.3 or
+    0.7, h = z = 128, batch 64, skip connections nor vanishing residuals kept k_t inside (0, 1)
+    with several classes drawn within 2,500 steps (benchmarks/README.md, "began.py").
 
 Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in losses.png):
   loss_D    D's loss L(x) - k_t L(G(z_D)), with the k_t of this step
