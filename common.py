@@ -383,10 +383,6 @@ def replace_atomically(path, write) -> None:
         raise
 
 
-def write_text_atomically(path, text: str) -> None:
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 # --- The run: folder, metrics, samples, checkpoints and resume, the loop ------------------------
 CHECKPOINT_KEYS = ("script", "args", "step", "batches_drawn", "state", "rng", "modules")
 
@@ -536,52 +532,40 @@ class Run:
         self._made = None
 
     def _claim(self) -> Path:
-        target = Path(self.args.out) if self.args.out else Path("runs") / "x"
-        made = [p for p in [target, *target.parents] if not p.exists()]  # (mkdir's, innermost first)
-        if self.args.out:
-            path = self._new_out(target)
-        else:
-            stem = f"{self.script}-{self.args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
-            for k in range(1, 10_000):
-                path = Path("runs") / (stem + (f"-{k}" if k > 1 else ""))
-                try:
-                    path.mkdir(parents=True)  # fails if it exists: two runs never share one
-                    break
-                except FileExistsError:
-                    continue
-                except OSError as e:
-                    raise UserError(f"cannot make the run folder {path}: {e.strerror}.") from None
-            else:
-                raise UserError(f"runs/ holds too many folders named {stem}*.")
+        """Make the run folder (or take --out if it is empty) and lock it before looking into it."""
+        stem = f"{self.script}-{self.args.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+        names = [Path(self.args.out)] if self.args.out else \
+            [Path("runs") / (stem + (f"-{k}" if k > 1 else "")) for k in range(1, 10_000)]
+        for path in names:
+            made = [p.resolve() for p in [path, *path.parents] if not p.exists()]  # (innermost first)
+            if self.args.out:
+                self._check_out(path)
+            try:
+                path.mkdir(parents=True, exist_ok=bool(self.args.out))  # (runs/: two runs never share one)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise UserError(f"cannot make the run folder {path}: {e.strerror}.") from None
             self._lock(path)
-        self._made = [path.resolve(), *(p.resolve() for p in made[1:])] if not self.args.out else \
-            [p.resolve() for p in made]
+            if self.args.out:
+                self._check_out(path, self.close)  # (filled between the check and the lock?)
+            self._made = made
+            break
+        else:
+            raise UserError(f"runs/ holds too many folders named {stem}*.")
         if self._branch_from is not None:  # --resume R --out NEW: NEW starts as a copy of R
             self._copy_run(self._branch_from, path)
         (path / "samples").mkdir(exist_ok=True)
         return path
 
-    def _check_out(self, path: Path) -> None:
-        if path.exists() and not path.is_dir():
-            raise UserError(f"--out {path} is a file; name a new folder.")
-        for parent in path.parents:
-            if parent.exists() and not parent.is_dir():
-                raise UserError(f"--out {path}: {parent} is a file, not a folder.")
+    def _check_out(self, path: Path, before_refusing=lambda: None) -> None:
+        for p in [path, *path.parents]:
+            if p.exists() and not p.is_dir():
+                raise UserError(f"--out {path} is a file; name a new folder." if p == path else
+                                f"--out {path}: {p} is a file, not a folder.")
         if path.is_dir() and any(p.name != LOCK_NAME for p in path.iterdir()):
+            before_refusing()
             raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.")
-
-    def _new_out(self, path: Path) -> Path:
-        """--out: a new folder, or an empty one; its lock is taken before it is looked into."""
-        self._check_out(path)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot make the run folder {path}: {e.strerror}.") from None
-        self._lock(path)
-        if any(p.name != LOCK_NAME for p in path.iterdir()):  # (filled between the check and the lock)
-            self.close()
-            raise UserError(f"{path} already holds files; choose a new --out, or --resume {path}.")
-        return path
 
     def _copy_run(self, source: Path, path: Path) -> None:
         """The run so far, copied from `source`: its configs, samples, metrics and the checkpoint
@@ -620,7 +604,8 @@ class Run:
         name, k = "config.json" if not self.args.resume else f"config-resume-{self.step}.json", 2
         while self.args.resume and (self.dir / name).exists():  # resumed twice from one checkpoint
             name, k = f"config-resume-{self.step}-{k}.json", k + 1
-        write_text_atomically(self.dir / name, json.dumps(config, indent=2, default=str))
+        text = json.dumps(config, indent=2, default=str)
+        replace_atomically(self.dir / name, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     # -- metrics --------------------------------------------------------------------------------
     def log(self, **metrics) -> None:
