@@ -134,7 +134,6 @@ def test_sizes_the_architecture_cannot_make_are_refused(capsys):
     assert "multiple of 8" in capsys.readouterr().err
 
 
-# --- the losses ----------------------------------------------------------------------------------
 def test_batch_size_one_is_refused_before_its_batchnorm_fails_and_two_trains(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         vaegan.main(TINY_VG + ["--batch-size", "1", "--out", "one"])
@@ -147,6 +146,7 @@ def test_batch_size_one_is_refused_before_its_batchnorm_fails_and_two_trains(tmp
     assert (tmp_path / "two" / "checkpoint.pt").exists()
 
 
+# --- the losses ----------------------------------------------------------------------------------
 def test_kl_is_the_closed_form_mean_over_the_batch_and_zero_at_the_prior():
     torch.manual_seed(0)
     mu, logvar = torch.randn(5, 7), torch.randn(5, 7)
