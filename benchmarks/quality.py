@@ -728,7 +728,8 @@ def _train_locked(job: dict, run_dir: Path) -> dict:
     def save_progress():
         if job.get("resume"):
             with lock:
-                common.write_text_atomically(progress_file, json.dumps(progress))
+                text = json.dumps(progress)
+                common.replace_atomically(progress_file, lambda tmp: Path(tmp).write_text(text))
 
     stop_beat = threading.Event()
 
