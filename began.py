@@ -83,7 +83,8 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
     five times faster than G's updates lower it, while G, which D does not yet push away, has
     already shrunk its spread to what D reconstructs. Neither lr 5e-5, beta1 0.5, gamma 0.3 or
     0.7, h = z = 128, batch 64, skip connections nor vanishing residuals kept k_t inside (0, 1)
-    with several classes drawn within 2,500 steps (benchmarks/README.md, "began.py").
+    with several classes drawn within 2,500 steps; vanishing residuals with gamma 0.7 hold k_t
+    near 0.1 over 20,000 steps, but draw only disks and ellipses (benchmarks/README.md, "began.py").
 
 Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in losses.png):
   loss_D    D's loss L(x) - k_t L(G(z_D)), with the k_t of this step
