@@ -702,9 +702,14 @@ def _train_locked(job: dict, run_dir: Path) -> dict:
     module = importlib.import_module(job["script"])
     log = log_path(job)
     progress_file = run_dir.parent / f"{run_dir.name}.progress.json"
-    progress = {"wall_s": 0.0, "cpu_s": 0.0, "segment_steps": [], "done": False, "piece_started": None}
+    progress = {"wall_s": 0.0, "cpu_s": 0.0, "segment_steps": [], "done": False, "piece_started": None,
+                "argv": job["argv"]}
     if job.get("resume") and progress_file.exists():
         progress = {**progress, **json.loads(progress_file.read_text())}
+        if progress.get("argv", job["argv"]) != job["argv"]:  # (a configuration changed since: never mixed)
+            return {**job, "error": f"{run_dir} was trained with other flags ({' '.join(progress['argv'])}); "
+                                    f"move it and its .progress.json away to train this run again",
+                    "wall_s": None, "log": str(log)}
         ckpt = run_dir / "checkpoint.pt"
         if progress["done"]:
             out = {**job, "wall_s": round(progress["wall_s"], 1), "cpu_s": round(progress["cpu_s"], 1),

@@ -456,6 +456,10 @@ def test_a_stopped_laptop_run_resumes_and_a_finished_one_is_reused(tmp_path, mon
                         lambda argv: pytest.fail("a finished run was trained again"))
     again = quality.train_job(job)
     assert again["reused"] and again["wall_s"] == done["wall_s"] and again["cpu_s"] == done["cpu_s"]
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "main-seed0").iterdir() if p.name != ".lock"}
+    changed = quality.train_job({**job, "argv": [*job["argv"], "--epochs", "300"]})  # a configuration changed
+    assert "was trained with other flags" in changed["error"] and "reused" not in changed
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "main-seed0").iterdir() if p.name != ".lock"} == before
 
 
 def test_results_table_shows_each_scored_script_with_its_measures_and_signs(tmp_path):
