@@ -421,7 +421,7 @@ _stop_signal = signal.SIGINT  # the signal that asked the last run to stop (its 
 
 class StopFlag:
     """The first Ctrl-C (or SIGTERM: a scheduler's stop, `docker stop`, a shutdown) asks the loop to
-    stop at the end of the step; a second one aborts at once."""
+    stop at the end of the step; a second Ctrl-C aborts at once (a second SIGTERM changes nothing)."""
 
     def __enter__(self):
         self.requested, self._old = False, {}
@@ -432,8 +432,8 @@ class StopFlag:
     def _handle(self, signum, frame):
         global _stop_signal
         if self.requested:
-            if launched() and time.monotonic() - self._first < 2:
-                return  # torchrun passes the Ctrl-C on to its workers: the same one, twice
+            if signum == signal.SIGTERM or launched() and time.monotonic() - self._first < 2:
+                return  # a stop asked for twice (a scheduler, a dying parent), or torchrun passing on a Ctrl-C
             raise KeyboardInterrupt
         self.requested, self._first, _stop_signal = True, time.monotonic(), signum
         if _env_rank() == 0:

@@ -842,6 +842,8 @@ def _worker(job: dict, conn, parent: int) -> None:
     except BaseException as e:  # stopped (common.Interrupted: its checkpoint is saved), or a second stop
         said = str(e) if isinstance(e, common.Interrupted) else error_sentence(e)
         result = {**job, "error": said, "wall_s": None, "log": str(log_path(job))}
+        with contextlib.suppress(OSError), open(log_path(job), "a") as f:  # (the command may be gone: say
+            f.write(f"\nthe worker ended: {said}\n")                        # it in the run's log too)
     with contextlib.suppress(OSError):  # (the command may be gone)
         conn.send(result)
 

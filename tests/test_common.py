@@ -683,6 +683,20 @@ def test_a_second_ctrl_c_aborts_at_once_without_a_checkpoint(tmp_path):
     assert signal.getsignal(signal.SIGINT) is handler
 
 
+def test_a_second_sigterm_still_saves(tmp_path):
+    # a stop asked for twice (a scheduler, a dying parent) is one stop: the step ends, a checkpoint
+    data = common.load_dataset("shapes", image_size=16, size=20)
+    run, _ = _loop_run(tmp_path, epochs=5)
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(common.Interrupted):
+        for _ in run.batches(data, 5):
+            if run.step == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGTERM)
+    assert torch.load(run.dir / "checkpoint.pt", weights_only=True)["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
 def test_a_sampler_counts_images_and_an_epoch_is_len_data_images(tmp_path):
     data = common.load_dataset("shapes", image_size=16, size=20)
     run, _ = _tiny_run(tmp_path)
