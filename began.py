@@ -64,8 +64,13 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
   - A step is one D update and one G update on one real batch; an epoch is a pass over the
     real data (60,000 shapes / 16 = 3,750 steps). The paper trains for hundreds of thousands
     of steps (the port: 500,000); five epochs show the dynamics, not the paper's quality.
-  - Defaults: γ = 0.5 (--gamma; the paper shows 0.3 to 0.7), λ_k = 0.001, n = 128 filters
-    (--n-filters; the encoder grows n, 2n, 3n, 4n at 64 px), `--lr-decay none` keeps the rate.
+  - γ = 0.7 (--gamma), the top of the paper's range 0.3-0.7, where the port and the paper's
+    main results use 0.5: on the built-in shapes and on MNIST, whose black backgrounds D learns
+    to reconstruct within a few hundred steps, γ = 0.5 lets k_t fall to 0 and stay there, and G
+    collapses onto one image; at 0.7 k_t comes back and holds inside (0, 1). Evidence:
+    benchmarks/README.md, "began.py". `--gamma 0.5` is the paper's main setting.
+  - Defaults: λ_k = 0.001, n = 128 filters (--n-filters; the encoder grows n, 2n, 3n, 4n at
+    64 px), `--lr-decay none` keeps the rate.
     k_t stays on the device (no host sync per step) and comes back on --resume.
   - Vanishing residuals (--vanishing-residual): the block is the author's, from his
     tf_img_tech layers.py (copied into the port as layers.py, which the port's models do not
@@ -75,16 +80,12 @@ is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unles
     is not published: carry falls linearly (the paper: "progressively") from 1 at step 0 to 0
     at --carry-steps (16000, the paper's), a function of the step, so a resumed run goes on
     exactly; it is a buffer in the state dict, so a loaded G samples with its last carry.
-    Off by default: at the laptop size on the shapes it delays the fall of k_t to 0 (step
-    ~950 with carry over 16000 steps, ~510 over 2000, ~290 without) but G still draws one image.
-  - Known failure at the laptop size (32 px, 16 filters) on the shapes and on MNIST: k_t falls to
-    0 by step ~300 and G collapses. D's updates on the real images, with k_t still near 0.01,
-    drift its reconstruction of G's grey images towards the black background, raising L(G(z))
-    five times faster than G's updates lower it, while G, which D does not yet push away, has
-    already shrunk its spread to what D reconstructs. Neither lr 5e-5, beta1 0.5, gamma 0.3 or
-    0.7, h = z = 128, batch 64, skip connections nor vanishing residuals kept k_t inside (0, 1)
-    with several classes drawn within 2,500 steps; vanishing residuals with gamma 0.7 hold k_t
-    near 0.1 over 20,000 steps, but draw only disks and ellipses (benchmarks/README.md, "began.py").
+    Off by default: on the built-in shapes it only delayed the collapse at γ = 0.5, and at 0.7
+    its samples looked like those without it (benchmarks/README.md).
+  - Samples at the laptop size: with γ = 0.7, k_t stays inside (0, 1), but G draws mostly
+    disks and ellipses, not every class: the equilibrium lets G's images be easier to
+    reconstruct than real ones, and D's autoencoder reconstructs small round blobs as well as it
+    reconstructs shapes (benchmarks/README.md, "began.py").
 
 Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in losses.png):
   loss_D    D's loss L(x) - k_t L(G(z_D)), with the k_t of this step
@@ -100,7 +101,7 @@ Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in l
             float32, so 1e-4 shows as 9.99999e-05)
 
 Run:  python began.py --epochs 5                      (built-in shapes, 64 px, no download)
-      python began.py --gamma 0.7 --epochs 5          (more diversity, less quality)
+      python began.py --gamma 0.5 --epochs 5          (the paper's main setting: less diversity)
       python began.py --lr-decay fixed --lr-window 100000   (the port's lr schedule)
       python began.py --dataset celeba --data-root ./data
       python began.py --generate 64 --resume runs/began-shapes-<time>
@@ -118,17 +119,18 @@ import torch.nn.functional as F
 import common
 
 # --preset laptop: the laptop tier's configuration (benchmarks/README.md), made of this script's
-# own flags for a 2-core CPU: 32 px grayscale, 16 filters, 2 epochs.
+# own flags for a 2-core CPU: 32 px grayscale, 16 filters, 10 epochs of 12,000 images (7,500 steps).
 # The losses, optimiser settings and update schedule stay the paper's.
-PRESETS = {"laptop": "--image-size 32 --channels 1 --n-filters 16 --epochs 2"}
+PRESETS = {"laptop": "--image-size 32 --channels 1 --n-filters 16 --dataset-size 12000 --epochs 10"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="BEGAN (Berthelot et al., 2017)",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--gamma", type=common.positive_float, default=0.5,
-                   help="diversity ratio γ = E[L(G(z))] / E[L(x)] the controller holds (paper: 0.5; "
-                        "results shown for 0.3-0.7)")
+    p.add_argument("--gamma", type=common.positive_float, default=0.7,
+                   help="diversity ratio γ = E[L(G(z))] / E[L(x)] the controller holds (paper: results shown "
+                        "for 0.3-0.7, main setting 0.5; 0.7 here: at 0.5 G collapses on the built-in shapes and "
+                        "on MNIST)")
     p.add_argument("--lambda-k", type=common.positive_float, default=0.001,
                    help="λ_k, the proportional gain of the k_t controller (paper: 0.001)")
     p.add_argument("--k0", type=float, default=0.0, help="k_0, the initial k_t, in [0, 1] (paper: 0)")
