@@ -155,7 +155,7 @@ def add_run_args(parser: argparse.ArgumentParser, help: dict | None = None, hide
     g.add_argument("--compile", action=on_off, default=False, help="torch.compile the networks")
     g.add_argument("--channels-last", action=on_off, default=None,
                    help="the networks' weights in channels-last memory format (default: on for a CPU, where "
-                        "these networks train 3-20%% faster that way; off elsewhere)")
+                        "these networks train faster that way, benchmarks/README.md; off elsewhere)")
     g.add_argument("--fast", action=on_off, default=False,
                    help="run each training step as one captured CUDA graph (CUDA only: the same "
                         "step with a fraction of the kernel-launch overhead; docs/fast.md)")
