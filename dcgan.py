@@ -19,23 +19,18 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
      followed by BCE: the same function, numerically stable. D therefore has no final sigmoid.
   2. Images of any power-of-two size from 16 up: a stage is added or removed per doubling
      (the paper shows 64 px). The built-in shapes data replaces LSUN / Imagenet / faces.
-Choices where the paper is silent or sources differ:
-  - Widths and kernels are Fig. 1 and the official code (1024 channels at 4x4, 5x5 kernels).
-    pytorch/examples' lighter network (512 at 4x4, 4x4 kernels; six times less compute) is
-    `--ngf 64 --ndf 64 --kernel-size 4`, up to the three biases below (it has bias=False
-    everywhere). The paper's network stays the default: on the built-in shapes it trained
-    better than the lighter one (benchmarks/README.md, "dcgan.py").
+Choices where the paper is silent or sources differ (official code: Newmu/dcgan_code):
+  - Widths and kernels of Fig. 1 and the official code (1024 channels at 4x4, 5x5 kernels);
+    pytorch/examples' lighter network is `--ngf 64 --ndf 64 --kernel-size 4` (up to biases).
   - z ~ U(-1, 1)^100 as the paper; `--z-dist normal` draws z ~ N(0, I) as most ports do.
-  - The last D layer is a linear map of the flattened 4x4 map to one logit ("the last
-    convolution layer is flattened and then fed into a single sigmoid output", Sec. 3).
-  - Adam's beta2 is not stated; Adam's default, 0.999.
-  - Biases only where no BN follows (G's output conv, D's first conv, D's last layer): the
-    paper is silent, so PyTorch's default; the official code (Newmu/dcgan_code) has none at
-    all. A bias before BN would be cancelled by BN's mean, so those are off.
-  - BN of the projection is per channel over the 4x4 map, like the conv layers (and
-    pytorch/examples); the official code normalises each of its 4*4*1024 units on its own.
-  - No weight decay: the paper lists its Adam settings without any; the official code adds an
-    L2 penalty of 1e-5 to both networks' updates.
+  - D's last layer maps the flattened 4x4 map to one logit ("the last convolution layer is
+    flattened and then fed into a single sigmoid output", Sec. 3).
+  - Adam's beta2 is not stated: Adam's default, 0.999.
+  - Biases only where no BN follows (G's output conv, D's first conv, D's last layer; a bias
+    before BN is cancelled by its mean): PyTorch's default; the official code has none.
+  - BN of the projection per channel over the 4x4 map, like the convs and pytorch/examples;
+    the official code normalises each of its 4*4*1024 units on its own.
+  - No weight decay (Sec. 4 lists none); the official code adds an L2 penalty of 1e-5.
 A step is one batch (one D update, then one G update on the same fakes); an epoch is one pass
 over the data (468 steps of 128 on the 60,000 built-in shapes).
 
@@ -47,12 +42,11 @@ Logged (metrics.csv, besides step, epoch and images_per_s; means over each --log
   D_G_z   mean D(G(z)) on the fake batch, before D's update; a long stretch near 0 means D is
           winning and G learns slowly
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python dcgan.py --epochs 5                 (built-in shapes data, no download)
       python dcgan.py --dataset cifar10 --image-size 32 --data-root ./data --download
       python dcgan.py --generate 64 --resume runs/dcgan-shapes-<time>
-On a CPU: python dcgan.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python dcgan.py --preset laptop            (for a CPU, PRESETS below: up to an hour on one core)
 """
 import argparse
 import math
