@@ -24,35 +24,28 @@ we minimise critic_loss = E f(G(z)) - E f(x); the EM estimate logged is W = -cri
 (The official code uses the mirrored sign, f -> -f, which is the same method.)
 
 Deviations from the paper (each tagged `# DEVIATION:` below):
-  1. Critic schedule: the official code's, as the default (`--critic-schedule official`,
-     see critic_iters): 100 critic iterations for the first 25 generator iterations and for
-     every 500th, n_critic otherwise. Its README says this was left out of the paper by
-     mistake. `--critic-schedule constant` is Alg. 1 as printed.
+  1. Critic schedule: the official code's by default (`--critic-schedule official`, see
+     critic_iters): 100 critic iterations for the first 25 generator iterations and every
+     500th, n_critic otherwise; its README says the paper left this out by mistake.
+     `--critic-schedule constant` is Alg. 1 as printed.
   2. Images of any power-of-two size from 16 up (the paper shows 64 px); the built-in shapes
      data replaces LSUN bedrooms.
-Choices where the paper is silent or sources differ (from martinarjovsky/WassersteinGAN):
-  - Clipping covers every critic parameter, BatchNorm's scale and shift included, as the
-    official code does; it clips *after* each update (Alg. 1), where the official code
-    clamps before each critic step, so there the generator update meets the critic's last,
-    still unclipped step.
-  - Architectures: DCGAN with ngf = ndf = 64, 4x4 kernels, no biases, LeakyReLU 0.2, a final
-    4x4 valid conv to one unbounded output (no sigmoid); the MLP generator has no output tanh;
-    init N(0, 0.02) on convs, BN scale N(1, 0.02), PyTorch's default on the MLP's linears.
-  - Generator without BN, two versions. The paper's (Sec. 4.3; Fig. 6: "the number of
-    parameters is therefore reduced by a bit more than an order of magnitude") is
-    `--g-arch nobn-constant`: ngf filters at every stage. `--g-arch nobn` is the official
-    code's DCGAN_G_nobn, which only drops BN and keeps DCGAN's widths (8*ngf at 4x4, halved
-    at each stage), so it has almost DCGAN's parameters (the counts: benchmarks/README.md).
-  - MLP generator: the paper says "4-layer ReLU-MLP with 512 hidden units" (Sec. 4.2, 4.3)
-    but also "an MLP with 4 hidden layers and 512 units at each layer" (Fig. 3). We follow
-    the authors' code (MLP_G), i.e. the first reading: 4 linear layers, 3 hidden ReLU layers.
-  - An epoch is a pass of the critic over the data (each critic iteration draws a batch), as
-    in the official code; training stops after the generator iteration in which the last
-    epoch ends (the official code cuts the last critic loop short instead).
+Choices where the paper is silent or sources differ (official code: martinarjovsky/WassersteinGAN):
+  - Clipping covers every critic parameter, BN's scale and shift included (official code), and
+    comes after each update (Alg. 1; the official code clamps before each critic step).
+  - DCGAN networks as the official code: ngf = ndf = 64, 4x4 kernels, no biases, LeakyReLU 0.2,
+    a final 4x4 valid conv to one unbounded output; init N(0, 0.02), BN scale N(1, 0.02)
+    (the MLP's linear layers: PyTorch's default).
+  - G without BN: `--g-arch nobn-constant` is the paper's (Sec. 4.3, ngf filters at every
+    stage); `--g-arch nobn` is the official DCGAN_G_nobn (DCGAN's widths without BN).
+  - MLP generator: "4-layer ReLU-MLP with 512 hidden units" read as the official MLP_G does:
+    4 linear layers, 3 hidden ReLU layers, no output tanh (Fig. 3 words it otherwise).
+  - An epoch is a pass of the critic over the data, as in the official code; training stops
+    after the generator iteration in which the last epoch ends.
   - z ~ N(0, I)^100, batch 64 (the official code).
 A step is one generator iteration with its critic iterations. An epoch on the 60,000 built-in
-shapes is 937 critic batches, so `--epochs 5` is 4,685 critic iterations and about 460
-generator iterations (the first 25 generator iterations take 2,500 critic batches).
+shapes is 937 critic batches, so `--epochs 5` is about 460 generator iterations (the first 25
+take 2,500 critic batches).
 
 Logged (metrics.csv, besides step, epoch and images_per_s; a row every 10 generator
 iterations by default):
@@ -62,13 +55,12 @@ iterations by default):
               K-Lipschitz for some unknown K)
   loss_G      -E f(G(z)) at the generator update
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python wgan.py --epochs 5                       (built-in shapes data, no download)
       python wgan.py --g-arch mlp --epochs 5          (the paper's MLP generator)
       python wgan.py --g-arch nobn-constant --epochs 5   (the paper's G without BN)
       python wgan.py --dataset lsun --data-root ./data/lsun
-On a CPU: python wgan.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python wgan.py --preset laptop                  (for a CPU, PRESETS below: up to an hour on one core)
 """
 import argparse
 import math
