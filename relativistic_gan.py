@@ -19,8 +19,7 @@ Paper -> code (section titles rather than numbers, which differ between the arXi
                                                                     Discriminator
   Gradient-penalty variants (WGAN-GP's penalty on D)             -> gradient_penalty, --gp
 The paper is d_loss and g_loss: read those two functions. The relativistic G losses take the
-real logits r too; ports that overwrite them with the standard G loss lose exactly that (a test
-holds g_loss to it).
+real logits r too (a test holds g_loss to it).
 
 Notation: C(x) is the discriminator's raw output (a logit, no sigmoid); r = C(x_real),
 f = C(x_fake) over a batch; r̄, f̄ are batch means (gradients flow through them).
@@ -38,11 +37,8 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
   4. Real batches come in epochs (each image once per pass, order fixed by the seed); the
      official code draws every batch at random from the whole dataset.
 Choices where the paper is silent (from the official code, --arch 1):
-  - D has spectral norm on every conv and no batch norm, as in the official script of the
-    paper's CIFAR-10 runs (code/stable.sh passes --spectral True to every run of setups (a)
-    and (b)). `--d-norm batch` is the code's own default, batch norm after every conv but the
-    last; spectral norm stays the default because on the built-in shapes RaSGAN trained with
-    it and not with batch norm (benchmarks/README.md, "relativistic_gan.py").
+  - D has spectral norm on every conv and no batch norm, as the official script of the paper's
+    CIFAR-10 runs (code/stable.sh: --spectral True); `--d-norm batch` is the code's default.
   - Init: convs N(0, 0.02), BN scale N(1, 0.02); linear layers keep PyTorch's default.
   - The G step draws a fresh real batch only for the relativistic losses (the baselines'
     G losses do not look at real data).
@@ -58,12 +54,11 @@ Logged (metrics.csv, besides step, epoch and images_per_s):
   C_gap   mean C(x_real) - mean C(x_fake) on D's batches: how much more real D finds the real
           data, the quantity the relativistic losses are built on
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python relativistic_gan.py --epochs 5                  (RaSGAN, built-in shapes, 32 px)
       python relativistic_gan.py --loss sgan --epochs 5      (the baseline, same everything else)
       python relativistic_gan.py --loss ralsgan --setup b --dataset cifar10 --download
-On a CPU: python relativistic_gan.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python relativistic_gan.py --preset laptop             (for a CPU, PRESETS below: up to an hour on one core)
 """
 from __future__ import annotations
 
