@@ -26,7 +26,6 @@ Paper -> code:
 Sign convention: info_loss returns the two negative log-likelihoods -E log Q(c|x) (the
 categorical cross-entropy and the Gaussian NLL), which are minimised; L_I = H(c) - (their
 sum), so adding λ * (discrete + continuous) to both players' losses is subtracting λ L_I.
-The logged L_I is the categorical part, H(c) - cross-entropy, next to its bound H_c = ln K.
 
 Deviations from the paper (each tagged `# DEVIATION:` below):
   1. G ends in tanh and images are in [-1, 1], the range every script of this collection
@@ -37,32 +36,23 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
      numerically stable. D has no final sigmoid and Q no softmax (a softmax before the
      cross-entropy would apply it twice and cap L_I below ln K).
 Choices where the paper is silent or sources differ (official code: openai/InfoGAN):
-  - Q's head is trained by D's optimiser (with the shared body), as in the official code; G's
-    optimiser trains G alone. Both minimise -λ L_I: D's step on a detached fake, G's step
-    through a frozen D. One optimiser per network; each step has its own forward pass.
+  - Q's head is trained by D's optimiser with the shared body, G's optimiser trains G alone
+    (official code); both minimise -λ L_I, D's step on a detached fake, G's through a frozen D.
   - Each G step draws a fresh latent and passes through the D just updated (official code).
-  - Fixed σ = 1 for the continuous codes by default (the official MNIST run), so their term
-    is 0.5 (c - μ)² + 0.5 ln 2π per code; `--learn-sigma` is the appendix's σ = exp(output)
-    (the official code's learned variant is σ = sqrt(exp(output)), the same up to a factor 2
-    of the output). Q always outputs a μ and a log σ per continuous code, as the official code.
-  - lReLU slope 0.1 (paper; the official code's default is 0.01). Init as the official code:
-    D's convs N(0, 0.02) truncated at ±0.04, G's transposed convs and every linear layer
-    N(0, 0.02), BN scale N(1, 0.02). App. C gives neither β1 nor the batch size: β1 0.5 and
-    batch 128 are the official code's; β2 0.999 is Adam's default there.
-  - code_acc: the accuracy of Q's first categorical code on the real images of each epoch
-    (argmax while training), after the best one-to-one matching of codes to classes (exact;
-    the Hungarian algorithm's answer), when the data has labels. The paper reports ~5% error
-    on MNIST.
-  - The codes are flags (--n-cat, --cat-dim, --n-cont), and so is λ (--info-weight; 0 gives a
-    plain GAN with an untrained Q: the control).
+  - σ = 1 for the continuous codes (the official MNIST run); `--learn-sigma` is the appendix's
+    σ = exp(output). Q always outputs a μ and a log σ per continuous code (official code).
+  - lReLU slope 0.1 (paper; official default 0.01). Init as the official code: D's convs
+    N(0, 0.02) truncated at ±0.04, G's transposed convs and linears N(0, 0.02), BN scale N(1, 0.02).
+  - β1 0.5 and batch 128 (App. C gives neither; the official code's), β2 0.999 (Adam's default).
+  - The codes (--n-cat, --cat-dim, --n-cont) and λ are flags; `--info-weight 0` is the control,
+    a plain GAN with an untrained Q.
 An epoch is one pass of D over the data (60,000 images: 468 steps of 128); a step is one D
 update and one G update, each with a fresh latent, the G update through the D just updated.
 
-Samples: the per-epoch grids have the layout of traversal-c1.png (row r: c1 = r), so each row
-should become one shape class. `--generate N` also writes the Fig. 2 traversals beside the
-samples: traversal-c1.png (rows: c1 = 0..9, columns: different z) and traversal-c2.png,
-traversal-c3.png (rows: c1 = 0..9, columns: that continuous code from -2 to 2, beyond its
-training range; z and the other code fixed).
+Samples: the per-epoch grids have row r at c1 = r, so each row should become one shape class.
+`--generate N` also writes the Fig. 2 traversals: traversal-c1.png (rows: c1 = 0..9, columns:
+different z), traversal-c2.png and traversal-c3.png (columns: that code from -2 to 2, beyond
+its training range; z and the other code fixed).
 
 Logged (metrics.csv, besides step, epoch and images_per_s):
   loss_D     D's GAN loss BCE(D(x), 1) + BCE(D(G(z, c)), 0), without the λ L_I term:
@@ -76,18 +66,17 @@ Logged (metrics.csv, besides step, epoch and images_per_s):
              (Fig. 1)
   nll_cont   the continuous codes' term -E log Q(c2, c3 | x), summed over the codes; with σ = 1
              at least 0.5 ln 2π ≈ 0.919 per code (a Q that always says 0: about 1.09 per code)
-  code_acc   once an epoch (the row at the epoch's end), with labelled data (shapes, MNIST):
-             Q's categorical code against the true class after the best matching (see above);
-             chance is 0.1, the paper about 0.95 on MNIST
+  code_acc   once an epoch, with labelled data: Q's first categorical code (argmax) on that
+             epoch's real images against the true class, after the best one-to-one matching
+             of codes to classes (exact); chance 0.1, the paper's MNIST error about 5%
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python infogan.py --epochs 5                       (built-in shapes, 28 px grayscale)
       python infogan.py --learn-sigma --epochs 5         (the appendix's learned σ)
       python infogan.py --info-weight 0 --epochs 5       (the control: no L_I)
       python infogan.py --dataset mnist --data-root ./data --download
       python infogan.py --generate 100 --resume runs/infogan-shapes-<time>   (+ Fig. 2 grids)
-On a CPU: python infogan.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python infogan.py --preset laptop                  (for a CPU, PRESETS below: up to an hour on one core)
 """
 import argparse
 import math
