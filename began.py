@@ -34,58 +34,32 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
      removing convolution layers", always down to 8x8); the built-in shapes data replaces CelebA.
 Choices where the paper is silent or vague (the paper has no official code; the accepted port
 is carpedm20/BEGAN-tensorflow, whose models.py and trainer.py these follow unless stated):
-  - A stall of M_global, which halves both learning rates (`--lr-decay stall`, the default):
-    every --lr-window steps (default 3750, one epoch of the built-in data at batch 16) the mean
-    M_global of those steps is compared with the mean of the previous window; if it is not at
-    least --stall-tol (1%) lower, the window stalled. The first window is never a stall. This
-    is the rule left commented out in the port's trainer.py; the port itself halves on a fixed
-    schedule, every 100,000 of its 500,000 steps (`--lr-decay fixed --lr-window 100000`). Five
-    windows per run is the port's ratio, five epochs here. The window's running sum and the
-    previous mean are method state, checkpointed with k_t; the lr is in the optimisers' state.
-  - The lr never halves below --lr-floor (2e-5), in both rules: the port's halving is
-    max(lr / 2, 2e-5) (its lr_lower_boundary, which its commented-out stall rule shares). The
-    paper names no floor; `--lr-floor 0` halves without end. A rate already below the floor
-    is left alone, not raised.
-  - Learning rate 1e-4 (the top of the paper's range [5e-5, 1e-4]); the port starts at 8e-5.
-  - Adam's betas (0.9, 0.999): the paper gives none, and the port declares beta1 0.5 in
-    config.py but never passes it (trainer.py builds AdamOptimizer(lr)), so it trains with
-    TensorFlow's defaults (0.9, 0.999), epsilon 1e-8 as here. `--beta1 0.5` is the declared value.
-  - Update order: one Adam step on D (real batch, z_D), then one on G with a fresh z_G through
-    the just-updated D, then k_t from that step's L(x) and L(G(z_G)), as the paper's separate
-    z_D and z_G suggest. The port draws one z and steps both networks from one forward pass.
-  - Encoder as the port: conv to n, then per stage two convs to n*(stage+1) and (but in the
-    last stage) a stride-2 conv keeping the channels, ELU after each; FC to N_h. Decoder: FC
-    to 8x8xn, per stage two convs at n channels, up-sampling between stages, a last conv to the
-    image channels. No output nonlinearity anywhere (no tanh): sample grids are clamped to
-    [-1, 1] when saved. Init: Xavier-uniform weights, zero biases (TF-slim's defaults, which
-    the port uses). Batch 16 is the port's default.
-  - In a step, D sees the real and fake batches as one concatenated batch (no batch norm, so
-    this changes nothing but speed). Under --amp the L1 losses are computed in float32.
-  - A step is one D update and one G update on one real batch; an epoch is a pass over the
-    real data (60,000 shapes / 16 = 3,750 steps). The paper trains for hundreds of thousands
-    of steps (the port: 500,000); five epochs show the dynamics, not the paper's quality.
-  - γ = 0.7 (--gamma), the top of the paper's range 0.3-0.7, where the port and the paper's
-    main results use 0.5: on the built-in shapes and on MNIST, whose black backgrounds D learns
-    to reconstruct within a few hundred steps, γ = 0.5 lets k_t fall to 0 and stay there, and G
-    collapses onto one image; at 0.7 k_t comes back and holds inside (0, 1). Evidence:
-    benchmarks/README.md, "began.py". `--gamma 0.5` is the paper's main setting.
-  - Defaults: λ_k = 0.001, n = 128 filters (--n-filters; the encoder grows n, 2n, 3n, 4n at
-    64 px), `--lr-decay none` keeps the rate.
-    k_t stays on the device (no host sync per step) and comes back on --resume.
-  - Vanishing residuals (--vanishing-residual): the block is the author's, from his
-    tf_img_tech layers.py (copied into the port as layers.py, which the port's models do not
-    use): vout = carry * vout + (1 - carry) * elu(conv(vout)). His layout blends the stride-1
-    convs of each encoder scale and all but the first conv of each decoder scale; here, as the
-    paper words it, every conv whose input and output have the same shape. His training script
-    is not published: carry falls linearly (the paper: "progressively") from 1 at step 0 to 0
-    at --carry-steps (16000, the paper's), a function of the step, so a resumed run goes on
-    exactly; it is a buffer in the state dict, so a loaded G samples with its last carry.
-    Off by default: on the built-in shapes it only delayed the collapse at γ = 0.5, and at 0.7
-    its samples looked like those without it (benchmarks/README.md).
-  - Samples at the laptop size: with γ = 0.7, k_t stays inside (0, 1), but G draws mostly
-    disks and ellipses, not every class: the equilibrium lets G's images be easier to
-    reconstruct than real ones, and D's autoencoder reconstructs small round blobs as well as it
-    reconstructs shapes (benchmarks/README.md, "began.py").
+  - The stall (`--lr-decay stall`, the default, the rule left commented out in the port's
+    trainer.py): every --lr-window steps (3750, one epoch here) the window's mean M_global is
+    compared with the previous window's; less than --stall-tol (1%) lower halves both rates.
+    The port's own schedule, halving every 100,000 steps, is `--lr-decay fixed --lr-window 100000`.
+  - Both rules halve down to --lr-floor 2e-5, the port's lr_lower_boundary (the paper names no
+    floor; `--lr-floor 0` halves without end).
+  - lr 1e-4, the top of the paper's range (the port: 8e-5); Adam's betas (0.9, 0.999), eps 1e-8,
+    what the port trains with (it declares beta1 0.5, `--beta1 0.5`, but never passes it).
+  - Update order: D's Adam step (real batch, z_D), then G's with a fresh z_G through the D just
+    updated, then k_t, as the paper's separate z_D and z_G suggest (the port: one z, one pass).
+  - Networks as the port's: encoder conv to n, then per stage two convs to n*(stage+1) and (but
+    in the last stage) a stride-2 conv; decoder FC to 8x8xn, two convs at n per stage; no output
+    tanh (grids are clamped to [-1, 1]); Xavier-uniform weights, zero biases; batch 16.
+  - D sees the real and fake batches as one batch (no batch norm: only speed changes); under
+    --amp the L1 losses are computed in float32.
+  - γ = 0.7 (--gamma), the top of the paper's range 0.3-0.7, where the port and the paper's main
+    results use 0.5: at 0.5, on the built-in shapes and on MNIST, k_t falls to 0 and G collapses
+    onto one image (benchmarks/README.md, "began.py"). `--gamma 0.5` is the paper's setting.
+  - λ_k = 0.001, n = 128 filters; k_t stays on the device and is checkpointed.
+  - Vanishing residuals (--vanishing-residual, off as the paper's optional improvement): the
+    author's block (tf_img_tech layers.py) on every conv whose input and output have the same
+    shape, carry falling linearly from 1 to 0 over --carry-steps (16000, the paper's); carry is
+    a function of the step and a buffer of the state dict.
+A step is one D update and one G update on one real batch; an epoch is a pass over the real
+data (60,000 shapes / 16 = 3,750 steps). The paper trains for hundreds of thousands of steps
+(the port: 500,000); five epochs show the dynamics, not the paper's quality.
 
 Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in losses.png):
   loss_D    D's loss L(x) - k_t L(G(z_D)), with the k_t of this step
@@ -100,14 +74,13 @@ Logged (metrics.csv, besides step, epoch and images_per_s; M_global is also in l
   lr        both networks' Adam learning rate in this step, halving at each stall (stored as
             float32, so 1e-4 shows as 9.99999e-05)
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python began.py --epochs 5                      (built-in shapes, 64 px, no download)
       python began.py --gamma 0.5 --epochs 5          (the paper's main setting: less diversity)
       python began.py --lr-decay fixed --lr-window 100000   (the port's lr schedule)
       python began.py --dataset celeba --data-root ./data
       python began.py --generate 64 --resume runs/began-shapes-<time>
-On a CPU: python began.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python began.py --preset laptop                 (for a CPU, PRESETS below: up to an hour on one core)
 """
 import argparse
 import math
