@@ -22,19 +22,16 @@ Paper -> code:
   RMSProp, lr 3e-4, batch 64                                         -> parse_args, build
   The pixel-VAE baseline of the comparisons (same networks)          -> --recon pixel
 
-Sign convention: Alg. 1 has Dis *descend* L_GAN and Dec descend γL_llike - L_GAN, i.e. ascend
-L_GAN. We keep Dis(x) = sigmoid(logit) = P(x is real), so the L_GAN that Dis descends is the
-negated log-likelihood form: L_GAN = -[log Dis(x) + log(1 - Dis(x̃)) + log(1 - Dis(x_p))]
-(the same game as the paper's log Dis(x) + log(1 - Dis(·)) maximised by Dis). The decoder's
-GAN gradient is the exact negative of Dis's: the minimax game, as in Alg. 1 and the official
-code (andersbll/autoencoding_beyond_pixels), not the non-saturating generator loss.
+Sign convention: Alg. 1 has Dis *descend* L_GAN and Dec ascend it. We keep Dis(x) =
+sigmoid(logit) = P(x is real), so Dis descends L_GAN = -[log Dis(x) + log(1 - Dis(x̃)) +
+log(1 - Dis(x_p))], and the decoder's GAN gradient is the exact negative of Dis's: the minimax
+game of Alg. 1 and the official code (andersbll/autoencoding_beyond_pixels), not the
+non-saturating generator loss.
 
-Normalisation and γ: L_llike is ½ Σ (Dis_l(x̃) - Dis_l(x))² summed over the features of an
-image, L_prior summed over the latent dimensions, each L_GAN term the mean of -log(...) over its
-batch; everything is then averaged over the batch. The official code sums all of these over
-the batch (and divides the learning rate by the batch size), which has the same ratios, so its
-CelebA weight recon_vs_gan_weight = 1e-6 (decoder gradient w ∇L_llike - (1 - w) ∇L_GAN) is
-γ = w / (1 - w) ≈ 1e-6 here; that is the default.
+Normalisation and γ: L_llike is ½ Σ (Dis_l(x̃) - Dis_l(x))² over an image's features, L_prior a
+sum over the latent dimensions, each L_GAN term a mean of -log(...); all then averaged over the
+batch. The official code sums over the batch instead (same ratios), so its CelebA weight
+recon_vs_gan_weight w = 1e-6 is γ = w / (1 - w) ≈ 1e-6 here, the default.
 
 Deviations from the paper (each tagged `# DEVIATION:` below):
   1. Losses on logits (binary_cross_entropy_with_logits / softplus) rather than a sigmoid and
@@ -44,38 +41,26 @@ Deviations from the paper (each tagged `# DEVIATION:` below):
 Choices where the paper is silent or sources differ (official code: architectures.py, aegan.py):
   - Dis_l is the 4th conv's raw output, before its BN and ReLU (the official recon_depth = 9).
   - The encoder's dense layer has 2048 units (the paper); the official code has 1024.
-  - Dis sees [x, x̃, x_p] as one batch (one set of BN statistics); the official code runs one
-    batch for L_GAN and another, [x̃, x], for Dis_l. With --no-recon-fakes x̃ still passes
-    through Dis (for Dis_l) but its logits leave L_GAN (as in the official CelebA script).
-  - Dec decodes [z, z_p] as one batch, for speed (one decoder pass instead of two), where
-    Alg. 1 writes X̃ = Dec(Z) and X_p = Dec(Z_p) apart and the official code decodes z alone for
-    L_llike and [z, z_p] again for L_GAN. In training Dec's BN statistics are then shared, so
-    x̃ (and L_llike, recon_mse and the encoder's gradient) depends on that step's z_p draws, and
-    the x̃ in L_GAN is the one in L_llike. --recon pixel has no z_p: Dec sees z alone. Sample
-    and reconstruction grids use BN's running statistics and are unaffected.
+  - Dis sees [x, x̃, x_p] as one batch (one set of BN statistics; the official code runs [x̃, x]
+    apart for Dis_l). --no-recon-fakes leaves x̃'s logits out of L_GAN (official CelebA script).
+  - Dec decodes [z, z_p] as one batch (one pass; Alg. 1 and the official code decode z alone
+    for L_llike), so in training x̃ shares BN statistics with x_p; --recon pixel has no z_p.
   - The three L_GAN terms weigh equally (the paper's sum); the official code weighs real
     against generated 1:1, i.e. each fake kind half as much as here.
   - RMSProp smoothing 0.9 (the official code's deeppy default; PyTorch's is 0.99), constant
     learning rate and no weight decay (the official code anneals the rate and uses 1e-5 decay).
   - PyTorch's default initialisation. Reconstruction grids and the held-out error decode
-    z = μ(x) (no noise), a choice made here: the official encoder always samples
-    z = μ + σ·ε, also in its test phase (NormalEncoder.encode in model/ae.py), so its
-    reconstructions are single draws from q(z|x). Training samples z as both do.
-  - The official code's update gating (skip Dis's update when it is far ahead, Dec's when it
-    is far behind) is `--gate`, off by default: Dis's update is skipped when one of its costs
-    -log Dis(x), -log(1 - Dis(fake)) falls below --equilibrium - --margin (0.68 - 0.35), the
-    decoder's when one rises above 0.68 + 0.35; one host sync per step. What it does early in
-    a CPU run: benchmarks/README.md, "vaegan.py".
+    z = μ(x) (the official encoder samples z also at test time); training samples z as both do.
+  - The official update gating is `--gate`, off as Alg. 1 has none: Dis's update is skipped
+    when -log Dis(x) or -log(1 - Dis(fake)) is below --equilibrium - --margin (0.68 - 0.35),
+    the decoder's when one is above 0.68 + 0.35; one host sync per step.
   - `--width` w scales every network (default 32, the paper's widths at 64 px).
-
 An epoch is one pass over the data, one step (all three updates) per batch: 937 steps of 64 on
 the 60,000 built-in shapes.
 
-At the end of training, and with `--generate N`, a reconstruction grid is written
-(samples/reconstructions.png; generated-<time>/reconstructions.png): rows of 8 inputs, each
-above the row of their reconstructions Dec(μ(x)), for images the model never saw (the shapes'
-test stream; other datasets: their first images). Their mean squared pixel error is printed,
-and main() returns it as heldout_recon_mse.
+Reconstructions: at the end of training and with `--generate N`, reconstructions.png holds rows
+of 8 held-out inputs (the shapes' test stream; other datasets: their first images), each above
+its row of Dec(μ(x)); their mean squared pixel error is printed and returned as heldout_recon_mse.
 
 Logged (metrics.csv, besides step, epoch and images_per_s):
   L_prior          KL(q(z|x) ‖ N(0, I)), summed over the latent dimensions, mean over the batch
@@ -89,12 +74,11 @@ Logged (metrics.csv, besides step, epoch and images_per_s):
                    reconstructions and the prior samples
   Dec_updated, Dis_updated   with --gate: the fraction of steps in which each was updated
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python vaegan.py --epochs 5                    (built-in shapes, 64 px, no download)
       python vaegan.py --recon pixel --epochs 5      (the plain VAE baseline, same networks)
       python vaegan.py --generate 64 --resume runs/vaegan-shapes-<time>
-On a CPU: python vaegan.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python vaegan.py --preset laptop               (for a CPU, PRESETS below: up to an hour on one core)
 """
 import argparse
 
