@@ -21,48 +21,41 @@ Paper -> code:
                                                         -> GBlock, DBlock, Generator, Discriminator
 
 Deviations from the paper (each tagged `# DEVIATION:` below):
-  1. 64 px instead of ImageNet 128 px: one residual block fewer in each network (G: 4x4 with
-     16*ch channels, then 8*ch, 4*ch, 2*ch, ch at 64x64; D: ch at 32x32 up to 8*ch at 4x4 and
-     a last 8*ch block without downsampling); attention on the 32x32 maps of both. Any
-     power-of-two size from 16 to 256 works: the same width rule (G: ch*min(16, S/r) channels
-     at resolution r; D: ch*min(16, S/2r)), which gives the official network at 128 px; the
-     attention block goes at min(32, S/2) (paper Table 1: 32x32 was best at 128 px; below 64 px
-     the 64-px placement at half the image side), or at --attention-res R.
+  1. 64 px instead of ImageNet 128 px: one residual block fewer in each network, attention on
+     the 32x32 maps of both. Any power of two from 16 to 256 works, with the width rule that
+     gives the official network at 128 px (G: ch*min(16, S/r) channels at side r; D:
+     ch*min(16, S/2r)) and attention at min(32, S/2) (Table 1: 32x32 was best at 128 px).
   2. Default width ch = 32 (the official code: 64), so that `--epochs 5` on the 60,000 shapes
      takes minutes on one GPU; `--ch 64` is the official width.
   3. The built-in shapes (10 classes, class-conditional) replace ImageNet. Data without labels
      (an unlabelled folder, celeba, lsun) or `--unconditional` trains the unconditional
      variant: plain BN in G and no projection term in D (not in the paper).
-Choices where the paper is silent or sources differ:
-  - The attention block is the paper's form: f, g, h all C/8 channels (C̄ = C/8, Sec. 3), W_v back
-    to C, every position a key. The official code gives h C/2 channels and 2x2 max-pools keys and
-    values (N/4 keys); it is cheaper, not what the paper writes. The 1x1 convs have no bias.
-  - Labels of the fake batch: the real batch's labels, a draw of y ~ p_data as the paper's L_D
-    and L_G write it (the official code draws them uniformly; the shapes classes are balanced).
+Choices where the paper is silent or sources differ (official code: the repository above):
+  - The attention block is the paper's (Sec. 3): f, g, h all C/8 channels, W_v back to C, every
+    position a key, 1x1 convs without bias; the official block (h C/2, 2x2 max-pooled keys) is not.
+  - Adam β2 = 0.9 (the paper, Sec. 5); the official code builds AdamOptimizer(lr, beta1), so it
+    trains with TensorFlow's default β2 = 0.999 (`--beta2 0.999`).
+  - G's BN running averages (its samples use them): PyTorch's momentum 0.1, a decay of 0.9 per
+    step; the paper is silent; the official code decays them at 0.999 (conditional BN) and
+    0.9999 (G's last BN, an average that after a short run still leans on its initial values).
+  - Labels of the fake batch: the real batch's, a draw of y ~ p_data as the paper's L_D and L_G
+    write it (the official code draws them uniformly; the shapes classes are balanced).
   - G's update reuses the z and labels D just saw (as dcgan.py); the official code draws fresh z.
   - Spectral norm (1 power iteration) on every conv and linear of G and D and on D's class
-    embedding (official `sn_embedding`); not on G's per-class BN gains and biases (the official
-    ConditionalBatchNorm's plain variables, initialised to 1 and 0).
-  - D sees the real and fake batch as one concatenated batch (D has no batch norm, so this is
-    the same function) and updates its power-iteration vectors once per D step; in G's step D
-    is in eval mode, which here only freezes those vectors (the official update_collection="NO_OPS").
-  - Batch 64 (the paper does not give it), a quarter of the official code's 256: 4 towers
-    (--num_towers 4) of --batch_size 64 each, their gradients averaged. `--batch-size 256` is
-    the official batch; under torchrun on 4 GPUs each process has 64, as each tower (with its
-    own BN statistics). z ~ N(0, I)^128; Glorot-uniform init, zero biases (official ops.py);
-    nearest-neighbour upsampling, 2x2 average pooling; G's last BN is unconditional. Spectral
-    norm in G as in the paper (Sec. 4 and 5) and the official generator.py, whose generator()
-    and default generator_test() build G from snlinear and snconv2d (only the unused
-    generator_old() has none).
-  - A step is one D update and one G update on one real batch; an epoch is one pass over the data
-    (937 steps at batch 64 on the 60,000 built-in shapes).
+    embedding (paper Sec. 4; official generator() and sn_embedding); not on G's per-class BN
+    gains and biases (the official plain variables, initialised to 1 and 0).
+  - D sees the real and fake batch as one batch (no BN in D: the same function) and updates its
+    power-iteration vectors once per D step; in G's step D is in eval mode, which freezes them
+    (the official update_collection="NO_OPS").
+  - Batch 64 (the paper gives none): the official code's per-tower batch (4 towers of 64,
+    gradients averaged); `--batch-size 256` is its global batch. z ~ N(0, I)^128; Glorot-uniform
+    init, zero biases; nearest-neighbour upsampling, 2x2 average pooling; G's last BN is plain.
+A step is one D update and one G update on one real batch; an epoch is one pass over the data
+(937 steps at batch 64 on the 60,000 built-in shapes).
 
-Samples: the per-epoch grids are 10 rows of 10 from a fixed latent, row r from class r.
-`--generate N --resume RUN` draws the classes uniformly; `--class K` draws every sample from
-class K (an out-of-range K, or --class with an unconditional model, is refused). With attention
-it also writes attention.png (the paper's Fig. 1): for the first (up to 8) samples, the sample
-beside the attention map of one query position (green: the brightest cell of G's 32x32
-attention map) over the image. Data without labels is trained unconditionally, with a note.
+Samples: the per-epoch grids are 10 rows of 10, row r from class r. `--generate N` draws the
+classes uniformly (`--class K`: all from class K) and, with attention, writes attention.png (the
+paper's Fig. 1): samples beside the attention map of one query position (green) of G's block.
 
 Logged (metrics.csv, besides step, epoch and images_per_s):
   loss_D            D's hinge loss mean relu(1 - D(x)) + mean relu(1 + D(G(z))): 2 when D
@@ -73,13 +66,12 @@ Logged (metrics.csv, besides step, epoch and images_per_s):
   gamma_G, gamma_D  the attention blocks' γ in G and D: 0 at the start; how much each network
                     has come to use attention (absent with --no-attention)
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python sagan.py --epochs 5                             (built-in shapes, 64 px, conditional)
       python sagan.py --no-attention --epochs 5              (the ablation: same network, no attention)
       python sagan.py --unconditional --epochs 5
       python sagan.py --generate 64 --class 3 --resume runs/sagan-shapes-<time>
-On a CPU: python sagan.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python sagan.py --preset laptop                        (for a CPU, PRESETS below: up to an hour on one core)
 """
 from __future__ import annotations
 
@@ -109,7 +101,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr-d", type=common.positive_float, default=4e-4, help="D's Adam lr (Sec. 5, TTUR: 0.0004)")
     p.add_argument("--lr-g", type=common.positive_float, default=1e-4, help="G's Adam lr (Sec. 5, TTUR: 0.0001)")
     p.add_argument("--beta1", type=common.unit_interval, default=0.0, help="Adam beta1 (Sec. 5: 0)")
-    p.add_argument("--beta2", type=common.unit_interval, default=0.9, help="Adam beta2 (Sec. 5: 0.9)")
+    p.add_argument("--beta2", type=common.unit_interval, default=0.9,
+                   help="Adam beta2 (Sec. 5: 0.9; the official code: TensorFlow's default, 0.999)")
     p.add_argument("--no-attention", action="store_true",
                    help="leave out both attention blocks (the paper's SNGAN-projection baseline)")
     p.add_argument("--attention-res", type=common.positive_int, default=None,
@@ -205,6 +198,7 @@ class CondBatchNorm2d(nn.Module):
     def __init__(self, channels: int, num_classes: int):
         super().__init__()
         self.num_classes = num_classes
+        # running averages with PyTorch's momentum 0.1 (decay 0.9); official code: decay 0.999
         self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
         if num_classes:
             self.gain = nn.Embedding(num_classes, channels)
@@ -269,7 +263,7 @@ class Generator(nn.Module):
         self.linear = sn_linear(nz, self.top * 4 * 4)
         self.blocks = nn.ModuleList(GBlock(a, b, num_classes) for a, b in zip(width, width[1:]))
         self.attention = SelfAttention(width[int(math.log2(attention_res)) - 2]) if attention_res else None
-        self.bn = nn.BatchNorm2d(ch)
+        self.bn = nn.BatchNorm2d(ch)  # momentum 0.1 (decay 0.9); official code: decay 0.9999
         self.conv = sn_conv(ch, channels, 3)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
