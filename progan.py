@@ -24,71 +24,51 @@ Paper -> code:
 
 Depth and alpha: `depth` d means a 4*2^d pixel network (0: 4x4); during a fade-in phase of
 depth d, alpha rises from 0 (only the upsampled depth-(d-1) output counts) to 1 (only the new
-layers count). Both are a function of the real images seen so far (`schedule`), which is
-method state saved in every checkpoint: a run stopped mid-fade resumes with the same alpha.
+layers count). Both are a function of the real images seen so far (`schedule`), saved in every
+checkpoint: a run stopped mid-fade resumes with the same alpha.
 
 What a run is: `--epochs E` means E x (dataset size) real images shown to D in all (the
-official code's total_kimg); the schedule is 4x4 for --images-per-phase images, then for each
-new resolution a fade-in and a stabilise phase of --images-per-phase images each; the final
-resolution trains on until the run ends. Defaults: 30,000 images per phase, so the 60,000
-built-in shapes reach 64x64 after 240,000 images (epoch 4) and `--epochs 5` stabilises at
-64x64 for the last 60,000. A step is one D update then one G update on one real batch, whose
-size depends on the resolution (--batch-size, --batch-sizes).
+official total_kimg): 4x4 for --images-per-phase images, then a fade-in and a stabilise phase
+of --images-per-phase images for each new resolution; the final resolution trains on until the
+run ends. With 30,000 images a phase the 60,000 built-in shapes reach 64x64 after 240,000
+images, so `--epochs 5` stabilises at 64x64 for the last 60,000. A step is one D update then
+one G update on one real batch, whose size depends on the resolution (--batch-sizes).
 
 Deviations from the paper (each tagged `# DEVIATION:` below):
   1. 30,000 images per phase by default (paper: 800k; official code: 600k), so that one short
      GPU run grows to 64 px on the built-in shapes. `--images-per-phase 800000` is the paper.
   2. The built-in shapes replace CelebA-HQ / LSUN / CIFAR-10, and the final size is a flag
      (default 64; any power of two from 8).
-Choices where the paper is silent or sources differ:
-  - Optimiser state is reset whenever the phase changes, i.e. at the start of every fade-in
-    and of every stabilise phase: the official code's reset_opt_for_new_lod fires when the
-    floor or the ceiling of its level of detail changes, which is both.
-  - G's first layer is the paper's "Conv 4x4" on the 1x1 latent (Table 2), written as that
-    conv with padding 3: a dense layer with per-channel bias, whose fan-in 16*nz gives the
-    official dense layer's scale (gain sqrt(2)/4 on fan-in nz). It computes 16x the MACs of
-    the dense form, which is under 1% of a step at 64 px.
-  - Widths: nf(stage) = min(fmap_base / 2^stage, fmap_max), official defaults 8192 and 512
-    (512 channels up to 32x32, then halving); latent size 512.
-  - Real batches are drawn uniformly at random from the data (with replacement), at the
-    final size, and box-filtered on the device to the current resolution (2x2 average
-    pooling repeated: the official multi-resolution dataset is made the same way). Datasets
-    read from disk (celeba, lsun, folder) are then read in the main process, without
-    DataLoader workers: slower than the other scripts on those.
-  - Minibatch stddev over the whole batch by default: Sec. 3 takes it "over the minibatch", and
-    the configuration that produced the paper's results (the official preset-v1, group size 16
-    with batches of 16 or fewer; the Theano original's averaging over all) does that. The
-    later official v2 default, groups of 4, is `--mbstd-group 4`; a group size must divide
-    every batch of the run (the official code asserts it), so 4 needs --batch-sizes without
-    the paper's 14, 6 and 3. Under torchrun the batch is each process's share, as the official
-    multi-GPU code computes the statistic on each GPU's part.
-  - The gradient penalty's norm is taken in final-size pixels (the paper is silent): the
-    official code (both versions) feeds D final-size images at every stage, the current
-    resolution's upscaled by nearest neighbour, and D box-filters them down, so its
-    ||grad D(x_hat)|| at resolution r of a final size F is the current-resolution norm divided
-    by F / r. gradient_penalty computes it at the current resolution and divides (tested equal
-    to the upscaled form). A current-resolution norm would hold 4x4 to a Lipschitz target
-    F / 4 times tighter, and the target would jump at every new resolution.
-  - Mirror augmentation (each real image flipped left-right with probability 1/2, the
-    official mirror_augment) is on for celeba and lsun by default, as both official versions
-    train CelebA(-HQ) and LSUN with it (the Theano original: all LSUN categories but the full
-    bedroom and dog sets); off for the rest, the shapes included. `--mirror on|off` overrides.
-  - No learning-rate ramp-up: the Theano original raises the rate over the first 40k images
-    (factor exp(-5 (1 - t)^2)); App. A.1 names no ramp-up and the official TensorFlow release,
-    whose preset-v1 reproduces the paper, has none.
-  - G's weight average (0.999 per step) is updated after each G step; the official code runs
-    it with the D step, which is the same sequence one step earlier. Sample grids and
-    --generate use the averaged G.
+Choices where the paper is silent or sources differ (official code: tkarras/progressive_growing_of_gans):
+  - Optimiser state is reset at the start of every fade-in and of every stabilise phase, as
+    the official reset_opt_for_new_lod fires at both.
+  - G's first layer is Table 2's "Conv 4x4" on the 1x1 latent (a conv with padding 3: a dense
+    layer with the official dense layer's scale).
+  - Widths nf(stage) = min(fmap_base / 2^stage, fmap_max), official 8192 and 512; latent 512.
+  - Real batches are drawn uniformly at random, with replacement, at the final size and
+    box-filtered on the device to the current resolution, as the official dataset is made
+    (celeba, lsun and folder are then read without DataLoader workers).
+  - Minibatch stddev over the whole batch (Sec. 3, "over the minibatch"; the official preset-v1
+    and the Theano original, which produced the paper's results); the official v2 default,
+    groups of 4, is `--mbstd-group 4`, which must divide every batch of the run.
+  - The gradient penalty's norm is taken in final-size pixels, as the official code's D sees
+    final-size images at every stage: at resolution r of a final size F, the current-resolution
+    norm divided by F / r (tested equal to the upscaled form). The paper is silent.
+  - Mirror augmentation (official mirror_augment) on for celeba and lsun, as both official
+    versions train them with it; off for the rest, the shapes included (`--mirror on|off`).
+  - No learning-rate ramp-up: App. A.1 names none, nor does the official TensorFlow release
+    (the Theano original has one).
+  - G's weight average (0.999) is updated after each G step (the official code: with the D
+    step, the same sequence); sample grids and --generate use the averaged G.
   - The schedule advances every step (the official code every 4 minibatches).
   - `--compile` compiles G's stages only: torch.compile does not support the double backward
     through D that the gradient penalty needs.
   - Batch 16 up to 128 px, then --batch-sizes 256:14,512:6,1024:3 (App. A.1).
 
 A run that ends before its schedule does stops at a lower resolution: resume it with more
---epochs. A checkpoint is written at every phase change as well as after each epoch. Sample
-grids (from the averaged G on the fixed latent, shown at the final size, nearest-neighbour) are
-written after each epoch, at the end, and at the end of each resolution: samples/res-004.png,
-res-008.png, ... res-064.png, which show how the run grows (a CPU run's: benchmarks/README.md).
+--epochs. A checkpoint is written at every phase change and after each epoch. Sample grids
+(the averaged G on the fixed latent, shown at the final size) are written after each epoch, at
+the end, and at the end of each resolution: samples/res-004.png ... res-064.png show the growth.
 
 Logged (metrics.csv, besides step, epoch and images_per_s; epoch is real images drawn /
 dataset size, and images_per_s counts real images, whose batch changes with the resolution):
@@ -99,14 +79,13 @@ dataset size, and images_per_s counts real images, whose batch changes with the 
   resolution  the resolution trained (a mean over the interval: fractional across a change)
   alpha       the fade-in α (1 outside fade-in phases)
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python progan.py --epochs 5                           (built-in shapes to 64x64, no download)
       python progan.py --images-per-phase 800000 --epochs 200     (the paper's schedule)
-      python progan.py --batch-sizes 4:128,8:128,16:128,32:64,64:32 --epochs 5   (the official 1-GPU batches)
+      python progan.py --mbstd-group 4 --batch-sizes 4:128,8:128,16:128,32:64,64:32   (official v2, 1-GPU batches)
       python progan.py --dataset celeba --final-size 128 --data-root ./data --epochs 20
       python progan.py --generate 64 --resume runs/progan-shapes-<time>   (at the resolution reached)
-On a CPU: python progan.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python progan.py --preset laptop                      (for a CPU, PRESETS below: up to an hour on one core)
 """
 import argparse
 import copy
@@ -158,7 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "code 600k; the default reaches 64 px at epoch 4 of the 60,000 built-in shapes)")
     p.add_argument("--batch-sizes", default="256:14,512:6,1024:3",
                    help="batch size per resolution, RES:N,... overriding --batch-size (App. A.1: 16 up "
-                        "to 128 px, then 14, 6, 3; the official 1-GPU preset is 4:128,8:128,16:128,32:64,64:32)")
+                        "to 128 px, then 14, 6, 3; the official v2 1-GPU preset is 4:128,8:128,16:128,32:64,64:32, "
+                        "with --mbstd-group 4)")
     p.add_argument("--nz", type=common.positive_int, default=512, help="latent size (Table 2: 512)")
     p.add_argument("--fmap-base", type=common.positive_int, default=8192,
                    help="channels at stage s are min(fmap_base / 2^s, fmap_max) (official code: 8192)")
