@@ -31,54 +31,40 @@ Paper -> code:
 Deviations from the paper (each tagged `# DEVIATION:` below):
   1. The identity loss is on by default (weight 0.5·λ = 5), as in the official code; the paper
      uses it only for painting -> photo (Sec. 5.2). `--lambda-idt 0` gives the paper's other runs.
-  2. Built-in shapes at 64 px (6 residual blocks) replace the paper's 256 px photos. At 64 px
-     the PatchGAN's output map is 6x6 and each output's 70x70 field covers most of the image
-     (47 to 63 of its 64 pixels each way). Any multiple of 4 from 24 px works (G halves the
-     side twice; D needs 24 px for one output).
-  3. Augmentation (official code: resize to 286, random 256 crop, random flip) is applied on
-     the device to folder data, with the load size scaled as 286/256 of --image-size; it is off
-     on the shapes by default (`--augment on` turns it on), whose test split is drawn uncropped.
-     The official code resizes every image to load_size x load_size, ignoring its aspect ratio;
-     here (common.ImageFiles, as for every folder dataset) the shorter side is scaled to the
-     load size and the centre square kept. The same for square photos (horse2zebra); a wide
-     image loses its edges instead of being squeezed.
+  2. Built-in shapes at 64 px (6 residual blocks) replace the paper's 256 px photos; there the
+     PatchGAN's map is 6x6, each output's 70x70 field covering most of the image. Any multiple
+     of 4 from 24 px works (G halves the side twice; D needs 24 px for one output).
+  3. Augmentation (official code: resize to 286, random 256 crop, random flip) on the device,
+     for folder data, the load size 286/256 of --image-size; off on the shapes by default
+     (`--augment on`). Folder images are scaled on the shorter side and centre-cropped, where
+     the official code squeezes them to load_size x load_size.
   4. An epoch is one pass over domain A, with a random B image drawn for each A image, as the
      official code draws B; the official epoch has max(|A|, |B|) steps. Equal on the shapes.
 Choices where the paper is silent or sources differ (from junyanz/pytorch-CycleGAN-and-pix2pix):
-  - ‖·‖₁ in Eqs. (2) and the identity loss is the mean absolute error per pixel (nn.L1Loss),
+  - ‖·‖₁ in Eq. (2) and the identity loss is the mean absolute error per pixel (nn.L1Loss),
     the scale λ = 10 was used with; the LSGAN terms are means over the patch map.
   - The PatchGAN's C512 and its output conv have stride 1 (App. 7.2 writes stride 2 for every
     Ck): this is what makes the receptive field 70x70 and the map 30x30 at 256 px.
   - G's last layer is conv + tanh (no norm, no ReLU); every conv has a bias (instance norm has
     no affine parameters); downsampling convs pad with zeros, the 7x7 and residual convs reflect.
-  - lr factor per epoch e (from 0): 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1),
-    stepped at the end of each epoch: 100 epochs at the full rate, then 100 falling linearly,
-    the last at lr / (n_epochs_decay + 1) (lr / 101), not at 0. This is Sec. 4 and the official
-    code while its train.py stepped at the end of each epoch (the niter / niter_decay versions:
-    lambda_rule 1 - max(0, epoch + epoch_count - niter) / (niter_decay + 1)). The current
-    official master calls update_learning_rate() at the start of each epoch with the same
-    rule, which moves the schedule one epoch earlier: 99 epochs at the full rate, the decay
-    from the 100th, and the 200th at lr 0.
+  - lr factor per epoch e (from 0): 1 - max(0, e + 1 - n_epochs) / (n_epochs_decay + 1), stepped
+    at each epoch's end (Sec. 4 and the official niter / niter_decay rule): 100 epochs at the
+    full rate, then 100 falling linearly, the last at lr / 101.
   - --no-cycle removes the cycle terms only; the identity term keeps its weight (5). The paper's
     "GAN alone" row (its Cityscapes runs had no identity term) is `--no-cycle --lambda-idt 0`.
   - --epochs is how far this invocation trains; the lr schedule always follows --n-epochs and
     --n-epochs-decay (default --epochs: their sum, the whole schedule).
 
-Data: the built-in two-domain shapes (1,000 images a domain by default, the size of the paper's
-datasets), or `--dataset folder --data-root DIR` in the public CycleGAN layout DIR/trainA,
-DIR/trainB (and testA, testB; a folder without them is translated from its first training
-images, and the script says so). A step is one image of each domain: an A image in shuffled
-order, a B image drawn at random. An epoch on the built-in data is 1,000 steps. `--epochs 5`
-alone stops 5 epochs into the 200-epoch schedule at the full lr (it says so), and
-`--resume RUN --epochs 200` carries on with the same schedule; for a short run that decays,
-shrink the schedule itself (--n-epochs 3 --n-epochs-decay 2).
+Data: the built-in two-domain shapes (1,000 images a domain, the size of the paper's datasets),
+or `--dataset folder --data-root DIR` in the layout DIR/trainA, DIR/trainB (and testA, testB).
+A step is one image of each domain: an A image in shuffled order, a B image drawn at random; an
+epoch on the built-in data is 1,000 steps. A short run that decays shrinks the schedule itself
+(--n-epochs 3 --n-epochs-decay 2); `--epochs 5` alone stops 5 epochs into the 200.
 
 Samples: samples/epoch-NNN.png holds six fixed test pairs, one a row:
 a | G_AB(a) | G_BA(G_AB(a)) | b | G_BA(b) | G_AB(G_BA(b)). `--generate N` translates the first N
-test images each way into translated-<time>/ in the run folder: pages of rows input |
-translated | reconstructed (A2B-000.png, B2A-000.png, 32 rows a page) and each translation alone
-(A2B/00000.png, ...). On the shapes it also prints the paired errors (below) against the
-identity mapping's |a - b|.
+test images each way into translated-<time>/ (rows input | translated | reconstructed, and each
+translation alone) and, on the shapes, prints the paired errors (below).
 
 Logged (metrics.csv, besides step, epoch and images_per_s; the LSGAN and L1 terms unweighted;
 images_per_s counts A images, so at batch 1 it is steps per second):
@@ -96,14 +82,13 @@ images_per_s counts A images, so at batch 1 it is steps per second):
                          error on 200 test pairs, mean |G_AB(a) - b| and |G_BA(b) - a| per pixel
                          in [-1, 1] units (the identity mapping scores 0.194)
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python cyclegan.py --n-epochs 3 --n-epochs-decay 2     (quick: the whole schedule in 5 epochs)
       python cyclegan.py                                     (the paper's 100 + 100 epochs)
       python cyclegan.py --no-cycle --n-epochs 3 --n-epochs-decay 2   (the ablation)
       python cyclegan.py --dataset folder --data-root ./horse2zebra --image-size 256
       python cyclegan.py --generate 100 --resume runs/cyclegan-shapes-<time>
-On a CPU: python cyclegan.py --preset laptop
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python cyclegan.py --preset laptop                     (for a CPU, PRESETS below: up to an hour on one core)
 """
 import argparse
 from datetime import datetime
