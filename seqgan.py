@@ -24,12 +24,10 @@ Paper -> code:
   Hyperparameters, schedule and initialisation follow the official code (LantaoYu/SeqGAN:
   sequence_gan.py, generator.py, discriminator.py, rollout.py, target_lstm.py).
 
-Rollouts are batched: every prefix length t = 1..T-1 and all N rollouts of every sequence are
-one batch of (T-1)·N·B rows, filled by one loop over the T positions: G_β reads each sequence
-once, and the N rollouts of the prefix Y_{1:t} join the batch at position t+1 with G_β's state
-after it; there is no loop over samples, prefixes or rollouts, and no token is drawn that a
-prefix fixes. Tokens are drawn from softmax(logits) by inverse CDF (sample_categorical), the
-same categorical distribution as torch.multinomial at a tenth of its cost on a CPU.
+Rollouts are batched: every prefix length and all N rollouts of every sequence are one batch of
+(T-1)·N·B rows, filled by one loop over the T positions, G_β reading each sequence once. Tokens
+are drawn by inverse CDF (sample_categorical), the same categorical distribution as
+torch.multinomial, and cheaper.
 
 Deviations from the paper and the official code (each tagged `# DEVIATION:` below):
   1. The default schedule is shortened so a run takes minutes on a GPU: 10 rounds of D
@@ -37,54 +35,39 @@ Deviations from the paper and the official code (each tagged `# DEVIATION:` belo
      official 120 epochs. The paper's full schedule: --d-pretrain-rounds 50 --epochs 200.
   2. D's windows longer than the sequence are left out (only with --seq-len < 20, where they
      have no valid position); at length 20 D has all 12 window sizes, 1,720 filters.
-  3. --text (real text) is an extension: one line a sequence, cut or padded with <pad> to
-     --seq-len, vocabulary from the training lines with <unk>; the paper's real-data
-     experiments (poems, speeches, music) are scored with BLEU, here by held-out NLL.
+  3. --text (real text) is an extension, scored by held-out NLL; the paper's real-data
+     experiments (poems, speeches, music) are scored with BLEU.
 Choices where the paper is silent or the sources differ:
-  - Rollout policy: Alg. 1 sets β ← θ after every iteration; that is the default
-    (--rollout-update-rate 0). The official code means β ← 0.8β + 0.2θ (embedding copied):
-    --rollout-update-rate 0.8. (As written in TF, its update_params rebuilds units that the
-    already-built rollout graph never reads, so the official runs in effect used β = θ too.)
+  - Rollout policy: Alg. 1's β ← θ after every iteration (--rollout-update-rate 0, the default);
+    the official code's β ← 0.8β + 0.2θ (embedding copied) is --rollout-update-rate 0.8.
   - pg_loss sums over batch and time, as the official g_loss (no baseline, no discount, no
     mean); the paper writes an expectation.
   - G and the oracle: one bias per gate as the official LSTM cell (PyTorch's second LSTM bias
     is held at zero). Separate Adam states for MLE and policy gradient, as the official code.
-  - Data order as the official loaders: MLE batches in a fixed order; D's real + generated
-    set is shuffled once per d-step and passed k times in that order (last partial batch
-    dropped). Exactly --num-samples oracle sequences and as many negatives, and --eval-samples
-    G samples for NLL_oracle, 10,000 each as the paper's training set. The official
-    generate_samples draws int(10000 / 64) = 156 whole batches of 64, so the official runs
-    used 9,984 for each of the three (sequence_gan.py, generated_num = 10000);
-    --num-samples 9984 --eval-samples 9984 is that. The difference moves NLL_oracle's
-    standard error by 0.08% and D's batches not at all (312 of 64 either way).
-  - NLL is evaluated before training (the untrained G: nearly uniform tokens) and every
-    --eval-every generator epochs, on samples drawn with their own RNG, so evaluating never
-    changes the training run. The MLE baseline (--mle-only) pretrains identically and then
-    continues MLE for --epochs epochs in place of the adversarial ones.
+  - Data order as the official loaders: MLE batches in a fixed order; D's real + generated set
+    shuffled once per d-step and passed k times (last partial batch dropped).
+  - --num-samples and --eval-samples 10,000 each, the paper's training set; the official
+    generate_samples makes 9,984 (156 batches of 64): --num-samples 9984 --eval-samples 9984.
+  - NLL is evaluated before training and every --eval-every generator epochs, on samples drawn
+    with their own RNG, so evaluating never changes the run. The MLE baseline (--mle-only)
+    pretrains identically, then continues MLE for --epochs epochs instead of adversarial ones.
   - Highway layers: TF's default init (Glorot uniform, biases too) as the official code.
 
-The oracle: without --oracle a fresh N(0, 1) oracle is drawn from --seed, so runs with different
-seeds have different oracles. The paper's own oracle is the official repository's
-save/target_params_py3.pkl (github.com/LantaoYu/SeqGAN; not shipped here), given as --oracle
-FILE. The oracle and its samples are saved in the checkpoint. The MLE baseline's run of a seed
-logs exactly the SeqGAN run's numbers up to the end of pretraining; the two runs' last
-nll_oracle are Table 1's MLE and SeqGAN entries (paper: 9.038 and 8.736).
+The oracle: a fresh N(0, 1) oracle drawn from --seed, or the paper's own, the official
+save/target_params_py3.pkl (not shipped here), given as --oracle FILE; it is checkpointed. The
+last nll_oracle of an --mle-only run and of a SeqGAN run are Table 1's MLE and SeqGAN entries
+(paper: 9.038 and 8.736).
 
---text FILE: one sequence a line, --tokens word (split on whitespace) or char. --test-fraction
-(10%) of the lines are held out; the vocabulary is <pad>, <unk> and the most frequent tokens of
-the training lines (at most --vocab-size); every line is cut or padded with <pad>, which is also
-the start token. `--generate N --resume RUN` writes N sequences to RUN/generated-<time>.txt, one
-a line: decoded text (up to the first <pad>) for a --text run, token ids for an oracle run (with
-their NLL_oracle printed). Every run also writes 32 samples to samples/pretrained.txt and
-samples/final.txt. There are no images: the image flags are refused, and a run is one process
-(no DataLoader workers, no torchrun). The run folder is runs/seqgan-oracle-<time> or
-runs/seqgan-text-<time>; the checkpoint is rewritten after every evaluation and at the end of
-each phase. `--amp` runs D in bf16 (G stays fp32).
+Outputs: 32 samples in samples/pretrained.txt and samples/final.txt; `--generate N` writes N
+sequences to RUN/generated-<time>.txt, one a line (text up to the first <pad>, or token ids with
+their NLL_oracle printed). --text FILE: one sequence a line, --tokens word or char, 10% of the
+lines held out (--test-fraction), the most frequent training tokens with <pad> (also the start
+token) and <unk>. No images: the image flags are refused, and a run is one process (no torchrun).
+The checkpoint is rewritten after every evaluation and at the end of each phase.
 
 A step is one unit of the schedule: an MLE epoch, a D-pretraining round or an adversarial epoch
-(--max-steps counts all three). An epoch is one of G's epochs, MLE or adversarial (D pretraining
-adds none): the x-axis of the paper's Fig. 2. --epochs counts adversarial epochs (with
---mle-only, the MLE epochs after pretraining).
+(--max-steps counts all three). An epoch is one of G's epochs, MLE or adversarial (the x-axis of
+the paper's Fig. 2); --epochs counts adversarial epochs (with --mle-only, the MLE ones).
 
 Logged (metrics.csv, a row every step, each step's numbers averaged over its updates; besides
 step, epoch and images_per_s, which here counts the sequences that went through a training
@@ -102,14 +85,13 @@ update of G or D per second):
               official code)
   reward      mean Q over the batch and positions: how real D finds G's (completed) samples
 
+Samples, scores and the evidence behind the choices: benchmarks/README.md.
 Run:  python seqgan.py --epochs 5                         (a fresh N(0, 1) oracle from --seed)
-      python seqgan.py --oracle target_params_py3.pkl     (the paper's oracle: save/target_params_py3.pkl
-                                                           of github.com/LantaoYu/SeqGAN, as it is)
+      python seqgan.py --oracle target_params_py3.pkl     (the paper's oracle, the official file as it is)
       python seqgan.py --mle-only                         (the MLE baseline, same schedule)
-      python seqgan.py --text lines.txt --tokens word ;  python seqgan.py --generate 20 --resume RUN
-On a CPU: python seqgan.py --preset laptop --oracle target_params_py3.pkl
-      (the laptop tier's configuration, PRESETS below: minutes on one core of a 2-core CPU;
-      its time, samples and scores: benchmarks/README.md)
+      python seqgan.py --text lines.txt --tokens word     (your text, one sequence a line)
+      python seqgan.py --generate 20 --resume RUN
+      python seqgan.py --preset laptop --oracle target_params_py3.pkl   (for a CPU: up to an hour on one core)
 """
 from __future__ import annotations
 
