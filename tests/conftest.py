@@ -54,3 +54,35 @@ def fake_mnist(root, n=40):
                                                          + images.numpy().tobytes())
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
     return images, labels
+
+
+def amp_and_fp32_runs(main, flags) -> dict:
+    """Train the same tiny run twice from the same seed, in fp32 and under --amp (bf16 autocast
+    on the CPU). For each: its metrics rows and the dtypes of every module's tensor outputs,
+    {class name: {dtype, ...}}, seen during the run (training steps and sample grids)."""
+    runs = {}
+    for amp in (False, True):
+        seen = {}
+
+        def record(module, inputs, output):
+            if torch.is_tensor(output):
+                seen.setdefault(type(module).__name__, set()).add(output.dtype)
+
+        hook = torch.nn.modules.module.register_module_forward_hook(record)
+        try:
+            main(flags + ["--out", f"amp-{amp}"] + (["--amp"] if amp else []))
+        finally:
+            hook.remove()
+        runs[amp] = {"rows": read_metrics(f"amp-{amp}"), "dtypes": seen}
+    return runs
+
+
+def assert_close_to_fp32_but_not_equal(runs, columns, rel=0.02):
+    """The --amp run's logged values are within rel * max(1, |fp32 value|) of the fp32 run's, and
+    at least one of them differs (autocast changed the arithmetic)."""
+    fp32, amp = runs[False]["rows"], runs[True]["rows"]
+    assert len(fp32) == len(amp) > 0
+    pairs = [(float(a[k]), float(b[k]), a["step"], k) for a, b in zip(fp32, amp) for k in columns]
+    for a, b, step, k in pairs:
+        assert abs(a - b) <= rel * max(1.0, abs(a)), f"step {step}: {k} {b} under --amp, {a} in fp32"
+    assert any(a != b for a, b, *_ in pairs), "--amp gave exactly the fp32 losses: autocast did not apply"
