@@ -12,7 +12,12 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import TINY
+from conftest import (
+    TINY,
+    amp_and_fp32_runs,
+    assert_close_to_fp32_but_not_equal,
+    assert_layers_ran_in_bf16_only_under_amp,
+)
 
 import dcgan
 
@@ -246,3 +251,11 @@ def test_training_alternates_one_d_step_then_one_g_step_on_the_same_fakes(monkey
         optimised = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
         assert optimised(opt_D) == d_params and not optimised(opt_G) & d_params
     assert calls[0][1] is not calls[2][1]             # a new batch of fakes every step
+
+
+def test_amp_steps_run_in_bf16_and_stay_close_to_fp32():
+    # two steps from the same seed, in fp32 and with --amp (bf16 autocast on the CPU): G's and
+    # D's layers compute in bf16 in both steps, and the logged values stay within 2% of fp32
+    runs = amp_and_fp32_runs(dcgan.main, TINY + ["--max-steps", "2"])
+    assert_layers_ran_in_bf16_only_under_amp(runs, ("Conv2d", "ConvTranspose2d", "Linear"))
+    assert_close_to_fp32_but_not_equal(runs, ("loss_D", "loss_G", "D_x", "D_G_z"))

@@ -10,7 +10,13 @@ resume of every remaining step.
 import pytest
 import torch
 import torch.nn as nn
-from conftest import TINY, read_metrics
+from conftest import (
+    TINY,
+    amp_and_fp32_runs,
+    assert_close_to_fp32_but_not_equal,
+    assert_layers_ran_in_bf16_only_under_amp,
+    read_metrics,
+)
 
 import common
 import wgan
@@ -327,3 +333,13 @@ def test_critic_and_generator_layers_are_dcgans():
     kinds = [type(m).__name__ for m in G.net]
     assert kinds == ["ConvTranspose2d", "BatchNorm2d", "ReLU"] * 3 + ["ConvTranspose2d", "Tanh"]
 
+
+
+def test_amp_steps_run_in_bf16_and_stay_close_to_fp32():
+    # two generator iterations of two critic iterations each, in fp32 and with --amp (bf16
+    # autocast on the CPU): every layer of G and the critic computes in bf16, and the logged
+    # values (of a clipped critic: small numbers, so compared relatively) stay within 2% of fp32
+    runs = amp_and_fp32_runs(wgan.main, TINY + ["--critic-schedule", "constant", "--n-critic", "2",
+                                                "--max-steps", "2"])
+    assert_layers_ran_in_bf16_only_under_amp(runs, ("Conv2d", "ConvTranspose2d"))
+    assert_close_to_fp32_but_not_equal(runs, ("W_estimate", "loss_G"), floor=1e-4)
