@@ -683,17 +683,23 @@ def test_oracle_flag_loads_the_file(tmp_path):
     assert [len(line.split()) for line in Path(written).read_text().splitlines()] == [6, 6, 6]
 
 
-@pytest.mark.parametrize("argv, error", [
-    (["--oracle", "a.npz", "--text", "b.txt"], SystemExit),
-    (["--image-size", "32"], SystemExit),
-    (["--dataset", "mnist"], SystemExit),
-    (["--seq-len", "1"], SystemExit),
-    (["--text", "missing.txt"], common.UserError),
-    (["--oracle", "missing.npz"], common.UserError),
-    (["--batch-size", "100"], common.UserError),
+@pytest.mark.parametrize("argv, message", [
+    (["--oracle", "a.npz", "--text", "b.txt"], "--oracle and --text exclude each other"),
+    (["--image-size", "32"], "--image-size is for the image scripts; seqgan.py trains on an oracle"),
+    (["--dataset", "mnist"], "--dataset is for the image scripts; seqgan.py trains on an oracle"),
+    (["--seq-len", "1"], "--seq-len must be 2 or more"),
+    (["--text", "missing.txt"], "--text missing.txt: no such file."),
+    (["--oracle", "missing.npz"], "--oracle missing.npz: no such file."),
+    (["--batch-size", "100"], "--batch-size 100 is larger than the training set (64 sequences)."),
 ])
-
-
-def test_bad_input_is_refused(argv, error):
-    with pytest.raises(error):
-        seqgan.main(TINY + argv)
+def test_bad_input_is_refused(argv, message, tmp_path, monkeypatch, capsys):
+    # `python seqgan.py ...`: exit status 2, one sentence on stderr (after argparse's usage, for
+    # a bad flag), no traceback, and no run folder left behind
+    monkeypatch.setattr(sys, "argv", ["seqgan.py", *TINY, *argv])
+    with pytest.raises(SystemExit) as e:
+        common.cli(seqgan.main)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    assert len(lines) == 1 and lines[0].startswith("seqgan.py: error: ") and message in lines[0], err
+    assert list(tmp_path.iterdir()) == []

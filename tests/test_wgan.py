@@ -224,11 +224,17 @@ def test_cli_runs_the_papers_generator_without_batch_norm(tmp_path):
     assert (tmp_path / "run" / "samples" / "final.png").exists()
 
 
-def test_bad_image_size_is_refused():
-    with pytest.raises(SystemExit):
+def test_bad_image_size_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
         wgan.parse_args(["--image-size", "24"])
-    with pytest.raises(common.UserError):
-        wgan.main(TINY + ["--clip", "0.01", "--dataset", "mnist", "--data-root", "nowhere"])
+    assert e.value.code == 2
+    assert "error: --image-size must be a power of two, 16 or more (got 24)" in capsys.readouterr().err
+
+
+def test_a_missing_mnist_folder_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(common.UserError, match=r"^mnist was not found in nowhere; pass --download to fetch it"):
+        wgan.main(TINY + ["--dataset", "mnist", "--data-root", "nowhere"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []          # no run folder left behind
 
 
 def test_a_generator_step_raises_the_critics_score_of_new_samples():
