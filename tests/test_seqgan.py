@@ -357,11 +357,27 @@ def test_the_papers_oracle_reproduces_its_reference_nlls():
 
 
 def test_sequence_nll_is_the_mean_per_token_nll():
+    # worked by hand: a G that ignores its input and gives p = (1/2, 1/4, 1/4) at every step;
+    # the six tokens cost ln 2, ln 4, ln 4, ln 2, ln 2, ln 4 = 9 ln 2, so 1.5 ln 2 a token
+    G = seqgan.Generator(3, 4, 4)
+    with torch.no_grad():
+        G.out.weight.zero_()
+        G.out.bias.copy_(torch.tensor([0.5, 0.25, 0.25]).log())
+    assert math.isclose(seqgan.sequence_nll(G, torch.tensor([[0, 1, 2], [0, 0, 1]])), 1.5 * math.log(2),
+                        rel_tol=1e-6)
+    # each token under the distribution the sampler draws it from: G read token by token from
+    # the start token 0 (step), y_t scored by softmax(out(h_t)) after y_1 .. y_{t-1}
     torch.manual_seed(0)
     G = seqgan.Generator(9, 4, 4)
     x = torch.randint(9, (5, 7))
-    expected = F.cross_entropy(G(x).transpose(1, 2), x).item()   # on log-probs: -mean log p(y_t)
-    assert math.isclose(seqgan.sequence_nll(G, x), expected, rel_tol=1e-5)
+    total, state, prev = 0.0, None, torch.zeros(5, dtype=torch.long)
+    with torch.no_grad():
+        for t in range(7):
+            state = G.step(prev, state)
+            log_p = G.out(state[0][0]).log_softmax(-1)                    # (5, 9)
+            total -= log_p.gather(1, x[:, t:t + 1]).sum().item()
+            prev = x[:, t]
+    assert math.isclose(seqgan.sequence_nll(G, x), total / 35, rel_tol=1e-5)
 
 
 # --- Monte Carlo rewards ----------------------------------------------------------------------
