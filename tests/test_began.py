@@ -2,7 +2,7 @@
 step isolation, the lr-decay rule, exact resume of k_t, the command line.
 
 The spec's update_k number, k_t in [0, 1] under extreme inputs, both controllers and M_global
-against the closed form, M_global >= L(x) >= 0, the L1 loss, D an autoencoder with no
+against numbers worked by hand, M_global >= L(x) >= 0, the L1 loss, D an autoencoder with no
 normalisation layer and ELU only, linearly growing filters, nearest upsampling, skip
 connections, D's update independent of the fake batch when k = 0, each step updating only its
 own network, G's gradient through both G(z) and D(G(z)) and a G step following it,

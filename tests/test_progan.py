@@ -7,9 +7,10 @@ mid-fade, D's loss as WGAN-GP with the drift on D(real), real batches box-filter
 samples from the weight average updated after each G step, both optimisers reset per phase, the
 minibatch-stddev channel, G's and D's fade-in identities, `fade_reals`, a monotone and complete
 schedule, the losses against their closed forms, the penalty on a linear critic and its
-per-sample u, step isolation, steps under `--amp`, the weight average, a CLI run through every
-phase, `--generate` at the resolution reached, exact resume mid-fade, a resume with a new
-schedule refused.
+per-sample u, step isolation, steps under `--amp` in bf16 and close to fp32, the weight average,
+a CLI run through every phase, `--generate` at the resolution reached, sample grids and
+`--generate` drawn from the weight average and not from G, exact resume mid-fade, a resume with a
+new schedule refused with the flag named.
 """
 import copy
 import math

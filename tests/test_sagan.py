@@ -1,14 +1,15 @@
 """sagan.py against its paper: attention, spectral norm, hinge loss, TTUR, conditioning.
 
 Conditional BN as plain BN then the class's gain and bias, D's residual blocks in the official
-form, D's step scoring real and fake halves with their labels, G's tanh output, D updated before
+form, D's step scoring real and fake halves with their labels in one forward (one power
+iteration), G's tanh output, D updated before
 G, γ = 0 makes the block the identity and the whole G attention-free, attention rows are
 distributions and the block is the paper's formula written with einsum, non-locality, top
 singular value ≈ 1 for every SN layer, u/v in the state dict and frozen during G's step, hinge
-losses against the closed forms and margins, TTUR defaults, step isolation, labels change G's
+losses against the closed forms and margins (none for G), TTUR defaults, step isolation, labels change G's
 samples and D's logit, the projection formula, attention placement per size, a conditional run
 that resumes exactly and generates by class with `attention.png`, an unconditional run, an
-unlabelled folder trained unconditionally.
+unlabelled folder trained unconditionally, steps under `--amp` in bf16 and close to fp32.
 """
 import copy
 

@@ -17,7 +17,8 @@ gradient under a constant Q as that constant times the likelihood gradient, poli
 steps learning what D rewards and touching only G, β ← θ and the official delayed copy, D
 learning to tell real from generated, `--text` vocabulary, padding, truncation and split, a
 text run's held-out NLL and generated text, a tiny run through every phase that resumes exactly
-after Ctrl-C, `--mle-only` identical up to the fork, `--oracle`, bad input refused.
+after Ctrl-C, `--mle-only` identical up to the fork, `--oracle`, the sequence NLL against numbers
+worked by hand and G read token by token, bad input refused with exit status 2 and one sentence.
 """
 import math
 import os

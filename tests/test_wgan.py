@@ -5,7 +5,8 @@ Alg. 1's order with a fresh batch per critic step and W averaged over them, the 
 asked with the generator iteration, RMSProp's smoothing, the critic's and generator's layers, no
 output tanh on the MLP, the two-Gaussian toy check of the EM estimate, step isolation, init and
 default widths, the paper's constant-width generator without BN against the official one, exact
-resume of every remaining step.
+resume of every remaining step, a bad image size and a missing MNIST folder each refused with its
+own sentence, steps under `--amp` in bf16 and close to fp32.
 """
 import pytest
 import torch
