@@ -262,7 +262,7 @@ def test_training_alternates_one_d_step_then_one_g_step_on_the_same_fakes(monkey
     assert calls[0][1] is not calls[2][1]             # a new batch of fakes every step
 
 
-def test_amp_steps_run_in_bf16_and_stay_close_to_fp32():
+def test_amp_steps_run_in_bf16_and_stay_close_to_fp32(one_thread):
     # two steps from the same seed, in fp32 and with --amp (bf16 autocast on the CPU): G's and
     # D's layers compute in bf16 in both steps, and the logged values stay within 2% of fp32
     runs = amp_and_fp32_runs(dcgan.main, TINY + ["--max-steps", "2"])

@@ -382,7 +382,7 @@ def test_discriminator_step_loss_is_wgan_gp_with_drift_on_d_of_real_and_fake():
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
-def test_steps_under_amp():
+def test_steps_under_amp(one_thread):
     # two 4x4 steps from the same seed, in fp32 and with --amp (bf16 autocast on the CPU): under
     # --amp the layers of G and D compute in bf16 and the logged values stay within 2% of fp32
     runs = amp_and_fp32_runs(progan.main, TINY_PG + ["--epochs", "1", "--max-steps", "2"])

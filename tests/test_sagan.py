@@ -396,7 +396,7 @@ def test_each_training_step_updates_d_then_g(tmp_path, monkeypatch):
     assert calls == ["D", "G", "D", "G"]  # one D step, then one G step through the updated D
 
 
-def test_amp_steps_run_in_bf16_and_stay_close_to_fp32():
+def test_amp_steps_run_in_bf16_and_stay_close_to_fp32(one_thread):
     # two steps from the same seed, in fp32 and with --amp (bf16 autocast on the CPU): the
     # spectrally normalised layers and the attention compute in bf16 in both networks' steps,
     # and the logged values stay within 2% of fp32

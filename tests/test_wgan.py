@@ -342,7 +342,7 @@ def test_critic_and_generator_layers_are_dcgans():
 
 
 
-def test_amp_steps_run_in_bf16_and_stay_close_to_fp32():
+def test_amp_steps_run_in_bf16_and_stay_close_to_fp32(one_thread):
     # two generator iterations of two critic iterations each, in fp32 and with --amp (bf16
     # autocast on the CPU): every layer of G and the critic computes in bf16, and the logged
     # values (of a clipped critic: small numbers, so compared relatively) stay within 2% of fp32
