@@ -102,7 +102,10 @@ def parse_batch_sizes(text: str) -> dict:
     """'256:14,512:6' -> {256: 14, 512: 6}; raises ValueError on anything else."""
     sizes = {}
     for item in filter(None, text.replace(" ", "").split(",")):
-        res, n = (int(v) for v in item.split(":"))
+        try:
+            res, n = (int(v) for v in item.split(":"))
+        except ValueError:
+            raise ValueError(item) from None
         if res < 4 or res & (res - 1) or n < 1:
             raise ValueError(item)
         sizes[res] = n

@@ -54,3 +54,43 @@ def fake_mnist(root, n=40):
                                                          + images.numpy().tobytes())
         (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, n) + labels.numpy().tobytes())
     return images, labels
+
+
+def amp_and_fp32_runs(main, flags) -> dict:
+    """Train the same tiny run twice from the same seed, in fp32 and under --amp (bf16 autocast
+    on the CPU). For each: its metrics rows, and {layer class name: {dtype, ...}} of the outputs
+    every layer gave inside the training steps (a layer in training mode, or autograd recording;
+    sample grids, drawn in eval mode without gradients, are left out)."""
+    runs = {}
+    for amp in (False, True):
+        seen = {}
+
+        def record(module, inputs, output, seen=seen):
+            if torch.is_tensor(output) and (module.training or torch.is_grad_enabled()):
+                seen.setdefault(type(module).__name__, set()).add(output.dtype)
+
+        hook = torch.nn.modules.module.register_module_forward_hook(record)
+        try:
+            main(flags + ["--out", f"amp-{amp}"] + (["--amp"] if amp else []))
+        finally:
+            hook.remove()
+        runs[amp] = {"rows": read_metrics(f"amp-{amp}"), "dtypes": seen}
+    return runs
+
+
+def assert_layers_ran_in_bf16_only_under_amp(runs, layers):
+    """Every output of these layers in the --amp run's steps is bf16; none is in the fp32 run."""
+    assert not [name for name, dtypes in runs[False]["dtypes"].items() if torch.bfloat16 in dtypes]
+    for name in layers:
+        assert runs[True]["dtypes"].get(name) == {torch.bfloat16}, (name, runs[True]["dtypes"].get(name))
+
+
+def assert_close_to_fp32_but_not_equal(runs, columns, rel=0.02, floor=1.0):
+    """The --amp run's logged values are within rel * max(floor, |fp32 value|) of the fp32 run's,
+    and at least one of them differs (autocast changed the arithmetic)."""
+    fp32, amp = runs[False]["rows"], runs[True]["rows"]
+    assert len(fp32) == len(amp) > 0
+    pairs = [(float(a[k]), float(b[k]), a["step"], k) for a, b in zip(fp32, amp) for k in columns]
+    for a, b, step, k in pairs:
+        assert abs(a - b) <= rel * max(floor, abs(a)), f"step {step}: {k} {b} under --amp, {a} in fp32"
+    assert any(a != b for a, b, *_ in pairs), "--amp gave exactly the fp32 values: autocast did not apply"

@@ -3,7 +3,8 @@
 Paper defaults, init of every layer, BN's N(1, 0.02) included, BN placement, ReLU in G and
 LeakyReLU 0.2 in D with biases only where no BN follows, uniform or normal latents, shapes per
 size, real and fake through D as separate batches, one D step then one G step on the same fakes
-with each network's own optimiser, step isolation, losses against their closed forms.
+with each network's own optimiser, step isolation, losses against their closed forms, D's
+unbounded logits squashed once by the step, steps under `--amp` in bf16 and close to fp32.
 """
 import copy
 import math
@@ -11,8 +12,12 @@ import math
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from conftest import TINY
+from conftest import (
+    TINY,
+    amp_and_fp32_runs,
+    assert_close_to_fp32_but_not_equal,
+    assert_layers_ran_in_bf16_only_under_amp,
+)
 
 import dcgan
 
@@ -203,11 +208,20 @@ def test_d_step_learns_to_separate_real_from_fake():
     assert loss.item() < first and D_x > D_G_z
 
 
-def test_bce_on_logits_not_sigmoid_outputs():
-    D = dcgan.Discriminator(ndf=8, image_size=16)
-    assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
-    x = torch.randn(3)
-    assert torch.allclose(dcgan.g_loss(x), F.binary_cross_entropy(torch.sigmoid(x), torch.ones(3)))
+def test_d_gives_unbounded_logits_and_the_step_squashes_them_once():
+    # D ends in its linear layer, no sigmoid (the losses take logits): its outputs follow the
+    # last bias anywhere on the real line, and the step's D(x) is sigmoid(logit), applied once
+    _, D, _, opt_D = _nets()
+    real, fake = torch.rand(8, 3, 16, 16) * 2 - 1, torch.rand(8, 3, 16, 16) * 2 - 1
+    D.eval()                                          # fixed BN statistics: one function throughout
+    with torch.no_grad():
+        for bias in (-5.0, 5.0):
+            D.out.bias.fill_(bias)
+            logits = D(real)
+            assert torch.allclose(logits, torch.full((8,), bias), atol=0.5), logits   # far outside (0, 1)
+        before = copy.deepcopy(D)
+    _, D_x, _ = dcgan.discriminator_step(D, opt_D, real, fake)
+    assert torch.allclose(D_x, torch.sigmoid(before(real)).mean(), atol=1e-6) and D_x > 0.99
 
 
 def test_d_step_scores_real_and_fake_as_separate_batches():
@@ -246,3 +260,11 @@ def test_training_alternates_one_d_step_then_one_g_step_on_the_same_fakes(monkey
         optimised = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
         assert optimised(opt_D) == d_params and not optimised(opt_G) & d_params
     assert calls[0][1] is not calls[2][1]             # a new batch of fakes every step
+
+
+def test_amp_steps_run_in_bf16_and_stay_close_to_fp32(one_thread):
+    # two steps from the same seed, in fp32 and with --amp (bf16 autocast on the CPU): G's and
+    # D's layers compute in bf16 in both steps, and the logged values stay within 2% of fp32
+    runs = amp_and_fp32_runs(dcgan.main, TINY + ["--max-steps", "2"])
+    assert_layers_ran_in_bf16_only_under_amp(runs, ("Conv2d", "ConvTranspose2d", "Linear"))
+    assert_close_to_fp32_but_not_equal(runs, ("loss_D", "loss_G", "D_x", "D_G_z"))

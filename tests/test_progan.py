@@ -7,17 +7,27 @@ mid-fade, D's loss as WGAN-GP with the drift on D(real), real batches box-filter
 samples from the weight average updated after each G step, both optimisers reset per phase, the
 minibatch-stddev channel, G's and D's fade-in identities, `fade_reals`, a monotone and complete
 schedule, the losses against their closed forms, the penalty on a linear critic and its
-per-sample u, step isolation, steps under `--amp`, the weight average, a CLI run through every
-phase, `--generate` at the resolution reached, exact resume mid-fade, a resume with a new
-schedule refused.
+per-sample u, step isolation, steps under `--amp` in bf16 and close to fp32, the weight average,
+a CLI run through every phase, `--generate` at the resolution reached, sample grids and
+`--generate` drawn from the weight average and not from G, exact resume mid-fade, a resume with a
+new schedule refused with the flag named.
 """
 import copy
 import math
+import re
+import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import read_metrics
+from conftest import (
+    amp_and_fp32_runs,
+    assert_close_to_fp32_but_not_equal,
+    assert_layers_ran_in_bf16_only_under_amp,
+    read_metrics,
+    tree_digest,
+)
 
 import common
 import progan
@@ -60,13 +70,26 @@ def test_paper_defaults():
     assert progan.parse_args(["--final-size", "32"]).image_size == 32     # an alias of --image-size
 
 
-@pytest.mark.parametrize("argv", [["--final-size", "24"], ["--final-size", "4"], ["--batch-sizes", "8:0"],
-                                  ["--batch-sizes", "12:4"], ["--batch-sizes", "rubbish"],
-                                  ["--images-per-phase", "8"], ["--mbstd-group", "0"], ["--mbstd-group", "x"],
-                                  ["--mirror", "yes"]])
-def test_bad_flags_are_refused(argv):
-    with pytest.raises(SystemExit):
+@pytest.mark.parametrize("argv, message", [
+    (["--final-size", "24"], "--final-size (--image-size) must be a power of two, 8 or more (got 24)"),
+    (["--final-size", "4"], "--final-size (--image-size) must be a power of two, 8 or more (got 4)"),
+    (["--batch-sizes", "8:0"], "--batch-sizes takes RES:N,... with RES a power of two and N >= 1 (bad item: 8:0)"),
+    (["--batch-sizes", "12:4"], "(bad item: 12:4)"),
+    (["--batch-sizes", "rubbish"], "(bad item: rubbish)"),
+    (["--batch-sizes", "8:4:2"], "(bad item: 8:4:2)"),
+    (["--images-per-phase", "8"], "--images-per-phase 8 is smaller than a batch (16)"),
+    (["--mbstd-group", "0"], "argument --mbstd-group: must be a positive integer, got 0"),
+    (["--mbstd-group", "x"], "argument --mbstd-group: invalid group_size value: 'x'"),
+    (["--mirror", "yes"], "argument --mirror: invalid choice: 'yes'"),
+])
+def test_bad_flags_are_refused(argv, message, capsys):
+    # the usage, then one sentence naming the flag; exit status 2, no traceback
+    with pytest.raises(SystemExit) as e:
         progan.parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    assert len(lines) == 1 and ": error: " in lines[0] and message in lines[0], err
 
 
 def test_equalized_layers_store_unit_weights_and_scale_at_run_time():
@@ -359,14 +382,12 @@ def test_discriminator_step_loss_is_wgan_gp_with_drift_on_d_of_real_and_fake():
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
-def test_steps_under_amp():
-    G, D = _nets()
-    args = progan.parse_args(["--nz", "8", "--final-size", "16", "--device", "cpu", "--amp"])
-    opt_G, opt_D = (torch.optim.Adam(n.parameters(), lr=1e-3, betas=(0.0, 0.99)) for n in (G, D))
-    real = progan.fade_reals(torch.rand(8, 3, 8, 8) * 2 - 1, 0.5)     # bf16 autocast on the CPU
-    losses = [*progan.discriminator_step(G, D, opt_D, real, 1, 0.5, args),
-              progan.generator_step(G, D, opt_G, 8, 1, 0.5, args, torch.device("cpu"))]
-    assert all(t.dtype == torch.float32 and torch.isfinite(t) for t in losses)
+def test_steps_under_amp(one_thread):
+    # two 4x4 steps from the same seed, in fp32 and with --amp (bf16 autocast on the CPU): under
+    # --amp the layers of G and D compute in bf16 and the logged values stay within 2% of fp32
+    runs = amp_and_fp32_runs(progan.main, TINY_PG + ["--epochs", "1", "--max-steps", "2"])
+    assert_layers_ran_in_bf16_only_under_amp(runs, ("EqualizedConv2d", "EqualizedLinear"))
+    assert_close_to_fp32_but_not_equal(runs, ("loss_D", "loss_G", "W_estimate", "gp"))
 
 
 def test_update_ema():
@@ -417,6 +438,44 @@ def test_generate_at_the_resolution_reached(grown):
     assert Image.open(folder / "00000.png").size == (16, 16) and (folder / "grid.png").is_file()
 
 
+def _generator(ckpt, name):
+    a = ckpt["args"]
+    net = progan.Generator(a["image_size"], a["nz"], a["channels"], a["fmap_base"], a["fmap_max"])
+    net.load_state_dict(ckpt["modules"][name])
+    return net.eval()
+
+
+def test_sample_grids_and_generate_draw_from_g_ema_not_g(grown, tmp_path):
+    from PIL import Image
+
+    def pixels(path):
+        return torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.int16))
+
+    # the run's last grid: G_ema on the fixed latent at the depth and alpha reached, not G
+    ckpt = torch.load(grown / "checkpoint.pt", weights_only=True)
+    state = ckpt["state"]
+    for name in ("G_ema", "G"):
+        with torch.no_grad():
+            x = _generator(ckpt, name)(state["fixed_z"], state["depth"], state["alpha"])
+        common.save_grid(F.interpolate(x, size=16, mode="nearest"), tmp_path / f"{name}.png")
+    final = pixels(grown / "samples" / "final.png")
+    assert (final - pixels(tmp_path / "G_ema.png")).abs().max() <= 1      # (a rounding step at most)
+    assert (final - pixels(tmp_path / "G.png")).abs().float().mean() > 5
+    # --generate: with G_ema's output layer zeroed every sample is flat grey (G's would not be);
+    # with G's zeroed instead, the samples still show shapes
+    for zeroed, flat in (("G_ema", True), ("G", False)):
+        run = tmp_path / f"zeroed-{zeroed}"
+        shutil.copytree(grown, run, ignore=shutil.ignore_patterns("generated-*"))
+        edited = copy.deepcopy(ckpt)
+        for key in ("to_rgb.2.weight", "to_rgb.2.bias"):          # the 16 px output, in use at the end
+            edited["modules"][zeroed][key].zero_()
+        torch.save(edited, run / "checkpoint.pt")
+        progan.main(["--generate", "4", "--resume", str(run)])
+        (folder,) = run.glob("generated-*")
+        images = [pixels(folder / f"{i:05d}.png") for i in range(4)]
+        assert all(bool((x == x.flatten()[0]).all()) == flat for x in images), zeroed
+
+
 def test_resume_mid_fade_is_exact(grown, tmp_path):
     progan.main(TINY_PG + ["--epochs", "3", "--max-steps", "3", "--out", "split"])  # mid-fade
     ckpt = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
@@ -440,9 +499,14 @@ def test_resume_mid_fade_is_exact(grown, tmp_path):
            sorted(p.name for p in (grown / "samples").iterdir())
 
 
-def test_resume_refuses_a_new_schedule(grown):
-    with pytest.raises(common.UserError):
-        progan.main(["--resume", str(grown), "--images-per-phase", "64"])
+@pytest.mark.parametrize("flag, value, was", [("--images-per-phase", "64", "16"),
+                                              ("--batch-sizes", "8:4", "256:14,512:6,1024:3")])
+def test_resume_refuses_a_new_schedule(grown, flag, value, was):
+    before = tree_digest(grown)
+    message = f"{flag} was {was} for this run and cannot change on resume"
+    with pytest.raises(common.UserError, match="^" + re.escape(message)):
+        progan.main(["--resume", str(grown), flag, value])
+    assert tree_digest(grown) == before
 
 
 def test_real_batches_are_box_filtered_to_the_resolution_and_faded_in(monkeypatch, tmp_path):

@@ -1,20 +1,29 @@
 """sagan.py against its paper: attention, spectral norm, hinge loss, TTUR, conditioning.
 
 Conditional BN as plain BN then the class's gain and bias, D's residual blocks in the official
-form, D's step scoring real and fake halves with their labels, G's tanh output, D updated before
+form, D's step scoring real and fake halves with their labels in one forward (one power
+iteration), G's tanh output, D updated before
 G, γ = 0 makes the block the identity and the whole G attention-free, attention rows are
 distributions and the block is the paper's formula written with einsum, non-locality, top
 singular value ≈ 1 for every SN layer, u/v in the state dict and frozen during G's step, hinge
-losses against the closed forms and margins, TTUR defaults, step isolation, labels change G's
+losses against the closed forms and margins (none for G), TTUR defaults, step isolation, labels change G's
 samples and D's logit, the projection formula, attention placement per size, a conditional run
 that resumes exactly and generates by class with `attention.png`, an unconditional run, an
-unlabelled folder trained unconditionally.
+unlabelled folder trained unconditionally, steps under `--amp` in bf16 and close to fp32.
 """
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from conftest import TINY_RUN, read_metrics
+from conftest import (
+    TINY_RUN,
+    amp_and_fp32_runs,
+    assert_close_to_fp32_but_not_equal,
+    assert_layers_ran_in_bf16_only_under_amp,
+    read_metrics,
+)
 from PIL import Image
 
 import common
@@ -151,8 +160,12 @@ def test_hinge_losses_equal_their_closed_forms():
     loss = sagan.d_hinge_loss(r, f)
     loss.backward()
     assert loss == 0 and not r.grad.any() and not f.grad.any()
-    # the sign: G gains by raising D's score of its samples, without bound (no margin for G)
-    assert sagan.g_hinge_loss(torch.tensor([5.0])) < sagan.g_hinge_loss(torch.tensor([4.0]))
+    # the sign: G gains by raising D's score of its samples, without bound (no margin for G):
+    # the gradient is -1/n for every score, far beyond D's margin of 1 included
+    f = torch.tensor([-2.0, 0.5, 1.0, 50.0, 1e4], requires_grad=True)
+    sagan.g_hinge_loss(f).backward()
+    assert torch.equal(f.grad, torch.full((5,), -0.2))
+    assert sagan.g_hinge_loss(torch.tensor([1e4])) < sagan.g_hinge_loss(torch.tensor([50.0])) < 0
 
 
 def test_steps_change_only_their_own_network():
@@ -160,15 +173,22 @@ def test_steps_change_only_their_own_network():
     y = torch.arange(4)
     real, fake = torch.rand(4, 3, 16, 16) * 2 - 1, G(torch.randn(4, 16), y)
     g0, d0 = _params(G), _params(D)
+    calls = []
+    hook = D.register_forward_hook(lambda m, inputs, out: calls.append((*inputs, out.detach())))
     loss, D_real, D_fake = sagan.discriminator_step(D, opt_D, real, fake, y)
+    hook.remove()
     assert _same(_params(G), g0) and not _same(_params(D), d0)
     assert all(p.grad is None for p in G.parameters())
     d1 = _params(D)
     sagan.generator_step(D, opt_G, fake, y)
     assert _same(_params(D), d1) and not _same(_params(G), g0)
     assert all(p.requires_grad for p in D.parameters())
-    # D's step saw real and fake as one batch: its logits are D's on each half
-    assert torch.isfinite(loss) and D_real.shape == D_fake.shape == ()
+    # D's step saw real and fake as one batch (one forward, so one power iteration), each half
+    # with its labels: D_real and D_fake are the means of its logits on each half
+    ((x, labels, logits),) = calls
+    assert torch.equal(x, torch.cat([real, fake])) and torch.equal(labels, torch.cat([y, y]))
+    assert D_real.shape == D_fake.shape == ()
+    assert torch.equal(D_real, logits[:4].mean()) and torch.equal(D_fake, logits[4:].mean())
 
 
 def test_conditional_generation_uses_the_label():
@@ -342,12 +362,19 @@ def test_discriminator_step_scores_real_and_fake_halves_with_their_labels():
     G, D, _, opt_D = _nets()
     y = torch.tensor([0, 3, 5, 9])
     real, fake = torch.rand(4, 3, 16, 16) * 2 - 1, G(torch.randn(4, 16), y).detach()
-    D.eval()  # fixed spectral-norm vectors, so the step's forward is the same function as these
+    # D in training mode, as in a run: the step's D is D after one power iteration of every SN
+    # layer, the same function for both halves (a second forward for the fakes would score them
+    # after a second iteration: logits about 3e-3 away)
+    ref = copy.deepcopy(D)
     with torch.no_grad():
-        r, f = D(real, y), D(fake, y)
+        ref(real[:1], y[:1])                           # one power iteration, in training mode
+        ref.eval()                                     # then no more
+        r, f = ref(real, y), ref(fake, y)
+        f_other = ref(fake, y.roll(1))                 # the fakes scored with other labels
     loss, D_real, D_fake = sagan.discriminator_step(D, opt_D, real, fake, y)
     assert torch.allclose(D_real, r.mean(), atol=1e-5) and torch.allclose(D_fake, f.mean(), atol=1e-5)
     assert torch.allclose(loss, sagan.d_hinge_loss(r, f), atol=1e-5)
+    assert not torch.allclose(D_fake, f_other.mean(), atol=1e-3)   # the labels count
 
 
 def test_generator_output_is_tanh_of_the_last_conv():
@@ -367,3 +394,12 @@ def test_each_training_step_updates_d_then_g(tmp_path, monkeypatch):
         monkeypatch.setattr(sagan, name, lambda *a, _s=step, _n=name[0].upper(), **k: calls.append(_n) or _s(*a, **k))
     sagan.main(TINY_SAGAN + ["--max-steps", "2", "--out", "run"])
     assert calls == ["D", "G", "D", "G"]  # one D step, then one G step through the updated D
+
+
+def test_amp_steps_run_in_bf16_and_stay_close_to_fp32(one_thread):
+    # two steps from the same seed, in fp32 and with --amp (bf16 autocast on the CPU): the
+    # spectrally normalised layers and the attention compute in bf16 in both networks' steps,
+    # and the logged values stay within 2% of fp32
+    runs = amp_and_fp32_runs(sagan.main, TINY_SAGAN + ["--max-steps", "2"])
+    assert_layers_ran_in_bf16_only_under_amp(runs, ("ParametrizedConv2d", "ParametrizedLinear", "SelfAttention"))
+    assert_close_to_fp32_but_not_equal(runs, ("loss_D", "loss_G", "D_real", "D_fake"))

@@ -5,12 +5,19 @@ Alg. 1's order with a fresh batch per critic step and W averaged over them, the 
 asked with the generator iteration, RMSProp's smoothing, the critic's and generator's layers, no
 output tanh on the MLP, the two-Gaussian toy check of the EM estimate, step isolation, init and
 default widths, the paper's constant-width generator without BN against the official one, exact
-resume of every remaining step.
+resume of every remaining step, a bad image size and a missing MNIST folder each refused with its
+own sentence, steps under `--amp` in bf16 and close to fp32.
 """
 import pytest
 import torch
 import torch.nn as nn
-from conftest import TINY, read_metrics
+from conftest import (
+    TINY,
+    amp_and_fp32_runs,
+    assert_close_to_fp32_but_not_equal,
+    assert_layers_ran_in_bf16_only_under_amp,
+    read_metrics,
+)
 
 import common
 import wgan
@@ -218,11 +225,17 @@ def test_cli_runs_the_papers_generator_without_batch_norm(tmp_path):
     assert (tmp_path / "run" / "samples" / "final.png").exists()
 
 
-def test_bad_image_size_is_refused():
-    with pytest.raises(SystemExit):
+def test_bad_image_size_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
         wgan.parse_args(["--image-size", "24"])
-    with pytest.raises(common.UserError):
-        wgan.main(TINY + ["--clip", "0.01", "--dataset", "mnist", "--data-root", "nowhere"])
+    assert e.value.code == 2
+    assert "error: --image-size must be a power of two, 16 or more (got 24)" in capsys.readouterr().err
+
+
+def test_a_missing_mnist_folder_is_refused_with_what_to_do(tmp_path):
+    with pytest.raises(common.UserError, match=r"^mnist was not found in nowhere; pass --download to fetch it"):
+        wgan.main(TINY + ["--dataset", "mnist", "--data-root", "nowhere"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []          # no run folder left behind
 
 
 def test_a_generator_step_raises_the_critics_score_of_new_samples():
@@ -327,3 +340,13 @@ def test_critic_and_generator_layers_are_dcgans():
     kinds = [type(m).__name__ for m in G.net]
     assert kinds == ["ConvTranspose2d", "BatchNorm2d", "ReLU"] * 3 + ["ConvTranspose2d", "Tanh"]
 
+
+
+def test_amp_steps_run_in_bf16_and_stay_close_to_fp32(one_thread):
+    # two generator iterations of two critic iterations each, in fp32 and with --amp (bf16
+    # autocast on the CPU): every layer of G and the critic computes in bf16, and the logged
+    # values (of a clipped critic: small numbers, so compared relatively) stay within 2% of fp32
+    runs = amp_and_fp32_runs(wgan.main, TINY + ["--critic-schedule", "constant", "--n-critic", "2",
+                                                "--max-steps", "2"])
+    assert_layers_ran_in_bf16_only_under_amp(runs, ("Conv2d", "ConvTranspose2d"))
+    assert_close_to_fp32_but_not_equal(runs, ("W_estimate", "loss_G"), floor=1e-4)
