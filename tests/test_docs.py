@@ -41,7 +41,7 @@ def product_files() -> list[Path]:
     files = [ROOT / "README.md", ROOT / "LICENSE", *ROOT.glob("*.py"), *ROOT.glob("*.sh")]
     for folder in ("docs", "tests", "benchmarks", ".ci"):
         files += [p for p in (ROOT / folder).rglob("*") if p.is_file()
-                  and ".cache" not in p.parts and "__pycache__" not in p.parts]
+                  and not {".cache", ".work", "__pycache__"} & set(p.parts)]  # (ignored: caches, run folders)
     return sorted(p for p in files if p.is_file() and p.suffix in TEXT_SUFFIXES)
 
 
@@ -90,13 +90,12 @@ SCRIPTS = ("dcgan", "wgan", "relativistic_gan", "infogan", "began", "vaegan", "s
 
 
 def docstring_commands(script: str) -> list:
-    """The commands of a script's docstring, from its "Run:" line to its "On a CPU:" line, as
-    (script file, argv): each `python NAME.py` and its words, up to two spaces, "(" or ";"."""
+    """The commands of a script's docstring, from its "Run:" line to its end, as (script file,
+    argv): each `python NAME.py` and its words, up to two spaces, "(" or ";"."""
     lines = ast.get_docstring(ast.parse((ROOT / f"{script}.py").read_text(encoding="utf-8"))).splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("Run:")), None)
-    end = next((i for i, line in enumerate(lines) if line.startswith("On a CPU:")), None)
-    assert start is not None and end is not None and start < end, f"{script}.py: no Run: ... On a CPU: lines"
-    return [(m[1], shlex.split(m[2])) for line in lines[start:end + 1]
+    assert start is not None, f"{script}.py: no Run: line"
+    return [(m[1], shlex.split(m[2])) for line in lines[start:]
             for m in re.finditer(r"python (\S+)((?: (?! )[^ ;(]+)*)", line)]
 
 
