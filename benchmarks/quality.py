@@ -384,7 +384,7 @@ def classifier(channels: int, device, cfg: dict | None = None, cache: Path | Non
 # ----------------------------------------------------------------------------------------------
 MNIST_TRAIN, MNIST_TEST = 60000, 10000
 DIGIT_CLASSIFIER = {"version": 1, "input_size": 32, "width": 16, "features": 128, "n_train": MNIST_TRAIN,
-                    "n_test": MNIST_TEST, "epochs": 3, "batch_size": 128, "lr": 2e-3, "seed": 0,
+                    "n_test": MNIST_TEST, "epochs": 5, "batch_size": 128, "lr": 2e-3, "seed": 0,
                     "noise_fraction": 0.125}
 
 
@@ -401,15 +401,15 @@ class DigitNet(ShapesNet):
         return h, self.cls(h), h.new_zeros(len(h), 0)
 
 
-_DIGITS: dict = {}  # (root, split, size) -> (images, labels): each split read once per process
+_DIGITS: dict = {}  # (root, split[, size]) -> (images, labels): each split read and resized once per process
 
 
-def mnist_digits(root, split: str, image_size: int = 28) -> tuple:
+def mnist_digits(root, split: str, image_size: int = 28, n: int | None = None) -> tuple:
     """MNIST's "train" (60,000) or "test" (10,000) digits from root/MNIST/raw/ (torchvision's
-    layout): uint8 (N, 1, S, S), resized as the scripts resize their training digits
-    (data.load_dataset: antialiased bilinear), and the labels (N,)."""
-    key = (str(Path(root).resolve()), split, image_size)
-    if key not in _DIGITS:
+    layout), the first n of them (default all): uint8 (n, 1, S, S), resized as the scripts resize
+    their training digits (data.load_dataset: antialiased bilinear), and the labels (n,)."""
+    raw = (str(Path(root).resolve()), split)
+    if raw not in _DIGITS:
         import torchvision.datasets as tvd
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -418,9 +418,13 @@ def mnist_digits(root, split: str, image_size: int = 28) -> tuple:
             raise common.UserError(
                 f"MNIST was not found in {root} (it looks for MNIST/raw/ there); pass --data-root with the folder "
                 f"that holds it, or fetch it with any script: --dataset mnist --data-root {root} --download.") from None
-        images = data._resize_uint8(torch.as_tensor(base.data)[:, None], image_size, 1)
-        _DIGITS[key] = (images, torch.as_tensor(base.targets).long())
-    return _DIGITS[key]
+        _DIGITS[raw] = (torch.as_tensor(base.data)[:, None], torch.as_tensor(base.targets).long())
+    images, labels = _DIGITS[raw]
+    if n is not None and n < len(images):  # (a few: resized now, not kept)
+        return data._resize_uint8(images[:n], image_size, 1), labels[:n]
+    if (*raw, image_size) not in _DIGITS:
+        _DIGITS[(*raw, image_size)] = (data._resize_uint8(images, image_size, 1), labels)
+    return _DIGITS[(*raw, image_size)]
 
 
 def train_digit_classifier(cfg: dict, root, device, log=print) -> tuple:
@@ -429,9 +433,8 @@ def train_digit_classifier(cfg: dict, root, device, log=print) -> tuple:
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
         torch.manual_seed(cfg["seed"])
         net = DigitNet(cfg["width"], cfg["features"]).to(device)
-        x, y = mnist_digits(root, "train", cfg["input_size"])
-        times = fit(net, x[:cfg["n_train"]].to(device), y[:cfg["n_train"]].to(device), cfg, 1, device, log,
-                    "digit classifier")
+        x, y = mnist_digits(root, "train", cfg["input_size"], cfg["n_train"])
+        times = fit(net, x.to(device), y.to(device), cfg, 1, device, log, "digit classifier")
         report = {**evaluate_digit_classifier(net, cfg, root, device), "trained_on": str(device), **times}
     return net, report
 
@@ -439,8 +442,7 @@ def train_digit_classifier(cfg: dict, root, device, log=print) -> tuple:
 @torch.no_grad()
 def evaluate_digit_classifier(net, cfg: dict, root, device) -> dict:
     """Accuracy on the first n_test test digits, their confident rate, and noise's."""
-    x, y = mnist_digits(root, "test", cfg["input_size"])
-    x, y = x[:cfg["n_test"]], y[:cfg["n_test"]]
+    x, y = mnist_digits(root, "test", cfg["input_size"], cfg["n_test"])
     logits = torch.cat([net(to_input(c.to(device), 1, cfg["input_size"]))[1].float().cpu() for c in x.split(500)])
     noise = _noise_batch(500, 1, cfg["input_size"], torch.Generator().manual_seed(1), device)
     return {"test_accuracy": round((logits.argmax(1) == y).float().mean().item(), 4),
