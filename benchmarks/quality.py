@@ -4,7 +4,7 @@
     python benchmarks/quality.py --script dcgan [wgan ...] [--budget IMAGES] [--seeds K] [--jobs J]
                                  [--n-eval N] [--results-dir benchmarks/results] [--overwrite] [--tiny]
     python benchmarks/quality.py --tier laptop --table          (the README's tables from the JSONs)
-    python benchmarks/quality.py --tier mnist [--data-root ../shared/data]   (eight scripts on MNIST, a 2-core CPU)
+    python benchmarks/quality.py --tier mnist [--data-root DIR]        (eight scripts on MNIST, a 2-core CPU)
     python benchmarks/quality.py --tier mnist --table
 
 Two tiers. The paper tier (the default) trains the scripts' own networks at their own sizes (64
@@ -21,21 +21,22 @@ on from its last checkpoint; scripts already scored are skipped. So the whole ti
 command, which may be spread over several sittings.
 
 The MNIST tier (`--tier mnist`) is the laptop tier on real digits: the eight image scripts but
-cyclegan.py (MNIST has no two domains) and seqgan.py (no images), each run built from the script's
-`--preset laptop`, then `--dataset mnist --data-root DIR` (quality.py's --data-root: the folder
-holding MNIST/raw/ as torchvision lays it out; default ../shared/data beside the repository), then
-the tier's own overrides (MNIST_OVERRIDES: epochs and dataset size, so that each run takes at most
-30 minutes of one core by the laptop tier's measured speeds, MNIST_RATES; infogan.py the paper's
-28 px networks). The comparisons that make sense on digits (VAE-GAN against a VAE, attention on
-and off with the digit label as sagan.py's class, RaSGAN against SGAN on 2,000 digits, grown
-against fixed size), BEGAN's M_global curve and WGAN's critic curve, seeds as in the laptop tier;
-run folders in benchmarks/.work/mnist; results `quality-NAME-mnist.json` and `.png`. Its measure
-is a digit classifier (DigitNet) trained by this file on MNIST's 60,000 training digits (cached
-like ShapesNet): FD-MNIST and KID-MNIST in its penultimate features against the first half of the
-10,000 test digits (the floor: that half against the other half), classes covered and the
-confident rate; InfoGAN's categorical code matched to the digit on all 10,000 test digits (the
-paper's 5% error), its continuous codes' correlation with the digits' slant and stroke width, and
-the traversal grids of Fig. 2 c, d (`quality-infogan-mnist-traversal-c2.png`, `-c3.png`).
+cyclegan.py (MNIST has no two domains) and seqgan.py (no images), each run built from the
+script's `--preset laptop` with `--dataset mnist --data-root DIR` (quality.py's --data-root:
+the folder holding MNIST/raw/ as torchvision lays it out; default: shared/data in the folder
+that holds the repository) and the tier's own overrides (MNIST_OVERRIDES: epochs and dataset
+size, so that each run takes at most 30 minutes of one core by the laptop tier's measured
+speeds, MNIST_RATES; infogan.py the paper's 28 px networks). The comparisons that make sense on
+digits (VAE-GAN against a VAE, attention on and off with the digit label as sagan.py's class,
+RaSGAN against SGAN on 2,000 digits, grown against fixed size), BEGAN's M_global curve and
+WGAN's critic curve, seeds as in the laptop tier; run folders in benchmarks/.work/mnist; results
+`quality-NAME-mnist.json` and `.png`. Its measure is a digit classifier (DigitNet) trained by
+this file on MNIST's 60,000 training digits (cached like ShapesNet): FD-MNIST and KID-MNIST in
+its penultimate features against the first half of the 10,000 test digits (the floor: that half
+against the other half), classes covered and the confident rate; InfoGAN's categorical code
+matched to the digit on all 10,000 test digits (the paper's 5% error), its continuous codes'
+correlation with the digits' slant and stroke width, and the traversal grids of Fig. 2 c, d
+(`quality-infogan-mnist-traversal-c2.png`, `-c3.png`).
 
 For each script: once per seed, its main run plus the runs of the paper's own comparison
 (RaSGAN vs SGAN vs RaLSGAN on 2,000 images, attention on/off, grown vs fixed size, VAE-GAN vs a
@@ -89,7 +90,7 @@ tiny flags, sampling and own measures are checked only when someone runs them
 (`--script NAME --tiny --device cpu`). `--tier mnist --tiny` runs the same tiny networks on
 the first 256 MNIST training digits (`--budget` images, in epochs of them); its tests
 (tests/test_quality_mnist.py) run infogan, began and sagan that way, with a tiny digit
-classifier, when MNIST is at ../shared/data.
+classifier, when MNIST is in shared/data beside the repository.
 """
 from __future__ import annotations
 
@@ -152,7 +153,7 @@ PROTOCOL_MNIST = ("Each run trains through the script's own main() on MNIST's tr
                   "digits; ceiling: the script's generator at initialisation (same seed, build()). fd_position = "
                   "(FD - floor) / (ceiling - floor). KID: 10 subsets of min(1000, n_eval // 2). infogan: Q's "
                   "categorical code on all 10,000 test digits against the digit, after the best one-to-one "
-                  "matching of code values to digits.")
+                  "matching of code values to digits. The runs' flags record --data-root as DIR.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,7 +280,8 @@ def fit(net, x, y, cfg: dict, channels: int, device, log=print, what: str = "cla
         log(f"{what} epoch {epoch + 1}/{cfg['epochs']}: loss {loss.item():.4f} "
             f"({time.perf_counter() - t0:.0f} s)")
     net.eval()
-    return {"train_seconds": round(time.perf_counter() - t0, 1), "train_cpu_seconds": round(time.process_time() - cpu0, 1)}
+    return {"train_seconds": round(time.perf_counter() - t0, 1),
+            "train_cpu_seconds": round(time.process_time() - cpu0, 1)}
 
 
 def train_classifier(channels: int, cfg: dict, device, log=print) -> tuple:
@@ -1664,12 +1666,11 @@ def comparisons(script: str, runs: dict, tier: str = "paper") -> list:
 
 
 def shown_flags(argv: list) -> list:
-    """A run's flags as its JSON records them: --data-root relative to the repository where it can be."""
+    """A run's flags as its JSON records them: --data-root DIR (where MNIST was is this machine's
+    business, not the result's)."""
     argv = list(argv)
     if "--data-root" in argv:
-        i = argv.index("--data-root") + 1
-        with contextlib.suppress(ValueError):  # (another drive)
-            argv[i] = Path(os.path.relpath(argv[i], ROOT)).as_posix()
+        argv[argv.index("--data-root") + 1] = "DIR"
     return argv
 
 
@@ -1803,8 +1804,8 @@ def results_table(results_dir, suffix: str = "-laptop", tier: str | None = None)
                 own.append(f"{name.split(' (')[0]}: {'-' if v is None else f'{v:.3g}'}")
         if s == "infogan" and tier == "mnist":  # what each continuous code became
             for code in sorted({k.split("_")[0] for k in m if k.endswith("_corr_slant")}):
-                own.append(f"{code}: ρ slant {spread(m[f'{code}_corr_slant'], '.2f')}, "
-                           f"width {spread(m[f'{code}_corr_width'], '.2f')}, ink {spread(m[f'{code}_corr_ink'], '.2f')}")
+                rho = {k: spread(m[f"{code}_corr_{k}"], ".2f") for k in ("slant", "width", "ink")}
+                own.append(f"{code}: ρ slant {rho['slant']}, width {rho['width']}, ink {rho['ink']}")
         for c in comparisons(s, r["runs"], tier):  # (from the runs' measures, whichever version wrote the JSON)
             if c.get("missing"):
                 continue
@@ -1853,8 +1854,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "quality-NAME-mnist, run folders in benchmarks/.work/mnist")
     p.add_argument("--data-root", default=None,
                    help="--tier mnist: the folder holding MNIST/raw/ (torchvision's layout; a script's "
-                        "--dataset mnist --data-root DIR --download fetches it); default ../shared/data beside "
-                        "the repository")
+                        "--dataset mnist --data-root DIR --download fetches it); default: shared/data in the "
+                        "folder that holds the repository")
     p.add_argument("--table", action="store_true",
                    help="print the results table of the JSONs in --results-dir for --tier (no training)")
     p.add_argument("--script", nargs="+", default=None, choices=SCRIPTS, metavar="NAME",

@@ -1,8 +1,8 @@
 """benchmarks/quality.py's MNIST tier: the matching of InfoGAN's code values to digits, the
 handwriting measures (slant, ink, stroke width) on hand-drawn strokes, the correlation of a code
-with them, the tier's configurations (each run within its CPU budget, the scripts' own flags) and
-tables; with MNIST at ../shared/data (skipped without it): the digit classifier and the tier's
-path end to end on a few hundred digits with tiny networks.
+with them, the tier's configurations (each run within its CPU budget, the scripts' own flags)
+and tables; with MNIST in shared/data beside the repository (skipped without it): the digit
+classifier and the tier's path end to end on a few hundred digits with tiny networks.
 """
 import importlib
 import itertools
@@ -22,7 +22,7 @@ import infogan  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # tiny networks: faster on one thread of a shared CPU
 MNIST = ROOT.parent / "shared" / "data"
-needs_mnist = pytest.mark.skipif(not (MNIST / "MNIST" / "raw").is_dir(), reason="MNIST is not at ../shared/data")
+needs_mnist = pytest.mark.skipif(not (MNIST / "MNIST" / "raw").is_dir(), reason="no MNIST beside the repository")
 # The tier's path needs a digit classifier, not a good one: this one trains in a second.
 TINY_DIGITS = {"n_train": 512, "n_test": 200, "epochs": 2, "width": 4, "features": 16, "batch_size": 64}
 
@@ -236,7 +236,7 @@ def test_mnist_tier_defaults_and_refusals(tmp_path, fake_root, capsys):
 def test_benchmarks_readme_lists_the_mnist_tiers_configurations_as_they_are():
     readme = (ROOT / "benchmarks" / "README.md").read_text()
     assert quality.mnist_table() in readme
-    assert "python benchmarks/quality.py --tier mnist --data-root ../shared/data" in readme
+    assert "python benchmarks/quality.py --tier mnist --data-root DIR" in readme
 
 
 def test_mnist_results_table_reads_the_digit_measures(tmp_path):
@@ -307,7 +307,7 @@ def test_mnist_tier_end_to_end_on_a_few_hundred_digits(tmp_path, capsys):
         assert r["tier"] == "mnist" and "MNIST" in r["protocol"] and r["classifier"]["mnist"]["n_test"] == 200
         main = r["runs"]["main"]
         assert main["images_shown_to_D"] == 768 and "--dataset" in main["flags"]
-        assert main["flags"][main["flags"].index("--data-root") + 1] == "../shared/data"   # (the JSON's)
+        assert main["flags"][main["flags"].index("--data-root") + 1] == "DIR"   # (not this machine's folder)
         for key in ("fd_mnist", "kid_mnist", "classes_covered", "confident_rate", "fd_ceiling", "fd_position"):
             assert main["metrics"][key]["n"] == 1, (s, key)
         assert "fd_shapes" not in main["metrics"] and r["anchors"]["fd_floor"] >= 0
@@ -323,7 +323,8 @@ def test_mnist_tier_end_to_end_on_a_few_hundred_digits(tmp_path, capsys):
         assert (results / f"quality-infogan-mnist-traversal-{name}.png").stat().st_size > 0
     began = json.loads((results / "quality-began-mnist.json").read_text())
     assert len(began["runs"]["main"]["per_seed"]["0"]["fd_mnist_at_checkpoints"]) == 3
-    assert began["comparisons"][0]["measure"] == "spearman_M_global_vs_fd" and "FD-MNIST" in began["comparisons"][0]["claim"]
+    curve = began["comparisons"][0]
+    assert curve["measure"] == "spearman_M_global_vs_fd" and "FD-MNIST" in curve["claim"]
     sagan = json.loads((results / "quality-sagan-mnist.json").read_text())
     assert sagan["comparisons"][0]["measure"] == "fd_mnist" and not sagan["comparisons"][0].get("missing")
     config = json.loads((tmp_path / "work" / "sagan" / "main-seed0" / "config.json").read_text())
