@@ -4,6 +4,8 @@
     python benchmarks/quality.py --script dcgan [wgan ...] [--budget IMAGES] [--seeds K] [--jobs J]
                                  [--n-eval N] [--results-dir benchmarks/results] [--overwrite] [--tiny]
     python benchmarks/quality.py --tier laptop --table          (the README's tables from the JSONs)
+    python benchmarks/quality.py --tier mnist [--data-root DIR]        (eight scripts on MNIST, a 2-core CPU)
+    python benchmarks/quality.py --tier mnist --table
 
 Two tiers. The paper tier (the default) trains the scripts' own networks at their own sizes (64
 px; a GPU) for a budget in images shown to D (`--epochs E` over `--dataset-size N` gives E x N;
@@ -17,6 +19,24 @@ for the others. Its run folders stay in --work (default
 benchmarks/.work/laptop): a command stopped part way is run again as it was and every run goes
 on from its last checkpoint; scripts already scored are skipped. So the whole tier is one
 command, which may be spread over several sittings.
+
+The MNIST tier (`--tier mnist`) is the laptop tier on real digits: the eight image scripts but
+cyclegan.py (MNIST has no two domains) and seqgan.py (no images), each run built from the
+script's `--preset laptop` with `--dataset mnist --data-root DIR` (quality.py's --data-root:
+the folder holding MNIST/raw/ as torchvision lays it out; default: shared/data in the folder
+that holds the repository) and the tier's own overrides (MNIST_OVERRIDES: epochs and dataset
+size, so that each run takes at most 30 minutes of one core by the laptop tier's measured
+speeds, MNIST_RATES; infogan.py the paper's 28 px networks). The comparisons that make sense on
+digits (VAE-GAN against a VAE, attention on and off with the digit label as sagan.py's class,
+RaSGAN against SGAN on 2,000 digits, grown against fixed size), BEGAN's M_global curve and
+WGAN's critic curve, seeds as in the laptop tier; run folders in benchmarks/.work/mnist; results
+`quality-NAME-mnist.json` and `.png`. Its measure is a digit classifier (DigitNet) trained by
+this file on MNIST's 60,000 training digits (cached like ShapesNet): FD-MNIST and KID-MNIST in
+its penultimate features against the first half of the 10,000 test digits (the floor: that half
+against the other half), classes covered and the confident rate; InfoGAN's categorical code
+matched to the digit on all 10,000 test digits (the paper's 5% error), its continuous codes'
+correlation with the digits' slant and stroke width, and the traversal grids of Fig. 2 c, d
+(`quality-infogan-mnist-traversal-c2.png`, `-c3.png`).
 
 For each script: once per seed, its main run plus the runs of the paper's own comparison
 (RaSGAN vs SGAN vs RaLSGAN on 2,000 images, attention on/off, grown vs fixed size, VAE-GAN vs a
@@ -67,7 +87,10 @@ CPU in seconds; its numbers mean nothing. What the tests run of it (tests/test_q
 dcgan end to end (train, score, JSON and grid), progan trained and scored on 16 images (the
 failure test), and wgan's curve (trained in segments, then score_curve); the other scripts'
 tiny flags, sampling and own measures are checked only when someone runs them
-(`--script NAME --tiny --device cpu`).
+(`--script NAME --tiny --device cpu`). `--tier mnist --tiny` runs the same tiny networks on
+the first 256 MNIST training digits (`--budget` images, in epochs of them); its tests
+(tests/test_quality_mnist.py) run infogan, began and sagan that way, with a tiny digit
+classifier, when MNIST is in shared/data beside the repository.
 """
 from __future__ import annotations
 
@@ -77,6 +100,7 @@ import copy
 import csv
 import hashlib
 import importlib
+import io
 import json
 import math
 import multiprocessing as mp
@@ -120,6 +144,16 @@ PROTOCOL = ("Each run trains through the script's own main() on the built-in sha
             "fd_position = (FD - floor) / (ceiling - floor). KID: 10 subsets of min(1000, n_eval // 2). "
             "cyclegan: reference = outlines of an independent stream (3); floor = the paired targets "
             "(outlines of G_AB's inputs, stream 1) against it; paired error on the paired targets.")
+
+PROTOCOL_MNIST = ("Each run trains through the script's own main() on MNIST's training digits (--dataset mnist, "
+                  "resized to the run's size) for the budget in its flags; samples are drawn from its checkpoint "
+                  "as --generate draws them (eval mode), quantised to uint8 like a PNG, resized to 32 px and "
+                  "embedded by DigitNet (trained on MNIST's training digits; penultimate layer). Real reference: "
+                  "the first n_eval of the 10,000 test digits; floor: that set against the next n_eval test "
+                  "digits; ceiling: the script's generator at initialisation (same seed, build()). fd_position = "
+                  "(FD - floor) / (ceiling - floor). KID: 10 subsets of min(1000, n_eval // 2). infogan: Q's "
+                  "categorical code on all 10,000 test digits against the digit, after the best one-to-one "
+                  "matching of code values to digits. The runs' flags record --data-root as DIR.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -213,41 +247,51 @@ def _noise_batch(n: int, channels: int, size: int, g: torch.Generator, device) -
     return x.to(device)
 
 
+def fit(net, x, y, cfg: dict, channels: int, device, log=print, what: str = "classifier", targets=None):
+    """Train a feature network deterministically (cfg's seed): Adam with a one-cycle schedule,
+    cross-entropy on the labels y of the uint8 images x, a share of noise images (cfg's
+    noise_fraction) trained towards the uniform class distribution (outlier exposure: confident
+    means 'one of the classes'), and, with `targets` (shapes), the factor regression. Returns
+    its wall and CPU time (all threads) in seconds."""
+    opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
+    g = torch.Generator().manual_seed(cfg["seed"])
+    bs, n = cfg["batch_size"], len(x)
+    steps = cfg["epochs"] * (n // bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=steps)
+    n_noise = max(1, round(bs * cfg["noise_fraction"]))
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    for epoch in range(cfg["epochs"]):
+        order = torch.randperm(n, generator=g).to(device)
+        for k in range(n // bs):
+            idx = order[k * bs:(k + 1) * bs]
+            noise = _noise_batch(n_noise, channels, cfg["input_size"], g, device)
+            _, logits, reg = net(torch.cat([to_input(x[idx], channels, cfg["input_size"]), noise]))
+            loss = (F.cross_entropy(logits[:bs], y[idx])
+                    - logits[bs:].log_softmax(1).mean())           # the noise: towards uniform
+            if targets is not None:
+                target = targets[idx]
+                mask = torch.ones_like(target)
+                mask[:, 1:3] = (target[:, 1:3] != 0).float()  # no rotation target for symmetric classes
+                loss = loss + ((reg[:bs] - target) ** 2 * mask).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"{what} epoch {epoch + 1}/{cfg['epochs']}: loss {loss.item():.4f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+    net.eval()
+    return {"train_seconds": round(time.perf_counter() - t0, 1),
+            "train_cpu_seconds": round(time.process_time() - cpu0, 1)}
+
+
 def train_classifier(channels: int, cfg: dict, device, log=print) -> tuple:
     """Train ShapesNet deterministically (fixed seed, stream 0 data); test on stream 1."""
     with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
         torch.manual_seed(cfg["seed"])
         net = ShapesNet(channels, cfg["width"], cfg["features"]).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
         x, y, t, _ = classifier_set(cfg["n_train"], 0, channels, cfg, device)
-        g = torch.Generator().manual_seed(cfg["seed"])
-        bs, n = cfg["batch_size"], cfg["n_train"]
-        steps = cfg["epochs"] * (n // bs)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=steps)
-        n_noise = max(1, round(bs * cfg["noise_fraction"]))
-        t0 = time.perf_counter()
-        for epoch in range(cfg["epochs"]):
-            order = torch.randperm(n, generator=g).to(device)
-            for k in range(n // bs):
-                idx = order[k * bs:(k + 1) * bs]
-                noise = _noise_batch(n_noise, channels, cfg["input_size"], g, device)
-                _, logits, reg = net(torch.cat([to_input(x[idx], channels, cfg["input_size"]), noise]))
-                target = t[idx]
-                mask = torch.ones_like(target)
-                mask[:, 1:3] = (target[:, 1:3] != 0).float()  # no rotation target for symmetric classes
-                loss = (F.cross_entropy(logits[:bs], y[idx])
-                        - logits[bs:].log_softmax(1).mean()           # the noise: towards uniform
-                        + ((reg[:bs] - target) ** 2 * mask).mean())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            log(f"classifier ({channels} ch) epoch {epoch + 1}/{cfg['epochs']}: loss {loss.item():.4f} "
-                f"({time.perf_counter() - t0:.0f} s)")
-        net.eval()
-        report = evaluate_classifier(net, channels, cfg, device)
-        report["trained_on"] = str(device)
-        report["train_seconds"] = round(time.perf_counter() - t0, 1)
+        times = fit(net, x, y, cfg, channels, device, log, f"classifier ({channels} ch)", targets=t)
+        report = {**evaluate_classifier(net, channels, cfg, device), "trained_on": str(device), **times}
     return net, report
 
 
@@ -293,6 +337,11 @@ def classifier_problem(cfg: dict) -> str | None:
         return f"lr must be a positive number, not {json.dumps(cfg['lr'])}"
     if not (is_number(cfg["noise_fraction"]) and 0 <= cfg["noise_fraction"] < 1):
         return f"noise_fraction must be a number in [0, 1), not {json.dumps(cfg['noise_fraction'])}"
+    if "render_sizes" not in cfg:  # (the digit classifier: MNIST's own sets)
+        if cfg["n_train"] > MNIST_TRAIN or cfg["n_test"] > MNIST_TEST:
+            return f"n_train and n_test must be at most MNIST's {MNIST_TRAIN:,} and {MNIST_TEST:,} digits"
+        return None if cfg["batch_size"] <= cfg["n_train"] else \
+            f"batch_size ({cfg['batch_size']}) must not exceed n_train ({cfg['n_train']}): no step would train"
     sizes, styles = cfg["render_sizes"], cfg["styles"]
     if not (isinstance(sizes, list) and sizes and all(is_int(v) and 16 <= v <= 256 for v in sizes)):
         return f'render_sizes must be a JSON list of sizes from 16 to 256 (e.g. [32,64]), not {json.dumps(sizes)}'
@@ -304,23 +353,112 @@ def classifier_problem(cfg: dict) -> str | None:
     return None
 
 
-def classifier(channels: int, device, cfg: dict | None = None, cache: Path | None = CACHE, log=print):
-    """The feature network for `channels`, from the cache if it holds one of this config."""
-    cfg = {**CLASSIFIER, **(cfg or {}), "channels": channels}
+def _cached(name: str, cfg: dict, make, train, cache: Path | None, device) -> tuple:
+    """(network, report) from cache/NAME-KEY.pt (KEY: a hash of cfg) when it holds one, else
+    trained by train() and saved there."""
     key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
-    path = None if cache is None else Path(cache) / f"classifier-{channels}ch-{key}.pt"
+    path = None if cache is None else Path(cache) / f"{name}-{key}.pt"
     if path is not None and path.exists():
         saved = torch.load(path, map_location=device, weights_only=True)
-        net = ShapesNet(channels, cfg["width"], cfg["features"]).to(device)
+        net = make().to(device)
         net.load_state_dict(saved["state_dict"])
         net.eval()
-        return net, {**json.loads(saved["report"]), "cache": path.name}, cfg
-    net, report = train_classifier(channels, cfg, device, log)
+        return net, {**json.loads(saved["report"]), "cache": path.name}
+    net, report = train()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         saved = {"state_dict": net.state_dict(), "report": json.dumps(report), "config": json.dumps(cfg)}
         common.replace_atomically(path, partial(torch.save, saved))
         report = {**report, "cache": path.name}
+    return net, report
+
+
+def classifier(channels: int, device, cfg: dict | None = None, cache: Path | None = CACHE, log=print):
+    """The feature network for `channels`, from the cache if it holds one of this config."""
+    cfg = {**CLASSIFIER, **(cfg or {}), "channels": channels}
+    net, report = _cached(f"classifier-{channels}ch", cfg, lambda: ShapesNet(channels, cfg["width"], cfg["features"]),
+                          lambda: train_classifier(channels, cfg, device, log), cache, device)
+    return net, report, cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# The MNIST tier's feature network: a digit classifier trained on MNIST's training digits
+# ----------------------------------------------------------------------------------------------
+MNIST_TRAIN, MNIST_TEST = 60000, 10000
+DIGIT_CLASSIFIER = {"version": 1, "input_size": 32, "width": 16, "features": 128, "n_train": MNIST_TRAIN,
+                    "n_test": MNIST_TEST, "epochs": 5, "batch_size": 128, "lr": 2e-3, "seed": 0,
+                    "noise_fraction": 0.125}
+
+
+class DigitNet(ShapesNet):
+    """ShapesNet's body and class head, no factor head (the digits' factors are not labelled):
+    image (B, 1, 32, 32) in [-1, 1] -> (features (B, F), digit logits (B, 10), (B, 0))."""
+
+    def __init__(self, width=16, features=128):
+        super().__init__(1, width, features)
+        del self.reg
+
+    def forward(self, x):
+        h = self.body(x)
+        return h, self.cls(h), h.new_zeros(len(h), 0)
+
+
+_DIGITS: dict = {}  # (root, split[, size]) -> (images, labels): each split read and resized once per process
+
+
+def mnist_digits(root, split: str, image_size: int = 28, n: int | None = None) -> tuple:
+    """MNIST's "train" (60,000) or "test" (10,000) digits from root/MNIST/raw/ (torchvision's
+    layout), the first n of them (default all): uint8 (n, 1, S, S), resized as the scripts resize
+    their training digits (data.load_dataset: antialiased bilinear), and the labels (n,)."""
+    raw = (str(Path(root).resolve()), split)
+    if raw not in _DIGITS:
+        import torchvision.datasets as tvd
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                base = tvd.MNIST(str(root), train=split == "train", download=False)
+        except Exception:  # (torchvision: "Dataset not found")
+            raise common.UserError(
+                f"MNIST was not found in {root} (it looks for MNIST/raw/ there); pass --data-root with the folder "
+                f"that holds it, or fetch it with any script: --dataset mnist --data-root {root} --download.") from None
+        _DIGITS[raw] = (torch.as_tensor(base.data)[:, None], torch.as_tensor(base.targets).long())
+    images, labels = _DIGITS[raw]
+    if n is not None and n < len(images):  # (a few: resized now, not kept)
+        return data._resize_uint8(images[:n], image_size, 1), labels[:n]
+    if (*raw, image_size) not in _DIGITS:
+        _DIGITS[(*raw, image_size)] = (data._resize_uint8(images, image_size, 1), labels)
+    return _DIGITS[(*raw, image_size)]
+
+
+def train_digit_classifier(cfg: dict, root, device, log=print) -> tuple:
+    """Train DigitNet deterministically on the first n_train training digits (32 px, as the
+    scripts train on them); test it on the first n_test test digits."""
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(cfg["seed"])
+        net = DigitNet(cfg["width"], cfg["features"]).to(device)
+        x, y = mnist_digits(root, "train", cfg["input_size"], cfg["n_train"])
+        times = fit(net, x.to(device), y.to(device), cfg, 1, device, log, "digit classifier")
+        report = {**evaluate_digit_classifier(net, cfg, root, device), "trained_on": str(device), **times}
+    return net, report
+
+
+@torch.no_grad()
+def evaluate_digit_classifier(net, cfg: dict, root, device) -> dict:
+    """Accuracy on the first n_test test digits, their confident rate, and noise's."""
+    x, y = mnist_digits(root, "test", cfg["input_size"], cfg["n_test"])
+    logits = torch.cat([net(to_input(c.to(device), 1, cfg["input_size"]))[1].float().cpu() for c in x.split(500)])
+    noise = _noise_batch(500, 1, cfg["input_size"], torch.Generator().manual_seed(1), device)
+    return {"test_accuracy": round((logits.argmax(1) == y).float().mean().item(), 4),
+            "test_confident_rate": round((logits.softmax(1).amax(1) > CONFIDENT).float().mean().item(), 4),
+            "noise_confident_rate": round((net(noise)[1].softmax(1).amax(1) > CONFIDENT).float().mean().item(), 4),
+            "n_test": len(y)}
+
+
+def digit_classifier(device, root, cfg: dict | None = None, cache: Path | None = CACHE, log=print):
+    """The MNIST tier's feature network (DIGIT_CLASSIFIER, overridden by cfg), from the cache if
+    it holds one of this config (the key does not depend on where MNIST lies)."""
+    cfg = {**DIGIT_CLASSIFIER, **(cfg or {}), "channels": 1}
+    net, report = _cached("digits", cfg, lambda: DigitNet(cfg["width"], cfg["features"]),
+                          lambda: train_digit_classifier(cfg, root, device, log), cache, device)
     return net, report, cfg
 
 
@@ -385,15 +523,111 @@ def coverage(probs: torch.Tensor, threshold: float = CONFIDENT) -> dict:
             "class_histogram": hist.tolist()}
 
 
-def code_accuracy(codes: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> float:
-    """Accuracy of the best one-to-one matching of codes to labels (Hungarian, exactly):
-    infogan.matched_accuracy on the confusion matrix."""
-    import infogan
-
+def confusion_matrix(codes: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """(k, max(k, labels)) counts: row = code value, column = label."""
+    codes, labels = torch.as_tensor(codes).long().flatten().cpu(), torch.as_tensor(labels).long().flatten().cpu()
     k = k or int(max(codes.max(), labels.max())) + 1
     confusion = torch.zeros(k, max(k, int(labels.max()) + 1), dtype=torch.long)
-    confusion.view(-1).index_add_(0, codes.long() * confusion.shape[1] + labels.long(), torch.ones_like(codes.long()))
-    return infogan.matched_accuracy(confusion)
+    confusion.view(-1).index_add_(0, codes * confusion.shape[1] + labels, torch.ones_like(codes))
+    return confusion
+
+
+def best_matching(confusion) -> tuple:
+    """The one-to-one matching of codes (rows) to labels (columns) with the most counts on it, exactly
+    (what the Hungarian algorithm finds): dynamic programming over the sets of the smaller side's
+    partners used so far, 2^10 sets for 10 x 10. Returns (mapping, matched count): mapping[code] is
+    its label, or -1 for a code left over when there are more codes than labels. Of tied best
+    matchings, always the same one for the same matrix."""
+    m = [list(map(int, row)) for row in torch.as_tensor(confusion).tolist()]
+    rows, cols = len(m), len(m[0]) if m else 0
+    flip = rows > cols                                      # match the smaller side into the larger one
+    a = [list(col) for col in zip(*m)] if flip else m
+    best = {0: (0, ())}                                     # {set of used partners: (count, partners in order)}
+    for row in a:
+        new = {}
+        for used, (total, chosen) in best.items():
+            for j, count in enumerate(row):
+                key = used | 1 << j
+                if not used >> j & 1 and (key not in new or total + count > new[key][0]):
+                    new[key] = (total + count, chosen + (j,))
+        best = new
+    total, chosen = max(best.values(), key=lambda v: v[0]) if best else (0, ())
+    if not flip:
+        return list(chosen), total
+    mapping = [-1] * rows                                   # chosen[label] is that label's code
+    for label, code in enumerate(chosen):
+        mapping[code] = label
+    return mapping, total
+
+
+def code_accuracy(codes: torch.Tensor, labels: torch.Tensor, k: int | None = None) -> float:
+    """Accuracy of the best one-to-one matching of codes to labels (best_matching: exact)."""
+    _, matched = best_matching(confusion_matrix(codes, labels, k))
+    return matched / max(1, len(torch.as_tensor(codes).flatten()))
+
+
+# Handwriting measures on uint8 images (N, 1, H, W), ink bright on a dark ground (MNIST's and the
+# generators' digits): x to the right, y down, in pixels.
+def _plane(images) -> torch.Tensor:
+    """(N, 1, H, W) or (N, H, W) -> (N, H, W)."""
+    x = torch.as_tensor(images)
+    return x[:, 0] if x.dim() == 4 else x
+
+
+def _ink(images) -> torch.Tensor:
+    return _plane(images).double() / 255
+
+
+def slant(images: torch.Tensor) -> torch.Tensor:
+    """The shear of each image's ink from its second moments, -μ11 / μ02: how far the ink moves to
+    the right per pixel upwards (0 upright, > 0 leaning right: the slant deskewing removes). An
+    image without ink: 0."""
+    w = _ink(images)                                         # (N, H, W)
+    h, wd = w.shape[-2:]
+    y = torch.arange(h, dtype=torch.float64).view(1, h, 1)
+    x = torch.arange(wd, dtype=torch.float64).view(1, 1, wd)
+    mass = w.sum((1, 2))
+    safe = mass.clamp(min=1e-12)
+    cx, cy = (w * x).sum((1, 2)) / safe, (w * y).sum((1, 2)) / safe
+    dx, dy = x - cx.view(-1, 1, 1), y - cy.view(-1, 1, 1)
+    mu11, mu02 = (w * dx * dy).sum((1, 2)) / safe, (w * dy * dy).sum((1, 2)) / safe
+    return torch.where((mass > 0) & (mu02 > 1e-12), -mu11 / mu02.clamp(min=1e-12), 0.0)
+
+
+def ink_area(images: torch.Tensor) -> torch.Tensor:
+    """The ink of each image, in pixels (the sum of intensities in [0, 1])."""
+    return _ink(images).sum((1, 2))
+
+
+def stroke_width(images: torch.Tensor, threshold: int = 128) -> torch.Tensor:
+    """Mean stroke width in pixels without a skeleton: 2 A / P, A the area of the inked pixels
+    (>= threshold) and P their boundary length. A straight stroke of length L and width w has
+    A = L w and P = 2 (L + w), so this is w L / (L + w): about w for a stroke much longer than
+    wide, whatever its length (a digit's strokes: a few percent less), where the ink A alone
+    grows with the length. P by Crofton's formula over four directions, (π/8) (C_0 + C_90 +
+    (C_45 + C_135) / √2) with C the ink/ground changes along rows, columns and both diagonals,
+    so that a slanted stroke's staircase edge is not counted longer than a straight edge.
+    No ink: 0."""
+    b = F.pad((_plane(images) >= threshold).double(), (1, 1, 1, 1))  # (N, H + 2, W + 2)
+
+    def changes(a, c):
+        return (a - c).abs().sum((1, 2))
+    length = math.pi / 8 * (changes(b[:, :, 1:], b[:, :, :-1]) + changes(b[:, 1:], b[:, :-1])
+                            + (changes(b[:, 1:, 1:], b[:, :-1, :-1]) + changes(b[:, 1:, :-1], b[:, :-1, 1:]))
+                            / math.sqrt(2))
+    return torch.where(length > 0, 2 * b.sum((1, 2)) / length.clamp(min=1e-12), 0.0)
+
+
+def within_group_correlation(c, v, group_size: int) -> float:
+    """Pearson correlation of c and v after removing each group's mean from both (consecutive groups
+    of group_size): how v follows c where only c changes within a group. NaN values drop their group."""
+    c = torch.as_tensor(c).double().view(-1, group_size)
+    v = torch.as_tensor(v).double().view(-1, group_size)
+    keep = ~(c.isnan().any(1) | v.isnan().any(1))
+    c, v = c[keep], v[keep]
+    if len(c) == 0:
+        return float("nan")
+    return _pearson(c - c.mean(1, keepdim=True), v - v.mean(1, keepdim=True))
 
 
 def _pearson(a, b) -> float:
@@ -433,12 +667,27 @@ def circular_linear(c: torch.Tensor, angle: torch.Tensor) -> float:
     return math.sqrt(max(0.0, (rcc ** 2 + rcs ** 2 - 2 * rcc * rcs * rsc) / denom)) if denom > 1e-9 else float("nan")
 
 
-def image_scores(gen: dict, real: dict, tag: str = "") -> dict:
+def image_scores(gen: dict, real: dict, tag: str = "", space: str = "shapes") -> dict:
+    """FD, KID and coverage of the generated features against the real ones; space names the
+    feature network in the keys (fd_shapes, fd_mnist)."""
     kid, kid_std = kernel_inception_distance(gen["features"], real["features"])
     cov = coverage(gen["probs"])
-    return {f"fd_shapes{tag}": frechet_distance(gen["features"], real["features"]), f"kid_shapes{tag}": kid,
-            f"kid_shapes_std{tag}": kid_std, f"classes_covered{tag}": cov["classes_covered"],
+    return {f"fd_{space}{tag}": frechet_distance(gen["features"], real["features"]), f"kid_{space}{tag}": kid,
+            f"kid_{space}_std{tag}": kid_std, f"classes_covered{tag}": cov["classes_covered"],
             f"confident_rate{tag}": cov["confident_rate"], f"class_histogram{tag}": cov["class_histogram"]}
+
+
+FEATURE_NAMES = {"shapes": "shapes", "mnist": "MNIST"}  # FD-shapes, FD-MNIST
+
+
+def space_of(tier: str) -> str:
+    """The feature space of a tier's FD and KID: the digit classifier's on MNIST, else ShapesNet's."""
+    return "mnist" if tier == "mnist" else "shapes"
+
+
+def measure_name(key: str, tier: str) -> str:
+    """A measure's key in a tier's JSONs (fd_shapes... is fd_mnist... on MNIST)."""
+    return key.replace("_shapes", f"_{space_of(tier)}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,6 +739,7 @@ LAPTOP_VARIANT_IMAGES = {"relativistic_gan": 600_000}
 LAPTOP_TARGETS = {"classes": NUM_CLASSES, "confident": 0.65, "fd_position": 0.05, "code_accuracy": 0.7}
 PAPER_TARGETS = {"classes": NUM_CLASSES, "confident": 0.7, "fd_position": WIDE_MARGIN, "code_accuracy": 0.9}
 LAPTOP_SEEDS = 3  # for every run that a comparison or a curve claim rests on; the others: seed 0
+CPU_TIERS = ("laptop", "mnist")  # the scripts' laptop sizes: one thread a run, two at a time, resumable
 
 
 def laptop_preset(script: str) -> list:
@@ -544,9 +794,105 @@ def laptop_table() -> str:
     return "\n".join(rows)
 
 
+# The MNIST tier: the eight image scripts but cyclegan.py (MNIST has no two domains) on MNIST's
+# digits. A run's flags: the script's `--preset laptop`, then the overrides below (epochs and
+# dataset size alone, so that a run takes at most MNIST_MINUTES of one core by MNIST_RATES; and
+# infogan.py's networks, the paper's), then `--dataset mnist --data-root DIR`. The losses,
+# optimiser settings and update schedules stay the scripts' defaults, as in the laptop tier.
+MNIST_SCRIPTS = ("dcgan", "wgan", "relativistic_gan", "infogan", "began", "vaegan", "sagan", "progan")
+MNIST_OVERRIDES = {
+    "dcgan": {"--epochs": 8},                              # --preset laptop: 12 epochs
+    "wgan": {"--epochs": 15},                              # 20
+    "relativistic_gan": {"--epochs": 10},                  # 25
+    "infogan": {"--ngf": 64, "--ndf": 64, "--fc-units": 1024,  # the paper's MNIST networks (Table 1),
+                "--epochs": 5},                            # not the preset's half width; 30 epochs
+    "began": {},                                           # 10 epochs of 12,000
+    "vaegan": {},                                          # 2 epochs of 40,000
+    "sagan": {"--dataset-size": 50000, "--epochs": 3},     # 6 epochs of 60,000
+    "progan": {"--epochs": 4},                             # 9 epochs of 30,000
+}
+# The tier's comparison runs (of SPECS' variants): RaSGAN against SGAN on 2,000 digits, each shown
+# MNIST_VARIANT_IMAGES digits; the VAE; attention off; fixed size.
+MNIST_VARIANTS = {"relativistic_gan": ("small-sgan", "small-rasgan"), "vaegan": ("plain-vae",),
+                  "sagan": ("no-attention",), "progan": ("fixed-size",)}
+MNIST_VARIANT_IMAGES = {"relativistic_gan": 400_000}
+# Images shown to D per second of one core at these sizes: the laptop tier's runs on the shapes
+# (images_shown_to_D / train_cpu_s in quality-NAME-laptop.json: the same networks at the same image
+# size, two runs at a time), where they recorded CPU time; dcgan and wgan, which recorded wall time
+# alone: speed.py's one-thread rate at the laptop configuration (682 and 1,030) less a fifth, about
+# what the per-epoch grids and checkpoints cost the others; infogan at the paper's width: its
+# laptop rate (670) times the paper networks' cost relative to the preset's (0.33, measured as CPU
+# time of the training step on one thread).
+MNIST_RATES = {("dcgan", "main"): 545, ("wgan", "main"): 825, ("relativistic_gan", "main"): 497,
+               ("relativistic_gan", "small-sgan"): 272, ("relativistic_gan", "small-rasgan"): 515,
+               ("infogan", "main"): 220, ("began", "main"): 92, ("vaegan", "main"): 61,
+               ("vaegan", "plain-vae"): 264, ("sagan", "main"): 117, ("sagan", "no-attention"): 151,
+               ("progan", "main"): 100, ("progan", "fixed-size"): 84}
+MNIST_MINUTES = 30   # the most one run of the tier may take on one core
+MNIST_TARGETS = {"classes": 10, "confident": 0.7, "fd_position": 0.05, "code_accuracy": 0.95}
+MNIST_TINY_DIGITS = 256  # --tier mnist --tiny: runs on the first 256 training digits
+DATA_ROOT = ROOT.parent / "shared" / "data"  # --data-root's default: the folder holding MNIST/raw/
+
+
+def mnist_config(script: str) -> list:
+    """A script's MNIST configuration as flags (its main run, without --data-root)."""
+    return list(with_flags(laptop_preset(script), {**MNIST_OVERRIDES[script], "--dataset": "mnist"}))
+
+
+def mnist_images(script: str, run: str = "main") -> int:
+    """Real images shown to D by a run of the MNIST tier."""
+    if run != "main" and script in MNIST_VARIANT_IMAGES:
+        return MNIST_VARIANT_IMAGES[script]
+    flags = mnist_config(script)
+    return int(_flag(flags, "--dataset-size", MNIST_TRAIN)) * int(_flag(flags, "--epochs"))
+
+
+def mnist_minutes(script: str, run: str = "main") -> float:
+    """A run's estimated minutes on one core (MNIST_RATES)."""
+    return mnist_images(script, run) / MNIST_RATES[(script, run)] / 60
+
+
+def tier_variants(script: str, tier: str) -> dict:
+    """The comparison runs of a script in a tier: name -> (flags, dataset size)."""
+    variants = SPECS[script].variants
+    return {k: v for k, v in variants.items() if k in MNIST_VARIANTS.get(script, ())} if tier == "mnist" else variants
+
+
+def mnist_flags(script: str, run: str = "main", size: int | None = None, budget: int | None = None,
+                tiny: bool = False) -> tuple:
+    """(flags without --data-root, images shown to D) of a run of the MNIST tier: its
+    configuration, or with `budget` that many images (epochs of its dataset size); a comparison
+    run on `size` digits. tiny: the tiny networks of the CPU smoke path on MNIST_TINY_DIGITS
+    digits (one epoch, or `budget` images)."""
+    base = [*SPECS[script].tiny, "--channels", "1", "--dataset", "mnist"] if tiny else mnist_config(script)
+    n = size or (MNIST_TINY_DIGITS if tiny else int(_flag(base, "--dataset-size", MNIST_TRAIN)))
+    images = budget or (n if tiny else mnist_images(script, run))
+    n = min(n, images)
+    epochs = max(1, round(images / n))
+    return with_flags(base, {"--dataset-size": n, "--epochs": epochs}), n * epochs
+
+
+def mnist_table() -> str:
+    """The MNIST tier's configurations as a Markdown table (benchmarks/README.md's)."""
+    rows = ["| script | `--preset laptop` overridden by | images shown to D | one core (estimated) | "
+            "runs over seeds 0-2 |", "|---|---|---|---|---|"]
+    for s in MNIST_SCRIPTS:
+        over = " ".join(f"{k} {v}" for k, v in MNIST_OVERRIDES[s].items())
+        comp = []
+        for name, (f, size) in tier_variants(s, "mnist").items():
+            where = f" on {size:,} digits" if size else ""
+            comp.append(f"{name}: `{' '.join(f)}`{where} ({mnist_images(s, name):,} shown to D, "
+                        f"{mnist_minutes(s, name):.0f} min)")
+        if s in CURVE_CLAIMS:
+            comp.insert(0, "main (the curve of `" + SPECS[s].curve + "`)")
+        rows.append(f"| {s}.py | {f'`{over}`' if over else '-'} | {mnist_images(s):,} | "
+                    f"{mnist_minutes(s):.0f} min | {'; '.join(comp) or '-'} |")
+    return "\n".join(rows)
+
+
 def script_channels(script: str, tier: str) -> int:
     """The channels a script's runs train on (infogan.py's default is 1, the others' 3)."""
-    flags = laptop_preset(script) if tier == "laptop" else SPECS[script].flags
+    flags = laptop_preset(script) if tier in CPU_TIERS else SPECS[script].flags
     if "--channels" in flags:
         return int(flags[flags.index("--channels") + 1])
     return 1 if script == "infogan" else 3
@@ -624,12 +970,16 @@ def draw(fn, n: int, batch: int = 500) -> torch.Tensor:
 CYCLEGAN_REFERENCE_STREAM = 3
 
 
-def real_sets(script: str, args, n: int, device) -> tuple:
+def real_sets(script: str, args, n: int, device, digits=None) -> tuple:
     """(reference, other), at the run's size and channels: the floor is FD(reference, other).
     Image scripts: n real images of the test stream (1) and n of the training stream (0).
     CycleGAN (domain B, outlines): n outlines of an independent stream (3), the reference for
     G_AB(a), and the n paired targets of the test split (stream 1, what G_AB(a) should be), so
-    the floor is what a perfect translator scores."""
+    the floor is what a perfect translator scores. digits (the MNIST tier: the folder holding
+    MNIST): the first n test digits and the next n (n at most half the test set)."""
+    if digits is not None:
+        x, _ = mnist_digits(digits, "test", args.image_size)
+        return x[:n], x[n:2 * n]
     if script == "cyclegan":
         f1 = data.shape_factors(n, stream=CYCLEGAN_REFERENCE_STREAM)
         f2 = data.shape_factors(n, stream=1)
@@ -928,7 +1278,7 @@ def plan(script: str, a, work: Path) -> list:
     laptop = a.tier == "laptop"
 
     def seeds(run):
-        return range(a.seeds) if a.seeds else laptop_seeds(script, run) if laptop else range(1)
+        return range(a.seeds) if a.seeds else laptop_seeds(script, run) if a.tier in CPU_TIERS else range(1)
 
     def add(run, s, argv, images):
         jobs.append({"script": script, "run": run, "seed": s, "argv": ["--seed", str(s), "--device", a.device, *argv],
@@ -940,8 +1290,11 @@ def plan(script: str, a, work: Path) -> list:
             for s in seeds(name):
                 add(name, s, [*seqgan_flags(a), *extra], None)
         return sorted(jobs, key=lambda j: j["seed"])
-    for name, (extra, size) in {"main": ((), None), **spec.variants}.items():
-        if laptop and a.budget is None:
+    for name, (extra, size) in {"main": ((), None), **tier_variants(script, a.tier)}.items():
+        if a.tier == "mnist":
+            flags, images = mnist_flags(script, name, size, a.budget, a.tiny)
+            flags += ("--data-root", a.data_root)
+        elif laptop and a.budget is None:
             images = LAPTOP_VARIANT_IMAGES.get(script, laptop_images(script)) if size else laptop_images(script)
             flags = with_flags(laptop_preset(script), {"--dataset-size": size, "--epochs": round(images / size)}
                                if size else {})
@@ -992,8 +1345,9 @@ def score_run(script: str, job: dict, a, nets_cache: dict, device) -> dict:
         return {"nll_oracle_final": nll[-1][1], "nll_oracle_untrained": nll[0][1],
                 "nll_oracle_curve": nll, "nll_test_final": _column(rows, "nll_test")[-1]}
     module, args, nets, _ = load_models(script, run_dir, device)
-    n = a.n_eval
-    real_ref, real_other = real_sets(script, args, n, device)
+    n, space = a.n_eval, space_of(a.tier)
+    digits = a.data_root if a.tier == "mnist" else None
+    real_ref, real_other = real_sets(script, args, n, device, digits)
     clf, _, cfg = nets_cache[args.channels]
     real = embed(clf, real_ref, cfg, device)
     out = {}
@@ -1001,7 +1355,7 @@ def score_run(script: str, job: dict, a, nets_cache: dict, device) -> dict:
         out.update(score_cyclegan(module, args, nets, clf, cfg, n, device, real))
     else:
         images = draw(sampler(script, run_dir, device), n)
-        out.update(image_scores(embed(clf, images, cfg, device), real))
+        out.update(image_scores(embed(clf, images, cfg, device), real, space=space))
         out["_grid"] = images[:64]
     if job["run"] == "main":  # the ceiling on the same scale, for this seed: G at initialisation
         if script == "cyclegan":
@@ -1013,22 +1367,24 @@ def score_run(script: str, job: dict, a, nets_cache: dict, device) -> dict:
         out["fd_ceiling"] = frechet_distance(u["features"], real["features"])
         out["confident_rate_untrained"] = coverage(u["probs"])["confident_rate"]
     if script == "infogan":
-        out.update(score_infogan(module, args, nets, clf, cfg, n, device))
-    if script == "vaegan":
-        x = common.shapes_data(n, args.image_size, args.channels, device, stream=1).images
+        out.update(score_infogan_digits(module, args, nets, clf, cfg, n, device, digits, run_dir) if digits
+                   else score_infogan(module, args, nets, clf, cfg, n, device))
+    if script == "vaegan":  # held-out reconstructions: the reference set (never trained on)
+        x = real_ref.to(device) if digits else common.shapes_data(n, args.image_size, args.channels, device,
+                                                                  stream=1).images
         rec = module.reconstruct(nets["E"], nets["Dec"], x.float().div(127.5).sub(1))
         out["heldout_recon_mse"] = float((rec - x.float().div(127.5).sub(1)).pow(2).mean())
-        out["fd_shapes_reconstructions"] = frechet_distance(embed(clf, to_uint8(rec).cpu(), cfg, device)["features"],
-                                                            real["features"])
+        out[f"fd_{space}_reconstructions"] = frechet_distance(
+            embed(clf, to_uint8(rec).cpu(), cfg, device)["features"], real["features"])
     if SPECS[script].curve and job.get("segments"):
-        out.update(score_curve(script, job, clf, cfg, device, real))
+        out.update(score_curve(script, job, clf, cfg, device, real, space))
     if script == "began":
         k = _column(read_rows(run_dir), "k_t")
         out.update(k_t_min=min(k), k_t_max=max(k), k_t_final=k[-1])
     return out
 
 
-def score_curve(script, job, clf, cfg, device, real) -> dict:
+def score_curve(script, job, clf, cfg, device, real, space: str = "shapes") -> dict:
     """FD-shapes after each segment against the logged quantity there (the mean of the
     segment's last quarter of metrics rows): their rank correlation. A row belongs to the
     segment by its step (after the previous checkpoint's step, up to this one's), not by its
@@ -1044,7 +1400,7 @@ def score_curve(script, job, clf, cfg, device, real) -> dict:
         seg = [float(r[key]) for r, step in zip(rows, row_steps) if start < step <= end and r.get(key)]
         seg = seg[len(seg) - max(1, len(seg) // 4):]
         logged.append(float(np.mean(seg)) if seg else float("nan"))
-    return {f"{key}_at_checkpoints": logged, "fd_shapes_at_checkpoints": fds,
+    return {f"{key}_at_checkpoints": logged, f"fd_{space}_at_checkpoints": fds,
             f"spearman_{key}_vs_fd": spearman(logged, fds)}
 
 
@@ -1103,6 +1459,81 @@ def score_infogan(module, args, nets, clf, cfg, n, device) -> dict:
     return out
 
 
+TRAVERSAL_STEPS = 10  # values of a continuous code per traversal when its correlations are measured
+
+
+def digit_order(mapping: list) -> list:
+    """Code values in the order of the digits they were matched to (then any code left over)."""
+    matched = sorted((label, code) for code, label in enumerate(mapping) if label >= 0)
+    return [code for _, code in matched] + [code for code, label in enumerate(mapping) if label < 0]
+
+
+@torch.no_grad()
+def code_correlations(G, module, args, n: int, device) -> dict:
+    """How each continuous code c_i of InfoGAN's G changes its digits: n // TRAVERSAL_STEPS
+    latents drawn as in training (module.sample_latent), each with c_i set to TRAVERSAL_STEPS
+    values from -1 to 1 (its training range), everything else fixed within the group; the
+    correlation of c_i with the slant, the ink and the stroke width of G's images within these
+    groups: c<i>_corr_slant, c<i>_corr_ink, c<i>_corr_width (codes numbered as the paper's,
+    the categorical ones first)."""
+    out, steps, groups = {}, TRAVERSAL_STEPS, max(2, n // TRAVERSAL_STEPS)
+    g_in, codes = module.sample_latent(groups, args.nz, args.n_cat, args.cat_dim, args.n_cont, device)
+    z, values = g_in[:, :args.nz], torch.linspace(-1, 1, steps, device=device)
+    for j in range(args.n_cont):
+        cont = codes["cont"].repeat_interleave(steps, 0)
+        cont[:, j] = values.repeat(groups)
+        latent = module.generator_input(z.repeat_interleave(steps, 0),
+                                        {"cat": codes["cat"].repeat_interleave(steps, 0), "cont": cont}, args.cat_dim)
+        images = torch.cat([to_uint8(G(c)).cpu() for c in latent.split(500)])
+        name = f"c{args.n_cat + j + 1}"
+        for measure, fn in (("slant", slant), ("ink", ink_area), ("width", stroke_width)):
+            out[f"{name}_corr_{measure}"] = within_group_correlation(cont[:, j].cpu(), fn(images), steps)
+    return out
+
+
+@torch.no_grad()
+def score_infogan_digits(module, args, nets, clf, cfg, n, device, root, run_dir) -> dict:
+    """InfoGAN on MNIST, the paper's measures (Sec. 6.1, Fig. 2):
+    - the categorical code: Q's code (the argmax of its logits; D in eval mode) on all 10,000
+      test digits against the digit, after the best one-to-one matching of code values to digits
+      (best_matching): code_acc_q_real, code_error_q_test (the paper: about 5%), code_to_digit
+      (the matching); code_acc_per_epoch: the same measure on each epoch's training batches, as
+      the run logged it (infogan.py's code_acc);
+    - code_acc_generated: the digit classifier's class of G's samples against their code;
+    - each continuous code: its correlations with the digits' slant, ink and stroke width
+      (code_correlations);
+    - the Figure 2 grids (a: c1 along the rows, new z along the columns; c, d: c1 along the
+      rows, the continuous code from -2 to 2 along the columns, z and the other code fixed),
+      rows in the order of the digits matched to the code values: returned as _traversals."""
+    out, dims = {}, (args.nz, args.n_cat, args.cat_dim, args.n_cont, device)
+    order = list(range(args.cat_dim))
+    if args.n_cat:
+        x, labels = mnist_digits(root, "test", args.image_size)
+        q = torch.cat([nets["D"](c.to(device).float().div(127.5).sub(1))[1]["cat"][:, 0].argmax(1).cpu()
+                       for c in x.split(500)])
+        mapping, matched = best_matching(confusion_matrix(q, labels, args.cat_dim))
+        out["code_acc_q_real"] = matched / len(labels)
+        out["code_error_q_test"] = 1 - out["code_acc_q_real"]
+        out["code_to_digit"] = mapping
+        out["code_acc_per_epoch"] = _column(read_rows(run_dir), "code_acc")
+        order = digit_order(mapping)
+        g_in, codes = module.sample_latent(n, *dims)
+        images = torch.cat([to_uint8(nets["G"](c)).cpu() for c in g_in.split(500)])
+        pred = embed(clf, images, cfg, device)["probs"].argmax(1)
+        out["code_acc_generated"] = code_accuracy(codes["cat"][:, 0].cpu(), pred, args.cat_dim)
+    out.update(code_correlations(nets["G"], module, args, n, device))
+    grids = {}
+    for sweep in ([None] if args.n_cat else []) + list(range(args.n_cont)):
+        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(0)  # the same z and codes in every grid
+            images = to_uint8(nets["G"](module.grid_latent(*dims, sweep=sweep))).cpu()
+        rows = images.view(-1, 10, *images.shape[1:])                   # (rows, 10 columns, C, S, S)
+        grids["c1" if sweep is None else f"c{args.n_cat + sweep + 1}"] = \
+            (rows[order] if args.n_cat else rows).flatten(0, 1)
+    out["_traversals"] = grids
+    return out
+
+
 def summarise(values: list) -> dict:
     v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
@@ -1115,7 +1546,7 @@ def targets(script: str, runs: dict, anchors: dict, tier: str = "paper") -> dict
     """The targets of the tier, each with its value and whether it was met (never tuned)."""
     t = {}
     m = runs.get("main", {}).get("metrics", {})
-    goal = LAPTOP_TARGETS if tier == "laptop" else PAPER_TARGETS
+    goal = {"laptop": LAPTOP_TARGETS, "mnist": MNIST_TARGETS}.get(tier, PAPER_TARGETS)
 
     def mean(d, k):
         return d.get(k, {}).get("mean")
@@ -1130,7 +1561,11 @@ def targets(script: str, runs: dict, anchors: dict, tier: str = "paper") -> dict
             "value": mean(m, "confident_rate"), "met": (mean(m, "confident_rate") or 0) >= goal["confident"]}
         t[f"fd_position <= {goal['fd_position']}"] = {"value": pos,
                                                       "met": pos is not None and pos <= goal["fd_position"]}
-    if script == "infogan":
+    if script == "infogan" and tier == "mnist":  # the paper's figure, as an error
+        acc = mean(m, "code_acc_q_real")
+        t[f"matched error <= {1 - goal['code_accuracy']:.0%} (Q's code on the test digits)"] = {
+            "value": None if acc is None else 1 - acc, "met": (acc or 0) >= goal["code_accuracy"]}
+    elif script == "infogan":
         t[f"code accuracy >= {goal['code_accuracy']:.0%} (Q on real shapes)"] = {
             "value": mean(m, "code_acc_q_real"), "met": (mean(m, "code_acc_q_real") or 0) >= goal["code_accuracy"]}
     if script == "cyclegan":
@@ -1193,7 +1628,13 @@ def verdict(a: dict, b: dict | None = None, lower: bool = True) -> str:
     return "agrees" if better else "disagrees"
 
 
-def comparisons(script: str, runs: dict) -> list:
+def tier_comparisons(script: str, tier: str = "paper") -> list:
+    """The paper claims a tier tests: those whose runs it trains (COMPARISONS)."""
+    runs = {"main", *tier_variants(script, tier)} if script in SPECS else None
+    return [c for c in COMPARISONS.get(script, []) if runs is None or {c[1], c[2]} <= runs]
+
+
+def comparisons(script: str, runs: dict, tier: str = "paper") -> list:
     """Each paper claim with every seed's values, the means and the verdict (see verdict())."""
     out = []
 
@@ -1203,14 +1644,16 @@ def comparisons(script: str, runs: dict) -> list:
     if script in CURVE_CLAIMS:
         key = f"spearman_{SPECS[script].curve}_vs_fd"
         rho = measure("main", key)
-        item = {"claim": CURVE_CLAIMS[script] + " (Spearman with FD-shapes over checkpoints > 0)",
+        item = {"claim": CURVE_CLAIMS[script] + f" (Spearman with FD-{FEATURE_NAMES[space_of(tier)]} over "
+                                                "checkpoints > 0)",
                 "runs": ["main"], "measure": key, "main": rho.get("mean")}
         if rho.get("mean") is None:
             item["missing"] = True
         else:
             item.update(spread={"main": rho}, agrees_with_paper=bool(rho["mean"] > 0), verdict=verdict(rho))
         out.append(item)
-    for claim, a, b, key, lower in COMPARISONS.get(script, []):
+    for claim, a, b, key, lower in tier_comparisons(script, tier):
+        claim, key = claim.replace(" images", " digits") if tier == "mnist" else claim, measure_name(key, tier)
         ma, mb = measure(a, key), measure(b, key)
         va, vb = ma.get("mean"), mb.get("mean")
         if va is None or vb is None:
@@ -1222,23 +1665,34 @@ def comparisons(script: str, runs: dict) -> list:
     return out
 
 
+def shown_flags(argv: list) -> list:
+    """A run's flags as its JSON records them: --data-root DIR (where MNIST was is this machine's
+    business, not the result's)."""
+    argv = list(argv)
+    if "--data-root" in argv:
+        argv[argv.index("--data-root") + 1] = "DIR"
+    return argv
+
+
 def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_dir: Path, header: dict) -> dict:
     t0 = time.perf_counter()
     per_run: dict = {}
     grid = None
+    traversals = {}
     for job in jobs:
         scores = score_run(script, job, a, nets_cache, device)
         if job["run"] == "main" and job["seed"] == 0:
-            grid = scores.get("_grid")
+            grid, traversals = scores.get("_grid"), scores.get("_traversals", {})
         scores.pop("_grid", None)
+        scores.pop("_traversals", None)
         scores["train_wall_s"] = job["wall_s"]
         if job.get("cpu_s") is not None:
             scores["train_cpu_s"] = job["cpu_s"]
         per_run.setdefault(job["run"], []).append((job, scores))
-    anchors = {}
+    anchors, fd = {}, measure_name("fd_shapes", a.tier)
     if script != "seqgan":
         _, args, _, _ = load_models(script, jobs[0]["dir"], device)
-        ref, other = real_sets(script, args, a.n_eval, device)
+        ref, other = real_sets(script, args, a.n_eval, device, a.data_root if a.tier == "mnist" else None)
         clf, _, cfg = nets_cache[args.channels]
         r1, r2 = embed(clf, ref, cfg, device), embed(clf, other, cfg, device)
         anchors["fd_floor"] = frechet_distance(r1["features"], r2["features"])
@@ -1250,12 +1704,12 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
         for items in per_run.values():
             for j, s in items:  # (a comparison run's seed without a main run: the mean ceiling)
                 c = ceiling.get(j["seed"], anchors["fd_ceiling"]["mean"])
-                s["fd_position"] = (s["fd_shapes"] - anchors["fd_floor"]) / max(c - anchors["fd_floor"], 1e-12)
-                s["fd_ratio_to_floor"] = s["fd_shapes"] / max(anchors["fd_floor"], 1e-12)
+                s["fd_position"] = (s[fd] - anchors["fd_floor"]) / max(c - anchors["fd_floor"], 1e-12)
+                s["fd_ratio_to_floor"] = s[fd] / max(anchors["fd_floor"], 1e-12)
     runs = {}
     for name, items in per_run.items():
         keys = [k for k in items[0][1] if not isinstance(items[0][1][k], list)]
-        runs[name] = {"flags": items[0][0]["argv"], "images_shown_to_D": items[0][0]["images"],
+        runs[name] = {"flags": shown_flags(items[0][0]["argv"]), "images_shown_to_D": items[0][0]["images"],
                       "seeds": [j["seed"] for j, _ in items],
                       "metrics": {k: summarise([s.get(k) for _, s in items]) for k in keys},
                       "per_seed": {str(j["seed"]): {k: v for k, v in s.items() if isinstance(v, list)}
@@ -1265,7 +1719,7 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
                 for (_, m), (_, g) in zip(per_run["mle"], per_run["seqgan"])]
         runs["comparison"] = {"metrics": {"mle_minus_seqgan": summarise(gaps)}}
     result = {**header, "script": script, "seeds": sorted({j["seed"] for j in jobs}), "anchors": anchors, "runs": runs,
-              "targets": targets(script, runs, anchors, a.tier), "comparisons": comparisons(script, runs),
+              "targets": targets(script, runs, anchors, a.tier), "comparisons": comparisons(script, runs, a.tier),
               "wall_s": {"training": round(sum(j["wall_s"] for j in jobs), 1),
                          "scoring": round(time.perf_counter() - t0, 1)}}
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -1273,27 +1727,40 @@ def score_script(script: str, jobs: list, a, nets_cache: dict, device, results_d
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     if grid is not None:
         common.save_grid(grid.float().div(127.5).sub(1), results_dir / f"quality-{script}{a.suffix}.png", nrow=8)
+    for name, images in traversals.items():  # (infogan on MNIST: the Figure 2 grids)
+        common.save_grid(images.float().div(127.5).sub(1),
+                         results_dir / f"quality-{script}{a.suffix}-traversal-{name}.png", nrow=10)
     return result
 
 
-def real_grid(results_dir, suffix: str = "-laptop") -> Path:
+def real_grid(results_dir, suffix: str = "-laptop", digits=None) -> Path:
     """quality-real-laptop.png: 64 held-out real shapes (stream 1) as the laptop tier renders them
-    (32 px grayscale), the gallery's reference beside the scripts' grids."""
+    (32 px grayscale), the gallery's reference beside the scripts' grids; with digits (the folder
+    holding MNIST): quality-real-mnist.png, the first 64 test digits at 32 px."""
     path = Path(results_dir) / f"quality-real{suffix}.png"
     if not path.exists():
-        f = data.shape_factors(64, stream=1)
-        common.save_grid(data.render_shapes(f, 32, 1, "filled", "cpu").float().div(127.5).sub(1), path, nrow=8)
+        if digits is not None:
+            images = mnist_digits(digits, "test", 32)[0][:64]
+        else:
+            images = data.render_shapes(data.shape_factors(64, stream=1), 32, 1, "filled", "cpu")
+        common.save_grid(images.float().div(127.5).sub(1), path, nrow=8)
     return path
 
 
-def is_laptop_preset(script: str, result: dict) -> bool:
-    """Whether a laptop JSON's main run trained the script's current `--preset laptop`."""
+def tier_flags(script: str, tier: str) -> list:
+    """The flags of a script's main run in a CPU tier, as of today (without --data-root)."""
+    return mnist_config(script) if tier == "mnist" else ["--preset", "laptop"]
+
+
+def is_laptop_preset(script: str, result: dict, tier: str = "laptop") -> bool:
+    """Whether a CPU tier's JSON's main run trained the script's current configuration of the tier
+    (`--preset laptop`; on MNIST with the tier's overrides)."""
     run = result.get("runs", {}).get("seqgan" if script == "seqgan" else "main", {})
     if not run.get("flags"):
         return True  # (nothing to compare)
-    module, skip = importlib.import_module(script), {"seed", "device", "preset", "oracle", "out"}
+    module, skip = importlib.import_module(script), {"seed", "device", "preset", "oracle", "out", "data_root"}
     with contextlib.suppress(SystemExit, common.UserError):
-        ran, preset = vars(module.parse_args(run["flags"])), vars(module.parse_args(["--preset", "laptop"]))
+        ran, preset = vars(module.parse_args(run["flags"])), vars(module.parse_args(tier_flags(script, tier)))
         preset["dataset_size"] = preset["dataset_size"] or SPECS.get(script, Spec()).dataset_size
         ran["dataset_size"] = ran["dataset_size"] or preset["dataset_size"]
         return all(ran[k] == preset[k] for k in preset if k not in skip)
@@ -1305,12 +1772,17 @@ def spread(m: dict, fmt: str = ".4g") -> str:
     return f"{m['mean']:{fmt}}" + (f" ± {m['std']:{fmt}}" if (m.get("n") or 1) > 1 else "")
 
 
-def results_table(results_dir, suffix: str = "-laptop") -> str:
+TIER_OF_SUFFIX = {"-laptop": "laptop", "-mnist": "mnist"}
+
+
+def results_table(results_dir, suffix: str = "-laptop", tier: str | None = None) -> str:
     """The README's results table, from the JSONs in results_dir (scripts without one are left out).
-    The targets are the tier's current ones (recomputed from each JSON's measures); the last column
-    is the longest run's CPU time (its wall time where no CPU time was recorded): with one thread
-    per run, about its wall time alone on one core."""
-    rows = ["| script | FD-shapes (fd_position) | classes | confident | targets | the paper's own measure | "
+    The targets are the tier's current ones (recomputed from each JSON's measures; the tier: by the
+    suffix, -laptop or -mnist, unless given); the last column is the longest run's CPU time (its wall
+    time where no CPU time was recorded): with one thread per run, about its wall time alone on one core."""
+    tier = tier or TIER_OF_SUFFIX.get(suffix, "paper")
+    fd_key, fd_label = measure_name("fd_shapes", tier), f"FD-{FEATURE_NAMES[space_of(tier)]}"
+    rows = [f"| script | {fd_label} (fd_position) | classes | confident | targets | the paper's own measure | "
             "longest run |", "|---|---|---|---|---|---|---|"]
     for s in SCRIPTS:
         path = Path(results_dir) / f"quality-{s}{suffix}.json"
@@ -1322,7 +1794,7 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
         def mean(k, m=m):
             return (m.get(k) or {}).get("mean")
 
-        own, goals = [], targets(s, r["runs"], r.get("anchors", {}), "laptop" if suffix == "-laptop" else "paper")
+        own, goals = [], targets(s, r["runs"], r.get("anchors", {}), tier)
         missed = [name.split(" (")[0] for name, t in goals.items() if not t["met"]]
         verdict_of_targets = "met" if not missed else "missed: " + ", ".join(missed)
         image_targets = ("classes covered", "confident-sample", "fd_position")
@@ -1330,7 +1802,11 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
             if not any(k in name for k in image_targets) and s != "seqgan":  # (seqgan: its comparison says it)
                 v = t["value"]
                 own.append(f"{name.split(' (')[0]}: {'-' if v is None else f'{v:.3g}'}")
-        for c in comparisons(s, r["runs"]):  # (from the runs' measures, whichever version wrote the JSON)
+        if s == "infogan" and tier == "mnist":  # what each continuous code became
+            for code in sorted({k.split("_")[0] for k in m if k.endswith("_corr_slant")}):
+                rho = {k: spread(m[f"{code}_corr_{k}"], ".2f") for k in ("slant", "width", "ink")}
+                own.append(f"{code}: ρ slant {rho['slant']}, width {rho['width']}, ink {rho['ink']}")
+        for c in comparisons(s, r["runs"], tier):  # (from the runs' measures, whichever version wrote the JSON)
             if c.get("missing"):
                 continue
             if c["runs"] == ["main"]:
@@ -1338,8 +1814,8 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
                            f"({c['verdict']})")
             else:
                 a, b = c["runs"]
-                label = {"fd_shapes": "FD-shapes", "nll_oracle_final": "NLL_oracle",
-                         "fd_shapes_reconstructions": "FD-shapes of reconstructions",
+                label = {fd_key: fd_label, "nll_oracle_final": "NLL_oracle",
+                         f"{fd_key}_reconstructions": f"{fd_label} of reconstructions",
                          "class_preserved_AB": "class kept A→B",
                          "paired_err_AB": "paired error A→B"}.get(c["measure"], c["measure"])
                 own.append(f"{label} {a} {spread(c['spread'][a])} against {b} {spread(c['spread'][b])} "
@@ -1352,10 +1828,11 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
         if s == "seqgan":
             fd = cls = conf = "-"
         else:
-            fd = f"{spread(m['fd_shapes'], '.1f')} ({mean('fd_position'):.2f})"
+            fd = f"{spread(m[fd_key], '.1f')} ({mean('fd_position'):.2f})"
             cls, conf = f"{mean('classes_covered'):.0f}/10", f"{mean('confident_rate'):.0%}"
         wall = "-" if minutes is None else f"{minutes:.0f} min"
-        name = f"{s}.py" + ("" if suffix != "-laptop" or is_laptop_preset(s, r) else " (an earlier configuration)")
+        name = f"{s}.py" + ("" if tier not in CPU_TIERS or is_laptop_preset(s, r, tier)
+                            else " (an earlier configuration)")
         rows.append(f"| {name} | {fd} | {cls} | {conf} | {verdict_of_targets} | {'; '.join(own) or '-'} | {wall} |")
     return "\n".join(rows)
 
@@ -1366,24 +1843,34 @@ def results_table(results_dir, suffix: str = "-laptop") -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--tier", choices=("paper", "laptop"), default="paper",
+    p.add_argument("--tier", choices=("paper", "laptop", "mnist"), default="paper",
                    help="paper: the scripts' own networks and sizes (64 px; a GPU); laptop: the LAPTOP "
                         "configurations (32/28 px grayscale, reduced widths; a 2-core CPU), results named "
                         "quality-NAME-laptop, all ten scripts unless --script, two runs at a time with one "
                         "thread each, run folders kept in --work (default benchmarks/.work/laptop) so that a "
-                        "stopped command resumes its runs, and scripts whose results exist skipped")
+                        "stopped command resumes its runs, and scripts whose results exist skipped; mnist: the "
+                        "same on MNIST's digits (--data-root) for the eight image scripts but cyclegan, "
+                        "configurations MNIST_OVERRIDES, scored by a digit classifier, results named "
+                        "quality-NAME-mnist, run folders in benchmarks/.work/mnist")
+    p.add_argument("--data-root", default=None,
+                   help="--tier mnist: the folder holding MNIST/raw/ (torchvision's layout; a script's "
+                        "--dataset mnist --data-root DIR --download fetches it); default: shared/data in the "
+                        "folder that holds the repository")
     p.add_argument("--table", action="store_true",
                    help="print the results table of the JSONs in --results-dir for --tier (no training)")
     p.add_argument("--script", nargs="+", default=None, choices=SCRIPTS, metavar="NAME",
-                   help=f"one or more of {', '.join(SCRIPTS)} (required with --tier paper)")
+                   help=f"one or more of {', '.join(SCRIPTS)} (required with --tier paper; --tier mnist: "
+                        f"{', '.join(MNIST_SCRIPTS)})")
     p.add_argument("--budget", type=common.positive_int, default=None,
                    help="real images shown to D per run (default: the README's quick run, 5 epochs of the "
-                        "script's built-in data); seqgan.py: adversarial epochs (default: its own, 20)")
+                        "script's built-in data; --tier mnist: the tier's configuration, with --tiny one epoch "
+                        f"of {MNIST_TINY_DIGITS} digits); seqgan.py: adversarial epochs (default: its own, 20)")
     p.add_argument("--seeds", type=common.positive_int, default=None,
                    help="seeds 0..K-1 for every run (default 1; --tier laptop: seeds 0-2 for the runs a paper "
                         "comparison or curve claim rests on, seed 0 for the others)")
     p.add_argument("--n-eval", type=common.positive_int, default=5000,
-                   help="generated (and real) images per measure")
+                   help="generated (and real) images per measure (--tier mnist: at most 5,000, half the test "
+                        "digits: the floor is one half against the other)")
     p.add_argument("--jobs", type=common.positive_int, default=None,
                    help="runs trained at once in worker processes (they share the device); 1: in this process "
                         "(default 1; --tier laptop: 2)")
@@ -1397,7 +1884,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"),
                    help="where quality-NAME.json and quality-NAME.png go")
     p.add_argument("--suffix", default=None,
-                   help="appended to the result file names (e.g. '-cpu-tiny'; default '', --tier laptop: '-laptop')")
+                   help="appended to the result file names (e.g. '-cpu-tiny'; default '', --tier laptop: "
+                        "'-laptop', --tier mnist: '-mnist')")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing quality-NAME.json / .png in --results-dir (without it: refused, "
                         "before anything trains; --tier laptop: those scripts are skipped)")
@@ -1407,38 +1895,50 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override the feature network's config (e.g. n_train=2000 epochs=1; it is cached "
                         "under its own key and reported in the JSON)")
     p.add_argument("--tiny", action="store_true",
-                   help="the CPU smoke path: tiny networks, 16 px; pair it with a small --budget and --n-eval")
+                   help="the CPU smoke path: tiny networks, 16 px; pair it with a small --budget and --n-eval "
+                        "(--tier mnist: on the first digits of MNIST)")
     a = p.parse_args(argv)
-    laptop = a.tier == "laptop"
+    cpu, mnist = a.tier in CPU_TIERS, a.tier == "mnist"
+    a.data_root = str(Path(a.data_root).resolve() if a.data_root else DATA_ROOT.resolve()) if mnist else None
     if a.table:
         return a
+    if mnist and not (Path(a.data_root) / "MNIST" / "raw").is_dir():
+        p.error(f"--data-root {a.data_root} holds no MNIST/raw/; give the folder that holds MNIST (torchvision's "
+                f"layout), or fetch it there with any script: --dataset mnist --data-root DIR --download")
     if a.script is None:
-        if not laptop:
+        if not cpu:
             p.error("--script is required with --tier paper (name one or more scripts)")
-        a.script = list(SCRIPTS)
+        a.script = list(MNIST_SCRIPTS if mnist else SCRIPTS)
     a.script = list(dict.fromkeys(a.script))
-    a.jobs = a.jobs or (2 if laptop else 1)
-    a.threads = a.threads or (1 if laptop else None)
-    a.suffix = ("-laptop" if laptop else "") if a.suffix is None else a.suffix
-    if laptop and a.tiny:
+    if mnist and set(a.script) - set(MNIST_SCRIPTS):
+        p.error(f"--tier mnist trains {', '.join(MNIST_SCRIPTS)}; not "
+                f"{', '.join(sorted(set(a.script) - set(MNIST_SCRIPTS)))} (cyclegan needs two domains, seqgan "
+                f"has no images)")
+    a.jobs = a.jobs or (2 if cpu else 1)
+    a.threads = a.threads or (1 if cpu else None)
+    a.suffix = (f"-{a.tier}" if cpu else "") if a.suffix is None else a.suffix
+    if a.tier == "laptop" and a.tiny:
         p.error("--tiny is the smoke path of the paper tier; --tier laptop has its own sizes")
-    a.resume_runs = laptop
-    if laptop and a.work is None:
-        a.work = str(ROOT / "benchmarks" / ".work" / "laptop")
-    overrides = {}
+    a.resume_runs = cpu
+    if cpu and a.work is None:
+        a.work = str(ROOT / "benchmarks" / ".work" / a.tier)
+    overrides, defaults = {}, DIGIT_CLASSIFIER if mnist else CLASSIFIER
     for item in a.classifier:
         key, _, value = item.partition("=")
-        if key not in CLASSIFIER or not value:
-            p.error(f"--classifier takes KEY=VALUE with KEY one of {', '.join(CLASSIFIER)} (got {item!r})")
+        if key not in defaults or not value:
+            p.error(f"--classifier takes KEY=VALUE with KEY one of {', '.join(defaults)} (got {item!r})")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             p.error(f"--classifier {item}: the value must be JSON (a number, or a list such as "
                     f'[32,64] or ["filled"]; quote it for the shell).')
-    problem = classifier_problem({**CLASSIFIER, **overrides})
+    problem = classifier_problem({**defaults, **overrides})
     if problem:
         p.error(f"--classifier: {problem}.")
     a.classifier = overrides
+    if mnist and a.n_eval > MNIST_TEST // 2:
+        p.error(f"--n-eval must be at most {MNIST_TEST // 2:,} with --tier mnist (the reference and the floor's "
+                f"other set are the two halves of the {MNIST_TEST:,} test digits)")
     if a.n_eval < 4:
         p.error("--n-eval must be 4 or more (FD needs a covariance)")
     if a.oracle and not Path(a.oracle).exists():
@@ -1448,7 +1948,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     existing = [path for s in a.script for ext in ("json", "png")
                 if (path := Path(a.results_dir) / f"quality-{s}{a.suffix}.{ext}").exists()]
     if existing and not a.overwrite:
-        if not laptop:
+        if not cpu:
             p.error(f"{existing[0]} exists; pass --overwrite to replace it, or --results-dir / --suffix for new files")
         done = [s for s in a.script if (Path(a.results_dir) / f"quality-{s}{a.suffix}.json").exists()]
         print(f"already scored (skipped; --overwrite to redo): {', '.join(done)}", flush=True)
@@ -1461,9 +1961,11 @@ def main(argv=None) -> dict:
     if a.table:
         if a.tier == "laptop":
             real_grid(a.results_dir)
-        print(laptop_table() + "\n\n" if a.tier == "laptop" else "", end="")
+        elif a.tier == "mnist" and (Path(a.data_root) / "MNIST" / "raw").is_dir():
+            real_grid(a.results_dir, "-mnist", a.data_root)
+        print({"laptop": laptop_table() + "\n\n", "mnist": mnist_table() + "\n\n"}.get(a.tier, ""), end="")
         print(results_table(a.results_dir, a.suffix if a.suffix is not None else
-                            ("-laptop" if a.tier == "laptop" else "")))
+                            (f"-{a.tier}" if a.tier in CPU_TIERS else ""), a.tier))
         return {}
     device = common.select_device(a.device)
     a.device = device.type
@@ -1501,11 +2003,17 @@ def benchmark(a, device, work: Path) -> dict:
               f"cpu ({os.cpu_count()} cores)", "torch": torch.__version__, "tiny": a.tiny,
               "n_eval": a.n_eval, "budget_unit": "real images shown to D (seqgan: the schedule's flags)",
               "tier": a.tier, "threads_per_run": a.threads or torch.get_num_threads(), "runs_at_once": a.jobs,
-              "oracle": Path(a.oracle).name if a.oracle else None, "protocol": PROTOCOL}
+              "oracle": Path(a.oracle).name if a.oracle else None,
+              "protocol": PROTOCOL_MNIST if a.tier == "mnist" else PROTOCOL}
     t0 = time.perf_counter()
     nets_cache, header["classifier"] = {}, {}
     cache = Path(a.cache) if a.cache else None
-    for channels in sorted({script_channels(s, a.tier) for s in a.script if s != "seqgan"}):
+    if a.tier == "mnist":  # one feature network: the digit classifier (every run is grayscale)
+        net, report, cfg = digit_classifier(device, a.data_root, a.classifier, cache=cache)
+        nets_cache[1] = (net, report, cfg)
+        header["classifier"]["mnist"] = {"config": cfg, **report}
+        print(f"digit classifier: test accuracy {report['test_accuracy']:.4f}", flush=True)
+    for channels in sorted({script_channels(s, a.tier) for s in a.script if s != "seqgan" and a.tier != "mnist"}):
         net, report, cfg = classifier(channels, device, a.classifier, cache=cache)
         nets_cache[channels] = (net, report, cfg)
         header["classifier"][f"{channels}ch"] = {"config": cfg, **report}
