@@ -21,6 +21,7 @@ from conftest import read_metrics
 
 import common
 import progan
+import scale
 
 # 16 px at the end (4 -> 8 -> 16), 8-channel nets, 8-d latent, batches of 8, 16 images a phase:
 # phases end after steps 2 (4x4), 4 (fade-in 8), 6 (8x8), 8 (fade-in 16); an epoch of the 32
@@ -361,6 +362,8 @@ def test_discriminator_step_loss_is_wgan_gp_with_drift_on_d_of_real_and_fake():
 
 def test_steps_under_amp():
     G, D = _nets()
+    for net in (G, D):
+        scale.bf16(net, "cpu")  # --amp (common.Run.prepare)
     args = progan.parse_args(["--nz", "8", "--final-size", "16", "--device", "cpu", "--amp"])
     opt_G, opt_D = (torch.optim.Adam(n.parameters(), lr=1e-3, betas=(0.0, 0.99)) for n in (G, D))
     real = progan.fade_reals(torch.rand(8, 3, 8, 8) * 2 - 1, 0.5)     # bf16 autocast on the CPU
