@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# data.py holds the data; the scripts reach it through these names (common.load_dataset(...))
+# Defined in data.py (read it there), re-exported: a script imports common alone (common.load_dataset)
 from data import DATASETS, ImageData, ImageFiles, UserError, load_dataset, load_unpaired, seed_of, shapes_data  # noqa: F401
 
 
@@ -254,9 +254,9 @@ def setup(args, single_process: bool = False) -> torch.device:
     return device
 
 
-# --- The doors to scale.py: several processes (torchrun) and CUDA graphs (--fast) ---------------
-# scale.py is imported by setup() under torchrun and by Run.fast_step() with --fast. Until then each
-# door gives what one process needs (rank 0 of 1, the module itself), and scale.py is never loaded.
+# --- The doors to scale.py: several processes (torchrun), CUDA graphs (--fast), bf16 (--amp) -----
+# scale.py is imported by setup() under torchrun, by Run.prepare() with --amp and by Run.fast_step()
+# with --fast. Until then each door gives what one process needs (rank 0 of 1), and it is not loaded.
 def _scale():
     import scale
     return scale
@@ -730,13 +730,12 @@ class Run:
 
     # -- scale: the networks and the step as the flags ask --------------------------------------
     def prepare(self, *nets, compile=None, amp=None, ddp: bool = True, find_unused: bool = False):
-        """`nets` set up for this run's flags, returned to be trained through (one process: the nets
-        themselves; their state_dict keys never change). --channels-last: every network of the run
-        in that memory format; --amp: each of `amp` (default: nets) computes in bf16 (scale.bf16);
-        --compile: torch.compile each of `compile` (default: nets), in place. Under torchrun each
-        net in DDP (scale.distribute; `find_unused`: parameters without a gradient in some steps),
-        or with ddp=False each optimiser of the run averages its gradients before it steps
-        (gradients assigned from torch.autograd.grad, which DDP never sees). None passes through."""
+        """`nets` set up for this run's flags and returned, to train through (one process: the nets
+        themselves; state_dict keys never change). --channels-last: every network of the run; --amp:
+        each of `amp` (default: nets) in bf16 (scale.bf16); --compile: each of `compile` (default:
+        nets), in place; under torchrun each net in DDP (scale.distribute; find_unused: parameters
+        without a gradient in some steps), or with ddp=False each optimiser averages the gradients
+        (set from torch.autograd.grad, which DDP never sees) before it steps. None passes through."""
         args, given = self.args, [n for n in nets if n is not None]
         for m in self.modules.values() if args.channels_last else ():
             if isinstance(m, torch.nn.Module):  # (the same values; a faster path for oneDNN on a CPU)
@@ -933,33 +932,3 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# --- The names the scripts used before Run.prepare and Run.fast_step (removed once none does) ---
-def optimizer_kwargs(device: torch.device) -> dict:
-    return {"fused": True} if device.type == "cuda" else {}
-
-
-def maybe_compile(module: torch.nn.Module, enabled: bool, channels_last: bool = False) -> torch.nn.Module:
-    if channels_last:
-        module.to(memory_format=torch.channels_last)
-    if enabled:
-        module.compile()
-    return module
-
-
-def distribute(module: torch.nn.Module, args, find_unused: bool = False) -> torch.nn.Module:
-    return _scale().distribute(module, args.sync_bn, find_unused) if _in_group() else module
-
-
-def average_gradients(*modules: torch.nn.Module) -> None:
-    if _in_group():
-        grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
-        flat = all_reduce(torch.cat([g.flatten() for g in grads]))
-        for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
-            g.copy_(mean.view_as(g))
-
-
-StopFlag = _StopFlag
-Run.graphed = lambda self, fn, warmup=3: self.fast_step(fn)
-Run.recapture = lambda self: None
