@@ -347,28 +347,26 @@ def decayed_lr(lr: float, factor: float, floor: float) -> float:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def discriminator_step(D, opt_D, real, fake, k, amp=False):
+def discriminator_step(D, opt_D, real, fake, k):
     """One Adam step on D for L_D = L(x) - k_t L(G(z_D)). `fake` is detached: G gets no
     gradient. Returns (L_D, L(x)), detached."""
     fake = fake.detach()                              # the target of L(G(z_D)) too
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        recon = D(torch.cat([real, fake]))            # (2B, C, S, S): one pass, no batch norm
-        recon_real, recon_fake = recon.chunk(2)       # (B, C, S, S) each
-        loss_real = ae_loss(real, recon_real)
-        loss = d_loss(loss_real, ae_loss(fake, recon_fake), k)
+    recon = D(torch.cat([real, fake]))                # (2B, C, S, S): one pass, no batch norm
+    recon_real, recon_fake = recon.chunk(2)           # (B, C, S, S) each
+    loss_real = ae_loss(real, recon_real)
+    loss = d_loss(loss_real, ae_loss(fake, recon_fake), k)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
     opt_D.step()
     return loss.detach(), loss_real.detach()
 
 
-def generator_step(G, D, opt_G, batch_size, nz, device, amp=False):
+def generator_step(G, D, opt_G, batch_size, nz, device):
     """One Adam step on G for L_G = L(G(z_G)), a fresh z_G, through the just-updated D. The
     gradient reaches G along both paths, G(z) and D(G(z)); D's weights get none."""
     D.requires_grad_(False)  # saves computing D's weight gradients, which nobody would use
-    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-        fake = G(sample_z(batch_size, nz, device))
-        loss = ae_loss(fake, D(fake))
+    fake = G(sample_z(batch_size, nz, device))
+    loss = ae_loss(fake, D(fake))
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
@@ -382,20 +380,16 @@ def build(args, channels: int, device):
     D = Discriminator(args.nh, args.n_filters, channels, args.image_size, args.skip, vr).to(device)
     G.apply(weights_init)
     D.apply(weights_init)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
-                             **common.optimizer_kwargs(device))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
-                             **common.optimizer_kwargs(device))
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
     return G, D, opt_G, opt_D
 
 
 def train(args) -> dict:
     device = common.setup(args)
-    data = None
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
-                                   args.download, device, args.dataset_size, args.workers)
-        args.channels = data.channels  # saved with the checkpoint's flags
+    data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                               args.download, device, args.dataset_size, args.workers)
+    args.channels = data.channels  # saved with the checkpoint's flags
     G, D, opt_G, opt_D = build(args, args.channels, device)
     # Method state, saved in every checkpoint: k_t, and the lr-decay rule's running window.
     state = {"fixed_z": sample_z(64, args.nz, device),           # one latent for every sample grid
@@ -404,24 +398,18 @@ def train(args) -> dict:
              "previous_mean": math.inf}                          # mean M_global of the previous window
     run = common.Run("began", args, {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}, state,
                      sample_fn=lambda: G(state["fixed_z"]), device=device)
-    if args.generate:
-        run.generate(lambda n: G(sample_z(n, args.nz, device)), args.generate)
-        return {}
-    common.maybe_compile(G, args.compile, args.channels_last)
-    common.maybe_compile(D, args.compile, args.channels_last)
-    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
-    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
+    G, D = run.prepare(G, D)  # --compile, --amp, --channels-last; under torchrun DDP
 
     def train_step(real, k_t):
-        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
-            fake = G_train(sample_z(real.size(0), args.nz, device))   # G(z_D), no graph to G
+        with torch.no_grad():
+            fake = G(sample_z(real.size(0), args.nz, device))   # G(z_D), no graph to G
         # 1. D: minimise L(x) - k_t L(G(z_D))
-        loss_D, loss_real = discriminator_step(D_train, opt_D, real, fake, k_t, args.amp)
+        loss_D, loss_real = discriminator_step(D, opt_D, real, fake, k_t)
         # 2. G: minimise L(G(z_G)) with a fresh z_G, through the D just updated
-        loss_G = generator_step(G_train, D, opt_G, real.size(0), args.nz, device, args.amp)
+        loss_G = generator_step(G, D, opt_G, real.size(0), args.nz, device)
         return loss_D, loss_real, loss_G
 
-    updates = run.graphed(train_step)  # --fast: both updates as one CUDA graph; else train_step
+    updates = run.fast_step(train_step)  # --fast: both updates as one CUDA graph
     batches = run.stream(data)
     for step in run.loop():                   # one real batch per step
         real, _ = next(batches)
@@ -441,17 +429,23 @@ def train(args) -> dict:
         # 4. at the end of a window: halve both learning rates if M_global stalled (--lr-decay)
         if (step + 1) % args.lr_window == 0:
             factor = lr_factor(state, args.lr_decay, args.lr_window, args.stall_tol)
-            groups = opt_G.param_groups + opt_D.param_groups
-            before = [group["lr"] for group in groups]
-            for group in groups:
+            for group in opt_G.param_groups + opt_D.param_groups:
                 group["lr"] = decayed_lr(group["lr"], factor, args.lr_floor)
-            if [group["lr"] for group in groups] != before:
-                run.recapture()  # --fast: the graph holds the old learning rate; capture anew
     return run.finish()
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN: N samples of the run's G (a grid and one PNG each)."""
+    device = common.setup(args)
+    G, *_ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    run = common.Run("began", args, {"G": G}, device=device)
+    run.generate(lambda n: G(sample_z(n, args.nz, device)), args.generate)
+    return {}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Nothing in here is a network, a loss or an idea from a paper: read a script first, and come here
 to learn what `run.batches(data)` does. The data (the built-in shapes, torchvision's datasets,
-image folders, batches) is in data.py and reached from here; several processes (torchrun) and
-CUDA graphs (--fast) live in scale.py, imported only by a run that asks for them.
+image folders, batches) is in data.py and reached from here; several processes (torchrun), CUDA
+graphs (--fast) and bf16 autocast (--amp) live in scale.py, imported only by a run that asks.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# data.py holds the data; the scripts reach it through these names (common.load_dataset(...))
+# Defined in data.py (read it there), re-exported: a script imports common alone (common.load_dataset)
 from data import DATASETS, ImageData, ImageFiles, UserError, load_dataset, load_unpaired, seed_of, shapes_data  # noqa: F401
 
 
@@ -254,26 +254,9 @@ def setup(args, single_process: bool = False) -> torch.device:
     return device
 
 
-def optimizer_kwargs(device: torch.device) -> dict:
-    """Fused Adam kernels on CUDA; elsewhere PyTorch's default, one parameter at a time (the
-    multi-tensor update measured slower on the CPU: benchmarks/README.md, Speed)."""
-    return {"fused": True} if device.type == "cuda" else {}
-
-
-def maybe_compile(module: torch.nn.Module, enabled: bool, channels_last: bool = False) -> torch.nn.Module:
-    """torch.compile in place (state_dict keys stay the same, so checkpoints stay portable), after
-    putting the 4-d weights in channels-last memory format if `channels_last` (the same values: a
-    convolution then computes in that format, its output too; a faster path for oneDNN on a CPU)."""
-    if channels_last:
-        module.to(memory_format=torch.channels_last)
-    if enabled:
-        module.compile()
-    return module
-
-
-# --- The doors to scale.py: several processes (torchrun) and CUDA graphs (--fast) ---------------
-# scale.py is imported by setup() under torchrun and by Run.graphed() with --fast. Until then each
-# door gives what one process needs (rank 0 of 1, the module itself), and scale.py is never loaded.
+# --- The doors to scale.py: several processes (torchrun), CUDA graphs (--fast), bf16 (--amp) -----
+# scale.py is imported by setup() under torchrun, by Run.prepare() with --amp and by Run.fast_step()
+# with --fast. Until then each door gives what one process needs (rank 0 of 1), and it is not loaded.
 def _scale():
     import scale
     return scale
@@ -293,20 +276,9 @@ def shutdown() -> None: return _scale().shutdown() if _in_group() else None
 def _on_main(fn): return _scale().on_main(fn, UserError) if _in_group() else fn()  # (its UserError too)
 
 
-def distribute(module: torch.nn.Module, args, find_unused: bool = False) -> torch.nn.Module:
-    """Under torchrun `module` in DistributedDataParallel, else `module`: train through it; keep the
-    plain module for checkpoints, samples and forwards whose weight gradients nobody uses."""
-    return _scale().distribute(module, args.sync_bn, find_unused) if _in_group() else module
-
-
 def all_reduce(tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
     """Under torchrun the mean (or "sum") of `tensor` over the processes, in place (BEGAN's k_t)."""
     return _scale().all_reduce(tensor, op) if _in_group() else tensor
-
-
-def average_gradients(*modules: torch.nn.Module) -> None:
-    """Under torchrun: every .grad averaged over the processes (for gradients DDP never sees)."""
-    return _scale().average_gradients(*modules) if _in_group() else None
 
 
 def per_rank(batch_size: int, flag: str | None = None) -> int:
@@ -419,7 +391,7 @@ def save_grid(images: torch.Tensor, path, nrow: int | None = None) -> None:
 _stop_signal = signal.SIGINT  # the signal that asked the last run to stop (its exit status)
 
 
-class StopFlag:
+class _StopFlag:
     """The first Ctrl-C (or SIGTERM: a scheduler's stop, `docker stop`, a shutdown) asks the loop to
     stop at the end of the step; a second Ctrl-C aborts at once (a second SIGTERM changes nothing)."""
 
@@ -456,6 +428,9 @@ class Run:
 
     def __init__(self, script: str, args, modules: dict, state: dict | None = None, sample_fn=None, device=None):
         self.script, self.args, self.modules = script, args, modules
+        cuda = torch.device(device or "cpu").type == "cuda"  # Adam's fused kernel there (set before a resume)
+        for group in (g for m in modules.values() if cuda and isinstance(m, torch.optim.Adam) for g in m.param_groups):
+            group["fused"] = True
         self.state, self.sample_fn, self.device = {} if state is None else state, sample_fn, device
         self.step = self.batches_drawn = 0  # steps taken; batches drawn (images, with sampler())
         self._sums, self._counts, self._header, self.last_metrics = {}, {}, None, {}
@@ -480,12 +455,6 @@ class Run:
             self._restore(ckpt)
         if args.out and args.generate is None and self._dir is None and _env_rank() == 0:
             self._check_out(Path(args.out))  # (refused now; the folder is made when training starts)
-        # --fast: CUDA graphs on a CUDA device, not under torchrun (DDP's all-reduce is not captured)
-        self.fast, self._graphed = args.fast and args.generate is None, []
-        self.capture = self.fast and torch.device(device or "cpu").type == "cuda" and not launched()
-        if self.fast and not self.capture and is_main():
-            print("--fast: CUDA graphs are not used under torchrun; each step runs eagerly." if launched() else
-                  f"--fast: CUDA graphs need a CUDA device; on {device} each step runs eagerly.")
 
     # -- folder ---------------------------------------------------------------------------------
     @property
@@ -759,23 +728,45 @@ class Run:
             else:
                 seed_everything(seed_of(self.args.seed, rank(), self.step))
 
-    # -- the loop -------------------------------------------------------------------------------
-    def graphed(self, fn, warmup: int = 3):
-        """A step `fn` (tensors in, tensors out) as the loop calls it: fn itself without --fast; with
-        --fast a scale.Graphed step (a CUDA graph on a GPU, elsewhere eager through its buffers)."""
-        if not self.fast:
+    # -- scale: the networks and the step as the flags ask --------------------------------------
+    def prepare(self, *nets, compile=None, amp=None, ddp: bool = True, find_unused: bool = False):
+        """`nets` set up for this run's flags and returned, to train through (one process: the nets
+        themselves; state_dict keys never change). --channels-last: every network of the run; --amp:
+        each of `amp` (default: nets) in bf16 (scale.bf16); --compile: each of `compile` (default:
+        nets), in place; under torchrun each net in DDP (scale.distribute; find_unused: parameters
+        without a gradient in some steps), or with ddp=False each optimiser averages the gradients
+        (set from torch.autograd.grad, which DDP never sees) before it steps. None passes through."""
+        args, given = self.args, [n for n in nets if n is not None]
+        for m in self.modules.values() if args.channels_last else ():
+            if isinstance(m, torch.nn.Module):  # (the same values; a faster path for oneDNN on a CPU)
+                m.to(memory_format=torch.channels_last)
+        for net in (given if amp is None else amp) if args.amp else ():
+            _scale().bf16(net, torch.device(self.device or "cpu").type)
+        for net in (given if compile is None else compile) if args.compile else ():
+            net.compile()
+        if _in_group() and ddp:
+            nets = [n if n is None else _scale().distribute(n, args.sync_bn, find_unused) for n in nets]
+        for opt in self.modules.values() if _in_group() and not ddp else ():
+            if isinstance(opt, torch.optim.Optimizer):
+                _scale().average_before_step(opt)
+        return nets[0] if len(nets) == 1 else tuple(nets)
+
+    def fast_step(self, fn, capture: bool = True):
+        """The training step `fn` (tensors in, tensors out) as the loop calls it: fn itself, or with
+        --fast one CUDA graph replayed per call (scale.Graphed, captured anew when an optimiser's
+        learning rate changes; not on CUDA, fn runs eagerly through its buffers). capture=False:
+        a step that decides on the host (vaegan.py's --gate) stays fn."""
+        if not self.args.fast or not capture:
             return fn
-        for opt in self.modules.values() if self.capture else ():  # a graph needs the optimisers'
-            if isinstance(opt, torch.optim.Optimizer):                # step counts on the GPU
-                _scale().make_capturable(opt, True)
-        self._graphed.append(_scale().Graphed(fn, capture=self.capture, warmup=warmup, error=TrainingError))
-        return self._graphed[-1]
+        # CUDA graphs on a CUDA device, not under torchrun (DDP's all-reduce is not captured)
+        captured = torch.device(self.device or "cpu").type == "cuda" and not launched()
+        if not captured and is_main():
+            print("--fast: CUDA graphs are not used under torchrun; each step runs eagerly." if launched() else
+                  f"--fast: CUDA graphs need a CUDA device; on {self.device} each step runs eagerly.")
+        optimizers = [m for m in self.modules.values() if isinstance(m, torch.optim.Optimizer)]
+        return _scale().Graphed(fn, captured, error=TrainingError, optimizers=optimizers)
 
-    def recapture(self) -> None:
-        """--fast: capture the steps anew after something baked into them changed (a learning rate)."""
-        for step in self._graphed:
-            step.reset()
-
+    # -- the loop -------------------------------------------------------------------------------
     def stream(self, data: ImageData, batch_size: int | None = None):
         """Endless (images, labels) batches, epoch after epoch; its position is saved in every
         checkpoint, so a resumed run draws exactly the batches the uninterrupted run would have."""
@@ -807,41 +798,49 @@ class Run:
 
         return draw
 
-    def count(self, n: int) -> None:
-        """Count n more items shown to D, for loops that draw their data themselves (seqgan.py)."""
+    def count(self, n: int, epochs: int = 0) -> None:
+        """For a loop that draws its data itself (seqgan.py): n more items shown to D (the
+        images_per_s column), and `epochs` more epochs done (the epoch column)."""
         self._images += n
+        self.batches_drawn += epochs * self._steps_per_epoch
 
     @property
     def epochs_done(self) -> int:
         return self.batches_drawn // self._steps_per_epoch
 
-    def loop(self):
+    def loop(self, until: int | None = None, after_step=None):
         """Yield step numbers until --epochs or --max-steps (a step is what the script makes it: dcgan
         one batch, wgan one generator iteration). Between steps: metrics, sample grids, a checkpoint
-        after each epoch, and on Ctrl-C a checkpoint and Interrupted."""
+        after each epoch, and on Ctrl-C a checkpoint and Interrupted. A loop with a schedule of its
+        own (seqgan.py's phases) gives `until`, its last step, and has no epoch ends (no grids,
+        checkpoints or bar); after_step() runs when a step is counted, before its metrics row."""
         from tqdm import tqdm
         self.open()  # (a new run's folder is made here, once the run was not refused)
         args, started = self.args, time.perf_counter()
         self._last_log, images0, epoch = (started, self._images), self._images, self.epochs_done
+        last = min(math.inf if until is None else until, args.max_steps or math.inf)
         def new_bar():
             return tqdm(total=self._steps_per_epoch, initial=self.batches_drawn % self._steps_per_epoch,
                         desc=f"epoch {self.epochs_done + 1}/{args.epochs}", leave=False,
-                        disable=None if is_main() else True, dynamic_ncols=True)
+                        disable=None if is_main() and until is None else True, dynamic_ncols=True)
 
         bar, drawn = new_bar(), self.batches_drawn
         try:
-            with StopFlag() as stop:
-                while self.epochs_done < args.epochs and self.step < (args.max_steps or math.inf):
+            with _StopFlag() as stop:
+                while self.step < last and (until is not None or self.epochs_done < args.epochs):
                     yield self.step
                     self.step += 1
+                    if after_step is not None:
+                        after_step()
                     bar.update(self.batches_drawn - drawn)
                     drawn = self.batches_drawn
-                    synced = self.step % args.log_every == 0 or self.epochs_done > epoch
+                    epoch_ended = until is None and self.epochs_done > epoch  # (during this step)
+                    synced = self.step % args.log_every == 0 or epoch_ended
                     if self.step % args.log_every == 0:
                         bar.set_postfix(_short(self.flush()), refresh=False)
                     if args.sample_every and self.step % args.sample_every == 0:
                         self.save_samples(f"step-{self.step:07d}")
-                    if self.epochs_done > epoch:  # an epoch ended during this step
+                    if epoch_ended:
                         epoch = self.epochs_done
                         bar.close()
                         row, elapsed = self.flush(), time.perf_counter() - started

@@ -329,25 +329,24 @@ def lr_lambda(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
 # Training
 # ---------------------------------------------------------------------------------------------
 def generator_step(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, lambda_cyc=10.0, lambda_idt=0.5,
-                   cycle=True, amp=False):
+                   cycle=True):
     """One Adam step on G_AB and G_BA together for Eq. (3) plus the identity term, with D_A and
     D_B frozen. Returns the fakes (detached, for the pools) and the loss terms (unweighted)."""
     for D in (D_A, D_B):
         D.requires_grad_(False)  # no gradient for the discriminators' weights at all
-    with torch.autocast(real_A.device.type, torch.bfloat16, enabled=amp):
-        fake_B, fake_A = G_AB(real_A), G_BA(real_B)                     # G(x), F(y)
-        adv_AB, adv_BA = lsgan_g_loss(D_B(fake_B)), lsgan_g_loss(D_A(fake_A))
-        with torch.set_grad_enabled(cycle):  # --no-cycle: the cycle error is only measured
-            cyc_A = cycle_loss(G_BA(fake_B), real_A)                     # ‖F(G(x)) - x‖₁
-            cyc_B = cycle_loss(G_AB(fake_A), real_B)                     # ‖G(F(y)) - y‖₁
-        loss = adv_AB + adv_BA + (lambda_cyc * (cyc_A + cyc_B) if cycle else 0)
-        terms = {"adv_AB": adv_AB, "adv_BA": adv_BA, "cyc_A": cyc_A, "cyc_B": cyc_B}
-        if lambda_idt > 0:
-            # DEVIATION: on by default (deviation 1); the paper adds it for painting -> photo only.
-            idt_A = identity_loss(G_BA(real_A), real_A)                  # ‖F(x) - x‖₁
-            idt_B = identity_loss(G_AB(real_B), real_B)                  # ‖G(y) - y‖₁
-            loss = loss + lambda_idt * lambda_cyc * (idt_A + idt_B)
-            terms.update(idt_A=idt_A, idt_B=idt_B)
+    fake_B, fake_A = G_AB(real_A), G_BA(real_B)                         # G(x), F(y)
+    adv_AB, adv_BA = lsgan_g_loss(D_B(fake_B)), lsgan_g_loss(D_A(fake_A))
+    with torch.set_grad_enabled(cycle):  # --no-cycle: the cycle error is only measured
+        cyc_A = cycle_loss(G_BA(fake_B), real_A)                         # ‖F(G(x)) - x‖₁
+        cyc_B = cycle_loss(G_AB(fake_A), real_B)                         # ‖G(F(y)) - y‖₁
+    loss = adv_AB + adv_BA + (lambda_cyc * (cyc_A + cyc_B) if cycle else 0)
+    terms = {"adv_AB": adv_AB, "adv_BA": adv_BA, "cyc_A": cyc_A, "cyc_B": cyc_B}
+    if lambda_idt > 0:
+        # DEVIATION: on by default (deviation 1); the paper adds it for painting -> photo only.
+        idt_A = identity_loss(G_BA(real_A), real_A)                      # ‖F(x) - x‖₁
+        idt_B = identity_loss(G_AB(real_B), real_B)                      # ‖G(y) - y‖₁
+        loss = loss + lambda_idt * lambda_cyc * (idt_A + idt_B)
+        terms.update(idt_A=idt_A, idt_B=idt_B)
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
@@ -357,12 +356,11 @@ def generator_step(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, lambda_cyc=10.0,
     return fake_A.detach(), fake_B.detach(), {"loss_G": loss.detach(), **terms}
 
 
-def discriminator_step(D_A, D_B, opt_D, real_A, real_B, fake_A, fake_B, amp=False):
+def discriminator_step(D_A, D_B, opt_D, real_A, real_B, fake_A, fake_B):
     """One Adam step on D_A and D_B together. The fakes come from the pools, detached: the
     generators get no gradient. Returns the two (halved) LSGAN losses."""
-    with torch.autocast(real_A.device.type, torch.bfloat16, enabled=amp):
-        loss_A = lsgan_d_loss(D_A(real_A), D_A(fake_A))  # D_X: real a against F(b)
-        loss_B = lsgan_d_loss(D_B(real_B), D_B(fake_B))  # D_Y: real b against G(a)
+    loss_A = lsgan_d_loss(D_A(real_A), D_A(fake_A))  # D_X: real a against F(b)
+    loss_B = lsgan_d_loss(D_B(real_B), D_B(fake_B))  # D_Y: real b against G(a)
     opt_D.zero_grad(set_to_none=True)
     (loss_A + loss_B).backward()
     opt_D.step()
@@ -390,7 +388,7 @@ def build(args, channels: int, device):
     for net in (G_AB, G_BA, D_A, D_B):
         net.apply(weights_init)
     # One Adam over both generators, one over both discriminators (official code).
-    adam = {"lr": args.lr, "betas": (args.beta1, args.beta2), **common.optimizer_kwargs(device)}
+    adam = {"lr": args.lr, "betas": (args.beta1, args.beta2)}
     opt_G = torch.optim.Adam([*G_AB.parameters(), *G_BA.parameters()], **adam)
     opt_D = torch.optim.Adam([*D_A.parameters(), *D_B.parameters()], **adam)
     return G_AB, G_BA, D_A, D_B, opt_G, opt_D
@@ -416,23 +414,78 @@ def translation_grid(G_AB, G_BA, a: torch.Tensor, b: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def paired_errors(G_AB, G_BA, test_A, test_B, amp=False) -> torch.Tensor:
+def paired_errors(G_AB, G_BA, test_A, test_B) -> torch.Tensor:
     """On the paired shapes split: mean |G_AB(a) - b|, mean |G_BA(b) - a| and, for reference,
     the identity mapping's mean |a - b|, per pixel in [-1, 1] units. A (3,) tensor (no sync)."""
     sums = 0
     for (a, _), (b, _) in zip(test_A.in_order(EVAL_BATCH), test_B.in_order(EVAL_BATCH)):
-        with torch.autocast(a.device.type, torch.bfloat16, enabled=amp):
-            fake_B, fake_A = G_AB(a).float(), G_BA(b).float()
+        fake_B, fake_A = G_AB(a).float(), G_BA(b).float()
         sums = sums + torch.stack([(fake_B - b).abs().sum(), (fake_A - a).abs().sum(), (a - b).abs().sum()])
     return sums / (test_A.n * a[0].numel())
 
 
+def train(args) -> dict:
+    device = common.setup(args)
+    augment = args.augment == "on" or (args.augment == "auto" and args.dataset == "folder")
+    # DEVIATION: augmentation on folder data only, by default; folder images are centre-cropped
+    # square, not squeezed, before it (deviation 3).
+    A, B = common.load_unpaired(args.dataset, args.data_root, args.load_size if augment else args.image_size,
+                                args.channels, device, args.dataset_size, "train", args.workers)
+    args.channels = A.channels  # saved with the checkpoint's flags
+    test_A, test_B = load_test(args, device, EVAL_PAIRS if args.dataset == "shapes" else FIXED)
+    G_AB, G_BA, D_A, D_B, opt_G, opt_D = build(args, args.channels, device)
+    # Sec. 4: constant lr for n_epochs, then linear decay; stepped once at the end of each epoch.
+    sched_G, sched_D = (torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda e: lr_lambda(e, args.n_epochs, args.n_epochs_decay)) for opt in (opt_G, opt_D))
+    pool_A, pool_B = ImagePool(args.pool_size), ImagePool(args.pool_size)  # fakes for D_A, D_B
+    # the same test images in every sample grid (wrapped if there are fewer)
+    state = {f"fixed_{d}": next(data.in_order(FIXED))[0][torch.arange(FIXED) % min(FIXED, data.n)]
+             for d, data in (("A", test_A), ("B", test_B))}
+    modules = {"G_AB": G_AB, "G_BA": G_BA, "D_A": D_A, "D_B": D_B, "opt_G": opt_G, "opt_D": opt_D,
+               "sched_G": sched_G, "sched_D": sched_D, "pool_A": pool_A, "pool_B": pool_B}
+    run = common.Run("cyclegan", args, modules, state, device=device,
+                     sample_fn=lambda: translation_grid(G_AB, G_BA, state["fixed_A"], state["fixed_B"]))
+    # --compile, --amp, --channels-last; under torchrun DDP (the image pools stay each process's
+    # own: docs/multi-gpu.md)
+    G_AB, G_BA, D_A, D_B = run.prepare(G_AB, G_BA, D_A, D_B)
+    total = args.n_epochs + args.n_epochs_decay
+    if args.epochs < total:
+        print(f"note: training to epoch {args.epochs} of the {total}-epoch schedule ({args.n_epochs} at lr "
+              f"{args.lr:g}, then {args.n_epochs_decay} decaying to 0); --resume the run with --epochs "
+              f"{total} to finish it.")
+
+    # --fast: each of the two updates as one CUDA graph (the pools stay on the host side between them)
+    g_update, d_update = run.fast_step(generator_step), run.fast_step(discriminator_step)
+    batches = run.stream(A)  # DEVIATION: an epoch is a pass over A (deviation 4)
+    for _ in run.loop():     # one step: one image of each domain at batch size 1
+        real_A, _ = next(batches)
+        real_B, _ = B.sample(real_A.size(0))  # unpaired: a random B image (official code)
+        if augment:
+            real_A, real_B = random_crop_flip(real_A, args.image_size), random_crop_flip(real_B, args.image_size)
+        # 1. both generators, with D_A and D_B frozen
+        fake_A, fake_B, terms = g_update(G_AB, G_BA, D_A, D_B, opt_G, real_A, real_B, args.lambda_cyc,
+                                         args.lambda_idt, not args.no_cycle)
+        # 2. both discriminators, on fakes drawn through the image histories
+        loss_D_A, loss_D_B = d_update(D_A, D_B, opt_D, real_A, real_B, pool_A.query(fake_A), pool_B.query(fake_B))
+        run.log(**terms, loss_D_A=loss_D_A, loss_D_B=loss_D_B, lr=opt_G.param_groups[0]["lr"])
+        if run.epochs_done > sched_G.last_epoch:  # this step ended an epoch
+            sched_G.step()
+            sched_D.step()
+            if args.dataset == "shapes":  # the exact translation error on the paired test split
+                err = paired_errors(G_AB, G_BA, test_A, test_B)
+                run.log(test_err_AB=err[0], test_err_BA=err[1])
+    return run.finish()
+
+
 @torch.no_grad()
-def generate(args, run, G_AB, G_BA, device) -> dict:
-    """--generate N: translate N test images each way; pages of rows [input | translated |
-    reconstructed] (A2B-000.png, ...) and each translation alone (A2B/00000.png, ...)."""
+def generate(args) -> dict:
+    """--generate N --resume RUN: translate N test images each way; pages of rows [input |
+    translated | reconstructed] (A2B-000.png, ...) and each translation alone (A2B/00000.png, ...)."""
     import torchvision.utils as vutils
 
+    device = common.setup(args)
+    G_AB, G_BA, *_ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    run = common.Run("cyclegan", args, {"G_AB": G_AB, "G_BA": G_BA}, device=device)
     test_A, test_B = load_test(args, device, args.generate)
     out = run.dir / f"translated-{datetime.now():%Y%m%d-%H%M%S}"
     while out.exists():
@@ -440,9 +493,8 @@ def generate(args, run, G_AB, G_BA, device) -> dict:
     for name, G, back, data in (("A2B", G_AB, G_BA, test_A), ("B2A", G_BA, G_AB, test_B)):
         (out / name).mkdir(parents=True)
         for page, (x, _) in enumerate(data.in_order(EVAL_BATCH)):
-            with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
-                y = G(x).float()
-                rows = torch.stack([x, y, back(y)], 1).flatten(0, 1)  # (3k, C, S, S)
+            y = G(x)
+            rows = torch.stack([x, y, back(y)], 1).flatten(0, 1)  # (3k, C, S, S)
             common.save_grid(rows, out / f"{name}-{page:03d}.png", nrow=3)
             for i, image in enumerate(y.cpu()):
                 vutils.save_image(image.add(1).div(2).clamp(0, 1), out / name / f"{page * EVAL_BATCH + i:05d}.png")
@@ -450,77 +502,15 @@ def generate(args, run, G_AB, G_BA, device) -> dict:
           f"translated | reconstructed: A2B-*.png, B2A-*.png; each translation alone in A2B/, B2A/)")
     if args.dataset != "shapes":
         return {}
-    err_AB, err_BA, err_id = paired_errors(G_AB, G_BA, test_A, test_B, args.amp).tolist()
+    err_AB, err_BA, err_id = paired_errors(G_AB, G_BA, test_A, test_B).tolist()
     print(f"paired test error on {test_A.n} shapes (mean |x - y| per pixel, [-1, 1] units): "
           f"G_AB(a) vs b {err_AB:.4f}, G_BA(b) vs a {err_BA:.4f}; identity mapping (a vs b) {err_id:.4f}")
     return {"test_err_AB": err_AB, "test_err_BA": err_BA, "test_err_identity": err_id}
 
 
-def train(args) -> dict:
-    device = common.setup(args)
-    augment = args.augment == "on" or (args.augment == "auto" and args.dataset == "folder")
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        # DEVIATION: augmentation on folder data only, by default; folder images are centre-cropped
-        # square, not squeezed, before it (deviation 3).
-        A, B = common.load_unpaired(args.dataset, args.data_root, args.load_size if augment else args.image_size,
-                                    args.channels, device, args.dataset_size, "train", args.workers)
-        args.channels = A.channels  # saved with the checkpoint's flags
-        test_A, test_B = load_test(args, device, EVAL_PAIRS if args.dataset == "shapes" else FIXED)
-    G_AB, G_BA, D_A, D_B, opt_G, opt_D = build(args, args.channels, device)
-    # Sec. 4: constant lr for n_epochs, then linear decay; stepped once at the end of each epoch.
-    sched_G, sched_D = (torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda e: lr_lambda(e, args.n_epochs, args.n_epochs_decay)) for opt in (opt_G, opt_D))
-    pool_A, pool_B = ImagePool(args.pool_size), ImagePool(args.pool_size)  # fakes for D_A, D_B
-    state = {}
-    if not args.generate:  # the same test images in every sample grid (wrapped if there are fewer)
-        state = {f"fixed_{d}": next(data.in_order(FIXED))[0][torch.arange(FIXED) % min(FIXED, data.n)]
-                 for d, data in (("A", test_A), ("B", test_B))}
-    modules = {"G_AB": G_AB, "G_BA": G_BA, "D_A": D_A, "D_B": D_B, "opt_G": opt_G, "opt_D": opt_D,
-               "sched_G": sched_G, "sched_D": sched_D, "pool_A": pool_A, "pool_B": pool_B}
-    run = common.Run("cyclegan", args, modules, state, device=device,
-                     sample_fn=lambda: translation_grid(G_AB, G_BA, state["fixed_A"], state["fixed_B"]))
-    if args.generate:
-        return generate(args, run, G_AB, G_BA, device)
-    for net in (G_AB, G_BA, D_A, D_B):
-        common.maybe_compile(net, args.compile, args.channels_last)
-    # Under torchrun: DDP wrappers (gradients averaged over the processes); the generators' step
-    # calls the plain discriminators. The image pools stay each process's own (docs/multi-gpu.md).
-    G_AB_train, G_BA_train, D_A_train, D_B_train = (common.distribute(net, args) for net in (G_AB, G_BA, D_A, D_B))
-    total = args.n_epochs + args.n_epochs_decay
-    if args.epochs < total:
-        print(f"note: training to epoch {args.epochs} of the {total}-epoch schedule ({args.n_epochs} at lr "
-              f"{args.lr:g}, then {args.n_epochs_decay} decaying to 0); --resume the run with --epochs "
-              f"{total} to finish it.")
-
-    # --fast: each of the two updates replayed as one CUDA graph (the pools stay on the host side)
-    g_update = run.graphed(lambda real_A, real_B: generator_step(
-        G_AB_train, G_BA_train, D_A, D_B, opt_G, real_A, real_B, args.lambda_cyc, args.lambda_idt, not args.no_cycle,
-        args.amp))
-    d_update = run.graphed(lambda real_A, real_B, fake_A, fake_B: discriminator_step(
-        D_A_train, D_B_train, opt_D, real_A, real_B, fake_A, fake_B, args.amp))
-    batches = run.stream(A)  # DEVIATION: an epoch is a pass over A (deviation 4)
-    for _ in run.loop():     # one step: one image of each domain at batch size 1
-        real_A, _ = next(batches)
-        real_B, _ = B.sample(real_A.size(0))  # unpaired: a random B image (official code)
-        if augment:
-            real_A, real_B = random_crop_flip(real_A, args.image_size), random_crop_flip(real_B, args.image_size)
-        # 1. both generators, with D_A and D_B frozen (generator_step)
-        fake_A, fake_B, terms = g_update(real_A, real_B)
-        # 2. both discriminators, on fakes drawn through the image histories (discriminator_step)
-        loss_D_A, loss_D_B = d_update(real_A, real_B, pool_A.query(fake_A), pool_B.query(fake_B))
-        run.log(**terms, loss_D_A=loss_D_A, loss_D_B=loss_D_B, lr=opt_G.param_groups[0]["lr"])
-        if run.epochs_done > sched_G.last_epoch:  # this step ended an epoch
-            sched_G.step()
-            sched_D.step()
-            run.recapture()  # --fast: the graphs hold the old learning rate; capture anew
-            if args.dataset == "shapes":  # the exact translation error on the paired test split
-                err = paired_errors(G_AB, G_BA, test_A, test_B, args.amp)
-                run.log(test_err_AB=err[0], test_err_BA=err[1])
-    return run.finish()
-
-
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -195,23 +195,21 @@ def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------
-def discriminator_step(D, opt_D, real, fake, amp=False):
+def discriminator_step(D, opt_D, real, fake):
     """One Adam step on D for d_loss. `fake` is detached: G receives no gradient."""
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        # real and fake go through D as separate batches, so each has its own BN statistics
-        real_logits, fake_logits = D(real), D(fake.detach())
-        loss = d_loss(real_logits, fake_logits)
+    # real and fake go through D as separate batches, so each has its own BN statistics
+    real_logits, fake_logits = D(real), D(fake.detach())
+    loss = d_loss(real_logits, fake_logits)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
     opt_D.step()
     return loss, torch.sigmoid(real_logits).mean(), torch.sigmoid(fake_logits).mean()
 
 
-def generator_step(D, opt_G, fake, amp=False):
+def generator_step(D, opt_G, fake):
     """One Adam step on G for g_loss, through the just-updated D; D's weights get no gradient."""
     D.requires_grad_(False)  # saves computing D's weight gradients, which nobody would use
-    with torch.autocast(fake.device.type, torch.bfloat16, enabled=amp):
-        loss = g_loss(D(fake))
+    loss = g_loss(D(fake))
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
@@ -229,47 +227,45 @@ def build(args, channels: int, device):
 
 def train(args) -> dict:
     device = common.setup(args)
-    data = None
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
-                                   args.download, device, args.dataset_size, args.workers)
-        args.channels = data.channels  # saved with the checkpoint's flags
+    data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                               args.download, device, args.dataset_size, args.workers)
+    args.channels = data.channels  # saved with the checkpoint's flags
     G, D = build(args, args.channels, device)
     # Sec. 4: Adam, lr 0.0002, beta1 0.5; beta2 is not stated (Adam's default 0.999).
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
-                             **common.optimizer_kwargs(device))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
-                             **common.optimizer_kwargs(device))
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
     state = {"fixed_z": sample_z(64, args.nz, device, args.z_dist)}  # one latent for every sample grid
     run = common.Run("dcgan", args, {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}, state,
                      sample_fn=lambda: G(state["fixed_z"]), device=device)
-    if args.generate:
-        run.generate(lambda n: G(sample_z(n, args.nz, device, args.z_dist)), args.generate)
-        return {}
-    common.maybe_compile(G, args.compile, args.channels_last)
-    common.maybe_compile(D, args.compile, args.channels_last)
-    # Under torchrun: DDP wrappers that average the gradients over the processes (one process:
-    # G and D themselves). G's step calls the plain D: its weight gradients are not used.
-    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
+    G, D = run.prepare(G, D)  # --compile, --amp, --channels-last; under torchrun DDP
 
     def train_step(real):
-        with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
-            fake = G_train(sample_z(real.size(0), args.nz, device, args.z_dist))
+        fake = G(sample_z(real.size(0), args.nz, device, args.z_dist))
         # 1. update D: maximise log D(x) + log(1 - D(G(z)))
-        loss_D, D_x, D_G_z = discriminator_step(D_train, opt_D, real, fake, args.amp)
+        loss_D, D_x, D_G_z = discriminator_step(D, opt_D, real, fake)
         # 2. update G on the same z, through the D just updated: maximise log D(G(z))
-        loss_G = generator_step(D, opt_G, fake, args.amp)
+        loss_G = generator_step(D, opt_G, fake)
         return loss_D, loss_G, D_x, D_G_z
 
-    step = run.graphed(train_step)  # --fast: the whole step as one CUDA graph; else train_step
+    step = run.fast_step(train_step)  # --fast: the whole step as one CUDA graph
     for real, _ in run.batches(data):
         loss_D, loss_G, D_x, D_G_z = step(real)
         run.log(loss_D=loss_D, loss_G=loss_G, D_x=D_x, D_G_z=D_G_z)
     return run.finish()
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN: N samples of the run's G (a grid and one PNG each)."""
+    device = common.setup(args)
+    G, _ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    run = common.Run("dcgan", args, {"G": G}, device=device)
+    run.generate(lambda n: G(sample_z(n, args.nz, device, args.z_dist)), args.generate)
+    return {}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

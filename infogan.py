@@ -311,20 +311,19 @@ def matched_accuracy(confusion: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------
 # Training (Sec. 5-6; one D update, then one G update, per batch)
 # ---------------------------------------------------------------------------------------------
-def discriminator_step(G, D, opt_D, real, latent, info_weight, learn_sigma=False, amp=False):
+def discriminator_step(G, D, opt_D, real, latent, info_weight, learn_sigma=False):
     """One Adam step on D's body, D head and Q head for L_D + λ (-L_I) on `latent` (the
     generator input, codes). The fake is detached: G receives no gradient.
     Returns (metrics, Q's categorical logits on the real batch)."""
     g_in, codes = latent
-    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
+    with torch.no_grad():
         fake = G(g_in)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        # real and fake go through D as separate batches (separate BN statistics), as the official code
-        real_logits, q_real = D(real)
-        fake_logits, q_fake = D(fake)
-        adv = d_loss(real_logits, fake_logits)
-        discrete, continuous = info_loss(q_fake, codes, learn_sigma)
-        loss = adv + info_weight * (discrete + continuous)  # = L_D - λ L_I (+ the constant λ H(c))
+    # real and fake go through D as separate batches (separate BN statistics), as the official code
+    real_logits, q_real = D(real)
+    fake_logits, q_fake = D(fake)
+    adv = d_loss(real_logits, fake_logits)
+    discrete, continuous = info_loss(q_fake, codes, learn_sigma)
+    loss = adv + info_weight * (discrete + continuous)  # = L_D - λ L_I (+ the constant λ H(c))
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
     opt_D.step()
@@ -334,16 +333,15 @@ def discriminator_step(G, D, opt_D, real, latent, info_weight, learn_sigma=False
     return metrics, q_real["cat"].detach()
 
 
-def generator_step(G, D, opt_G, latent, info_weight, learn_sigma=False, amp=False) -> torch.Tensor:
+def generator_step(G, D, opt_G, latent, info_weight, learn_sigma=False) -> torch.Tensor:
     """One Adam step on G for L_G + λ (-L_I) on a fresh `latent`, through the D just updated
     (a new forward pass: nothing of D's step is reused). D and Q are not updated."""
     D.requires_grad_(False)  # no gradient for D's or Q's weights: G's optimiser owns G alone
     g_in, codes = latent
-    with torch.autocast(g_in.device.type, torch.bfloat16, enabled=amp):
-        fake_logits, q_fake = D(G(g_in))
-        adv = g_loss(fake_logits)
-        discrete, continuous = info_loss(q_fake, codes, learn_sigma)
-        loss = adv + info_weight * (discrete + continuous)  # = L_G - λ L_I (+ the constant λ H(c))
+    fake_logits, q_fake = D(G(g_in))
+    adv = g_loss(fake_logits)
+    discrete, continuous = info_loss(q_fake, codes, learn_sigma)
+    loss = adv + info_weight * (discrete + continuous)  # = L_G - λ L_I (+ the constant λ H(c))
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
@@ -359,10 +357,8 @@ def build(args, channels: int, device):
     G.apply(weights_init)
     D.apply(weights_init)
     # One optimiser per network (App. C): D's owns the shared body, the D head and the Q head.
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2),
-                             **common.optimizer_kwargs(device))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2),
-                             **common.optimizer_kwargs(device))
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(args.beta1, args.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(args.beta1, args.beta2))
     return G, D, opt_G, opt_D
 
 
@@ -383,40 +379,30 @@ def write_traversals(G, args, folder, device) -> None:
 
 def train(args) -> dict:
     device = common.setup(args)
-    data = None
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
-                                   args.download, device, args.dataset_size, args.workers)
-        args.channels = data.channels  # saved with the checkpoint's flags
+    data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                               args.download, device, args.dataset_size, args.workers)
+    args.channels = data.channels  # saved with the checkpoint's flags
     G, D, opt_G, opt_D = build(args, args.channels, device)
     dims = (args.nz, args.n_cat, args.cat_dim, args.n_cont, device)
-    n_classes = (data.num_classes or 0) if data is not None else 0
+    n_classes = data.num_classes or 0
     state = {  # the epoch's grid: rows = c1, columns = z (Fig. 2a); and Q-vs-label counts
         "fixed_latent": grid_latent(*dims, n_cols=args.cat_dim if args.n_cat else 10),
         "confusion": torch.zeros(args.cat_dim, max(1, n_classes), dtype=torch.long, device=device)}
     run = common.Run("infogan", args, {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}, state,
                      sample_fn=lambda: G(state["fixed_latent"]), device=device)
-    if args.generate:
-        out = run.generate(lambda n: G(sample_latent(n, *dims)[0]), args.generate)
-        write_traversals(G, args, out, device)
-        return {}
-    common.maybe_compile(G, args.compile, args.channels_last)
-    common.maybe_compile(D, args.compile, args.channels_last)
-    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
-    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
+    G, D = run.prepare(G, D)  # --compile, --amp, --channels-last; under torchrun DDP
 
     h_c = args.n_cat * math.log(args.cat_dim)  # H(c) of the categorical codes: L_I's upper bound
     steps_per_epoch = data.steps_per_epoch(args.batch_size)
     def train_step(real):
         # 1. D and Q: minimise L_D - λ L_I on a fresh latent (the fake detached)
-        metrics, q_real = discriminator_step(G_train, D_train, opt_D, real, sample_latent(real.size(0), *dims),
-                                             args.info_weight, args.learn_sigma, args.amp)
+        metrics, q_real = discriminator_step(G, D, opt_D, real, sample_latent(real.size(0), *dims),
+                                             args.info_weight, args.learn_sigma)
         # 2. G: minimise L_G - λ L_I on another fresh latent, through the updated D (official code)
-        loss_G = generator_step(G_train, D, opt_G, sample_latent(real.size(0), *dims),
-                                args.info_weight, args.learn_sigma, args.amp)
+        loss_G = generator_step(G, D, opt_G, sample_latent(real.size(0), *dims), args.info_weight, args.learn_sigma)
         return metrics, q_real, loss_G
 
-    step = run.graphed(train_step)  # --fast: the whole step as one CUDA graph; else train_step
+    step = run.fast_step(train_step)  # --fast: the whole step as one CUDA graph
     for real, labels in run.batches(data):
         metrics, q_real, loss_G = step(real)
         run.log(loss_D=metrics["loss_D"], loss_G=loss_G, D_x=metrics["D_x"], D_G_z=metrics["D_G_z"])
@@ -437,8 +423,21 @@ def train(args) -> dict:
     return run.finish()
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN: N samples of the run's G (a grid and one PNG each) and the
+    Figure 2 traversals."""
+    device = common.setup(args)
+    G, *_ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    run = common.Run("infogan", args, {"G": G}, device=device)
+    dims = (args.nz, args.n_cat, args.cat_dim, args.n_cont, device)
+    out = run.generate(lambda n: G(sample_latent(n, *dims)[0]), args.generate)
+    write_traversals(G, args, out, device)
+    return {}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -362,7 +362,7 @@ def gradient_penalty(D: nn.Module, real, fake, depth, alpha, final_size) -> torc
     by k = final_size / r and average-pools it back by k, so its gradient is ours upscaled and
     divided by k², and its norm ours divided by k. (Tested equal to that upscaled form.)"""
     u = torch.rand(real.size(0), 1, 1, 1, device=real.device)
-    x_hat = torch.lerp(real, fake.detach().to(real.dtype), u).requires_grad_(True)  # (--amp: G gives bf16)
+    x_hat = torch.lerp(real, fake.detach(), u).requires_grad_(True)
     (grad,) = torch.autograd.grad(D(x_hat, depth, alpha).sum(), x_hat, create_graph=True)
     # (the paper is silent on the scale; the official code's, see the docstring's choices)
     k = final_size / real.size(-1)                      # F / r: 1 at the final resolution
@@ -387,13 +387,12 @@ def g_loss(fake_scores) -> torch.Tensor:
 def discriminator_step(G, D, opt_D, real, depth, alpha, args):
     """One Adam step on D with a fresh z; G is not updated. Returns loss, W estimate, penalty."""
     z = torch.randn(real.size(0), args.nz, device=real.device)
-    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
+    with torch.no_grad():
         fake = G(z, depth, alpha)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
-        # real and fake go through D as separate batches (each has its own minibatch stddev)
-        real_scores, fake_scores = D(real, depth, alpha).float(), D(fake, depth, alpha).float()
-        penalty = gradient_penalty(D, real, fake, depth, alpha, args.image_size)
-        loss = d_loss(real_scores, fake_scores, penalty, args.gp_weight, args.drift)
+    # real and fake go through D as separate batches (each has its own minibatch stddev)
+    real_scores, fake_scores = D(real, depth, alpha).float(), D(fake, depth, alpha).float()
+    penalty = gradient_penalty(D, real, fake, depth, alpha, args.image_size)
+    loss = d_loss(real_scores, fake_scores, penalty, args.gp_weight, args.drift)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
     opt_D.step()
@@ -404,8 +403,7 @@ def generator_step(G, D, opt_G, batch_size, depth, alpha, args, device):
     """One Adam step on G with a fresh z, through the D just updated; D's weights get no gradient."""
     D.requires_grad_(False)
     z = torch.randn(batch_size, args.nz, device=device)
-    with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
-        loss = g_loss(D(G(z, depth, alpha), depth, alpha).float())
+    loss = g_loss(D(G(z, depth, alpha), depth, alpha).float())
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
@@ -424,20 +422,18 @@ def build(args, channels: int, device):
     D = Discriminator(args.image_size, channels, args.fmap_base, args.fmap_max, args.mbstd_group).to(device)
     # App. A.1: Adam, lr 0.001, β1 0, β2 0.99, ε 1e-8. Parameters of layers not yet in use get
     # no gradient (None) and are left alone until their resolution arrives.
-    opts = [torch.optim.Adam(net.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
-                             **common.optimizer_kwargs(device)) for net in (G, D)]
+    opts = [torch.optim.Adam(net.parameters(), lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8)
+            for net in (G, D)]
     return G, D, *opts
 
 
 def train(args) -> dict:
     device = common.setup(args)
-    data = None
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        # DEVIATION: the built-in shapes by default (deviation 2). The data is held at the final
-        # size; each batch is box-filtered down to the current resolution.
-        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
-                                   args.download, device, args.dataset_size, args.workers)
-        args.channels = data.channels  # saved with the checkpoint's flags
+    # DEVIATION: the built-in shapes by default (deviation 2). The data is held at the final
+    # size; each batch is box-filtered down to the current resolution.
+    data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                               args.download, device, args.dataset_size, args.workers)
+    args.channels = data.channels  # saved with the checkpoint's flags
     G, D, opt_G, opt_D = build(args, args.channels, device)
     G_ema = copy.deepcopy(G).requires_grad_(False)
     max_depth, per_phase = depth_of(args.image_size), args.images_per_phase
@@ -460,17 +456,9 @@ def train(args) -> dict:
 
     run = common.Run("progan", args, {"G": G, "G_ema": G_ema, "D": D, "opt_G": opt_G, "opt_D": opt_D},
                      state, sample_fn=samples, device=device)
-    if args.generate:  # at the resolution the run has reached
-        run.generate(lambda n: G_ema(torch.randn(n, args.nz, device=device), state["depth"], state["alpha"]),
-                     args.generate)
-        return {}
-    for net in (G, G_ema, D):  # channels-last weights (--channels-last)
-        common.maybe_compile(net, False, args.channels_last)
-    for stage in G.blocks:  # torch.compile: G only, it cannot double-backward D for the penalty
-        common.maybe_compile(stage, args.compile)
-    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the
-    # plain D. Layers of the resolutions not in use get no gradient: find_unused.
-    G_train, D_train = (common.distribute(net, args, find_unused=True) for net in (G, D))
+    # --compile: G's stages only (D cannot be double-backwarded compiled, for the penalty); under
+    # torchrun DDP, with find_unused: the layers of the resolutions not in use get no gradient
+    G, D = run.prepare(G, D, compile=G.blocks, find_unused=True)
     full = 2 * max_depth * per_phase
     print(f"schedule: 4x4 -> {args.image_size}x{args.image_size}, {per_phase:,} images per phase, "
           f"{args.image_size} px faded in after {full:,} images (epoch {full / len(data):.2f}); this run: "
@@ -478,15 +466,15 @@ def train(args) -> dict:
 
     def train_step(real, depth, alpha):
         # 1. one D step (n_critic = 1), 2. one G step through the D just updated, 3. G's average
-        loss_D, W, penalty = discriminator_step(G_train, D_train, opt_D, real, depth, alpha, args)
-        loss_G = generator_step(G_train, D, opt_G, real.size(0), depth, alpha, args, device)
+        loss_D, W, penalty = discriminator_step(G, D, opt_D, real, depth, alpha, args)
+        loss_G = generator_step(G, D, opt_G, real.size(0), depth, alpha, args, device)
         update_ema(G_ema, G, args.ema)
         return loss_D, loss_G, W, penalty
 
-    # --fast: the steps of a stabilise phase as one CUDA graph, captured anew at every phase (a
-    # fade-in's alpha changes every step, so fade-in steps run as plain calls)
+    # --fast: a stabilise phase's steps as one CUDA graph, captured at every phase (a fade-in's
+    # alpha changes at every step: its steps run as plain calls)
+    step = run.fast_step(train_step)
     mirror = args.mirror == "on" or (args.mirror == "auto" and args.dataset in ("celeba", "lsun"))
-    stable_step = run.graphed(train_step)
     draw = run.sampler(data)  # real batches of any size; the run counts epochs in images
     for _ in run.loop():
         phase = phase_of(state["images_seen"], per_phase, max_depth)
@@ -496,7 +484,6 @@ def train(args) -> dict:
             # official reset_opt_for_new_lod: fresh Adam moments at every new phase
             opt_G.state.clear()
             opt_D.state.clear()
-            run.recapture()  # --fast: a new depth and fresh optimiser state; capture anew
             state["phase"] = phase
             run.save_checkpoint()
             size = 4 * 2 ** ((phase + 1) // 2)
@@ -512,7 +499,7 @@ def train(args) -> dict:
         if mirror:  # (commutes with the pooling; official: before it)
             real = mirror_augment(real)
         real = fade_reals(real, alpha)
-        loss_D, loss_G, W, penalty = (train_step if alpha < 1 else stable_step)(real, depth, alpha)
+        loss_D, loss_G, W, penalty = step(real, depth, alpha)
         run.log(loss_D=loss_D, loss_G=loss_G, W_estimate=W, gp=penalty, resolution=res, alpha=alpha)
         state["images_seen"] += batch_size
     # the grid of the resolution the run stops at, if that resolution is done or the last one
@@ -522,8 +509,21 @@ def train(args) -> dict:
     return run.finish()
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN: N samples of the run's averaged G at the resolution the run has
+    reached (a grid and one PNG each)."""
+    device = common.setup(args)
+    G_ema, *_ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    state = {}
+    run = common.Run("progan", args, {"G_ema": G_ema}, state, device=device)
+    run.generate(lambda n: G_ema(torch.randn(n, args.nz, device=device), state["depth"], state["alpha"]),
+                 args.generate)
+    return {}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -247,13 +247,12 @@ def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> to
 def discriminator_step(G, D, opt_D, real, args):
     """One Adam step on D with a fresh z (and the penalty with --gp); G is not updated."""
     z = torch.randn(real.size(0), args.nz, device=real.device)
-    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
+    with torch.no_grad():
         fake = G(z)
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=args.amp):
-        r, f = D(real), D(fake)
-        loss = d_loss(args.loss, r, f)
-        if args.gp:
-            loss = loss + args.gp_weight * gradient_penalty(D, real, fake)
+    r, f = D(real), D(fake)
+    loss = d_loss(args.loss, r, f)
+    if args.gp:
+        loss = loss + args.gp_weight * gradient_penalty(D, real, fake)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
     opt_D.step()
@@ -265,11 +264,10 @@ def generator_step(G, D, opt_G, real, args, batch_size, device):
     or None (baselines). D's weights are not updated and get no gradient."""
     D.requires_grad_(False)
     z = torch.randn(batch_size, args.nz, device=device)
-    with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
-        f = D(G(z))
-        with torch.no_grad():    # r does not depend on G: no graph needed
-            r = D(real) if real is not None else None
-        loss = g_loss(args.loss, r, f)
+    f = D(G(z))
+    with torch.no_grad():    # r does not depend on G: no graph needed
+        r = D(real) if real is not None else None
+    loss = g_loss(args.loss, r, f)
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
@@ -282,52 +280,49 @@ def build(args, channels: int, device):
     D = Discriminator(channels, args.image_size, args.d_norm, args.width).to(device)
     G.apply(weights_init)
     D.apply(weights_init)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
-                             **common.optimizer_kwargs(device))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2),
-                             **common.optimizer_kwargs(device))
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr, betas=(args.beta1, args.beta2))
     return G, D, opt_G, opt_D
 
 
 def train(args) -> dict:
     device = common.setup(args)
-    data = None
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
-                                   args.download, device, args.dataset_size, args.workers)
-        args.channels = data.channels  # saved with the checkpoint's flags
+    data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                               args.download, device, args.dataset_size, args.workers)
+    args.channels = data.channels  # saved with the checkpoint's flags
     G, D, opt_G, opt_D = build(args, args.channels, device)
     state = {"fixed_z": torch.randn(64, args.nz, device=device)}  # one latent for every grid
     run = common.Run("relativistic_gan", args, {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}, state,
                      sample_fn=lambda: G(state["fixed_z"]), device=device)
-    if args.generate:
-        run.generate(lambda n: G(torch.randn(n, args.nz, device=device)), args.generate)
-        return {}
-    common.maybe_compile(G, args.compile, args.channels_last)
-    common.maybe_compile(D, args.compile, args.channels_last)
-    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
-    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
+    G, D = run.prepare(G, D)  # --compile, --amp, --channels-last; under torchrun DDP
+    d_update, g_update = run.fast_step(discriminator_step), run.fast_step(generator_step)  # --fast: graphs
 
     # DEVIATION: batches come in seeded epochs (deviation 4); the official code draws each at random.
-    # --fast: each update replayed as one CUDA graph (plain calls without it)
-    d_update = run.graphed(lambda real: discriminator_step(G_train, D_train, opt_D, real, args))
-    g_update = run.graphed(lambda real: generator_step(G_train, D, opt_G, real, args, common.per_rank(args.batch_size),
-                                                       device))
     batches = run.stream(data)
     for _ in run.loop():                      # one generator iteration per step
         for _ in range(args.n_d):             # n_D discriminator updates, a fresh batch each
             real, _ = next(batches)
-            loss_D, gap = d_update(real)      # discriminator_step(...)
+            loss_D, gap = d_update(G, D, opt_D, real, args)
             run.log(loss_D=loss_D, C_gap=gap)
-        # the G update; a relativistic G loss also needs C(x_r): a fresh real batch
-        real = next(batches)[0] if args.loss in RELATIVISTIC else None
-        loss_G = g_update(real)               # generator_step(...)
+        # the G update on as many fresh z; a relativistic G loss also needs C(x_r): a fresh real batch
+        fresh = next(batches)[0] if args.loss in RELATIVISTIC else None
+        loss_G = g_update(G, D, opt_G, fresh, args, real.size(0), device)
         run.log(loss_G=loss_G)
     return run.finish()
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN: N samples of the run's G (a grid and one PNG each)."""
+    device = common.setup(args)
+    G, *_ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    run = common.Run("relativistic_gan", args, {"G": G}, device=device)
+    run.generate(lambda n: G(torch.randn(n, args.nz, device=device)), args.generate)
+    return {}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

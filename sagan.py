@@ -330,26 +330,24 @@ def g_hinge_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Training (Sec. 5: Adam β = (0, 0.9), TTUR, one D step per G step)
 # ---------------------------------------------------------------------------------------------
-def discriminator_step(D, opt_D, real, fake, y, amp=False):
+def discriminator_step(D, opt_D, real, fake, y):
     """One Adam step on D for L_D; `fake` is detached. Real and fake go through D as one batch
     (no batch norm in D: the same function), so SN's power iteration runs once per D step."""
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        logits = D(torch.cat([real, fake.detach()]), None if y is None else torch.cat([y, y]))
-        real_logits, fake_logits = logits.chunk(2)  # (B,), (B,)
-        loss = d_hinge_loss(real_logits, fake_logits)
+    logits = D(torch.cat([real, fake.detach()]), None if y is None else torch.cat([y, y]))
+    real_logits, fake_logits = logits.chunk(2)  # (B,), (B,)
+    loss = d_hinge_loss(real_logits, fake_logits)
     opt_D.zero_grad(set_to_none=True)
     loss.backward()
     opt_D.step()
     return loss.detach(), real_logits.detach().mean(), fake_logits.detach().mean()
 
 
-def generator_step(D, opt_G, fake, y, amp=False):
+def generator_step(D, opt_G, fake, y):
     """One Adam step on G for L_G through the D just updated. D gets no gradient, and eval mode
     keeps its SN vectors u, v fixed (official: update_collection="NO_OPS" on the fake pass)."""
     D.requires_grad_(False)
     D.eval()  # D has no BN or dropout: eval only stops the power-iteration update
-    with torch.autocast(fake.device.type, torch.bfloat16, enabled=amp):
-        loss = g_hinge_loss(D(fake, y))
+    loss = g_hinge_loss(D(fake, y))
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
@@ -365,8 +363,8 @@ def build(args, channels: int, device):
     D = Discriminator(args.ch, channels, args.image_size, K, attention_res).to(device)
     # Sec. 5 (TTUR): lr_D = 0.0004, lr_G = 0.0001, Adam β1 = 0, β2 = 0.9.
     betas = (args.beta1, args.beta2)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas, **common.optimizer_kwargs(device))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas, **common.optimizer_kwargs(device))
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=betas)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=betas)
     return G, D, opt_G, opt_D
 
 
@@ -399,64 +397,29 @@ def attention_figure(G: Generator, z: torch.Tensor, y: torch.Tensor | None) -> t
 
 def train(args) -> dict:
     device = common.setup(args)
-    sample_class = args.sample_class  # --generate only; never taken from the checkpoint
-    data = None
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
-                                   args.download, device, args.dataset_size, args.workers)
-        args.channels = data.channels  # saved with the checkpoint's flags
-        # DEVIATION: unlabelled data (or --unconditional) trains the unconditional variant (deviation 3).
-        args.num_classes = 0 if args.unconditional else (data.num_classes or 0)
-        if not args.unconditional and not args.num_classes:
-            print(f"{args.dataset} has no class labels: training the unconditional variant.")
-    K = args.num_classes or 0
+    data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                               args.download, device, args.dataset_size, args.workers)
+    args.channels = data.channels  # saved with the checkpoint's flags
+    # DEVIATION: unlabelled data (or --unconditional) trains the unconditional variant (deviation 3).
+    args.num_classes = K = 0 if args.unconditional else (data.num_classes or 0)
+    if not args.unconditional and not K:
+        print(f"{args.dataset} has no class labels: training the unconditional variant.")
     G, D, opt_G, opt_D = build(args, args.channels, device)
     # One latent for every sample grid; conditional: 10 rows of 10, row r from class r mod K.
     fixed_y = (torch.arange(100, device=device) // 10) % K if K else None
     state = {"fixed_z": torch.randn(100 if K else 64, args.nz, device=device), "fixed_y": fixed_y}
     run = common.Run("sagan", args, {"G": G, "D": D, "opt_G": opt_G, "opt_D": opt_D}, state,
                      sample_fn=lambda: G(state["fixed_z"], state["fixed_y"]), device=device)
-    if args.generate:
-        if sample_class is not None and not K:
-            raise common.UserError("--class needs a class-conditional model, and this run was trained "
-                                   "unconditionally.")
-        if sample_class is not None and not 0 <= sample_class < K:
-            raise common.UserError(f"--class must be from 0 to {K - 1} for this model (got {sample_class}).")
-        first = {}
-
-        def sample(n):
-            z = torch.randn(n, args.nz, device=device)
-            y = None
-            if K:  # --class K, or classes drawn uniformly
-                y = (torch.full((n,), sample_class, device=device) if sample_class is not None
-                     else torch.randint(K, (n,), device=device))
-            first.setdefault("zy", (z, y))
-            return G(z, y)
-
-        out = run.generate(sample, args.generate)
-        if G.attention is not None:  # the first samples again (eval mode: the same images), with maps
-            z, y = first["zy"]
-            k = min(8, len(z))
-            G.eval()
-            common.save_grid(attention_figure(G, z[:k], None if y is None else y[:k]) * 2 - 1,
-                             out / "attention.png", nrow=2)
-            print(f"wrote {out / 'attention.png'}: samples 0-{k - 1} and where one query position (green) "
-                  f"attends in G's {G.attention_res}x{G.attention_res} attention block")
-        return {}
-    common.maybe_compile(G, args.compile, args.channels_last)
-    common.maybe_compile(D, args.compile, args.channels_last)
-    # Under torchrun: DDP wrappers (gradients averaged over the processes); G's step calls the plain D.
-    G_train, D_train = common.distribute(G, args), common.distribute(D, args)
+    G, D = run.prepare(G, D)  # --compile, --amp, --channels-last; under torchrun DDP
 
     def train_step(real, y):
-        with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
-            fake = G_train(torch.randn(real.size(0), args.nz, device=device), y)
+        fake = G(torch.randn(real.size(0), args.nz, device=device), y)
         # 1. D step on L_D (lr 4e-4), then 2. G step on L_G (lr 1e-4) through the updated D
-        loss_D, D_real, D_fake = discriminator_step(D_train, opt_D, real, fake, y, args.amp)
-        loss_G = generator_step(D, opt_G, fake, y, args.amp)
+        loss_D, D_real, D_fake = discriminator_step(D, opt_D, real, fake, y)
+        loss_G = generator_step(D, opt_G, fake, y)
         return loss_D, loss_G, D_real, D_fake
 
-    step = run.graphed(train_step)  # --fast: the whole step as one CUDA graph; else train_step
+    step = run.fast_step(train_step)  # --fast: the whole step as one CUDA graph
     for real, labels in run.batches(data):
         # y ~ p_data for the fake batch: the real batch's labels (None when unconditional)
         loss_D, loss_G, D_real, D_fake = step(real, labels if K else None)
@@ -466,8 +429,44 @@ def train(args) -> dict:
     return run.finish()
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN [--class K]: N samples of the run's G (a grid and one PNG each),
+    of class K or of classes drawn uniformly, and attention.png: where G's attention looks."""
+    device = common.setup(args)
+    G, *_ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    run = common.Run("sagan", args, {"G": G}, device=device)
+    K, sample_class = args.num_classes or 0, args.sample_class  # (--class: never taken from the checkpoint)
+    if sample_class is not None and not K:
+        raise common.UserError("--class needs a class-conditional model, and this run was trained "
+                               "unconditionally.")
+    if sample_class is not None and not 0 <= sample_class < K:
+        raise common.UserError(f"--class must be from 0 to {K - 1} for this model (got {sample_class}).")
+    first = {}
+
+    def sample(n):
+        z = torch.randn(n, args.nz, device=device)
+        y = None
+        if K:  # --class K, or classes drawn uniformly
+            y = (torch.full((n,), sample_class, device=device) if sample_class is not None
+                 else torch.randint(K, (n,), device=device))
+        first.setdefault("zy", (z, y))
+        return G(z, y)
+
+    out = run.generate(sample, args.generate)
+    if G.attention is not None:  # the first samples again (eval mode: the same images), with maps
+        z, y = first["zy"]
+        k = min(8, len(z))
+        G.eval()
+        common.save_grid(attention_figure(G, z[:k], None if y is None else y[:k]) * 2 - 1,
+                         out / "attention.png", nrow=2)
+        print(f"wrote {out / 'attention.png'}: samples 0-{k - 1} and where one query position (green) "
+              f"attends in G's {G.attention_res}x{G.attention_res} attention block")
+    return {}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""Scaling a run up: several processes (torchrun, DistributedDataParallel) and CUDA graphs (--fast).
+"""Scaling a run up: several processes (torchrun, DistributedDataParallel), CUDA graphs (--fast)
+and bf16 autocast (--amp).
 
-Nothing here changes what a training step computes; it changes where and how the step runs.
-common.py imports this module only when a run asks for it: when torchrun started the process
-(RANK and WORLD_SIZE in the environment; common.setup joins the process group here), or when
---fast is given (common.Run.graphed). A plain `python dcgan.py` never loads it, and a reader of
-a script or of common.py can leave it aside. It needs torch alone: what it refuses it raises
-as ValueError (a launch the flags cannot run in), or as the exception class common.py passes
-in (a step that cannot be captured), and common.py says it in one sentence.
+Nothing here changes the method; it changes where and how a training step runs (with --amp, in
+lower precision). common.py imports this module only when a run asks for it: when torchrun
+started the process (RANK and WORLD_SIZE in the environment; common.setup joins the process
+group here), or when --fast or --amp is given (common.Run.prepare, Run.fast_step). A plain
+`python dcgan.py` never loads it, and a reader of a script or of common.py can leave it aside.
+It needs torch alone: what it refuses it raises as ValueError (a launch the flags cannot run
+in), or as the exception class common.py passes in (a step that cannot be captured), and
+common.py says it in one sentence.
 
 Several processes. `torchrun --nproc_per_node=N script.py ...` starts N copies of the script
 with RANK, LOCAL_RANK and WORLD_SIZE set. Each copy trains on its share of every batch
@@ -23,6 +25,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import types
 import warnings
 
 import torch
@@ -75,10 +78,30 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+class _Trained(torch.nn.parallel.DistributedDataParallel):
+    """DistributedDataParallel that a loop can call wherever it calls the network. A forward that
+    computes no gradient for the network (grad mode off, or its parameters frozen for another
+    network's step) runs the network itself, outside DDP: there is nothing to average, and rank 0
+    may sample alone. The network's own attributes show through (G.attention)."""
+
+    def forward(self, *inputs, **kwargs):
+        if torch.is_grad_enabled() and any(p.requires_grad for p in self.module.parameters()):
+            return super().forward(*inputs, **kwargs)
+        return self.module(*inputs, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "module":
+                raise
+            return getattr(self.module, name)
+
+
 def distribute(module: torch.nn.Module, sync_bn: bool = False, find_unused: bool = False) -> torch.nn.Module:
     """`module` in DistributedDataParallel (its gradients averaged over all processes in
-    backward()); with `sync_bn` its BatchNorm layers made SyncBatchNorm (in place: the same
-    parameters and state_dict keys; CUDA only). `find_unused`: parameters that get no gradient
+    backward()), as _Trained; with `sync_bn` its BatchNorm layers made SyncBatchNorm (in place: the
+    same parameters and state_dict keys; CUDA only). `find_unused`: parameters that get no gradient
     in some steps (progan.py's layers of resolutions not yet reached)."""
     device = next(module.parameters()).device
     if sync_bn:
@@ -89,8 +112,8 @@ def distribute(module: torch.nn.Module, sync_bn: bool = False, find_unused: bool
     ddp = torch.nn.parallel.DistributedDataParallel
     no_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters
                else "broadcast_buffers")  # (newer torch; older: broadcast_buffers)
-    return ddp(module, device_ids=[device.index] if device.type == "cuda" else None,
-               find_unused_parameters=find_unused, **{no_sync: False})
+    return _Trained(module, device_ids=[device.index] if device.type == "cuda" else None,
+                    find_unused_parameters=find_unused, **{no_sync: False})
 
 
 def all_reduce(tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
@@ -102,16 +125,17 @@ def all_reduce(tensor: torch.Tensor, op: str = "mean") -> torch.Tensor:
     return tensor
 
 
-def average_gradients(*modules: torch.nn.Module) -> None:
-    """Average the .grad of every parameter over the processes, in one collective: for the
-    gradients DistributedDataParallel never sees, those assigned from torch.autograd.grad,
-    where DDP's hooks (which run in backward()) do not fire."""
-    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
-    if not active() or not grads:
-        return
-    flat = all_reduce(torch.cat([g.flatten() for g in grads]))
-    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
-        g.copy_(mean.view_as(g))
+def average_before_step(optimizer: torch.optim.Optimizer) -> None:
+    """Before each step of `optimizer`, average the .grad of its parameters over the processes
+    in one collective: for the gradients DistributedDataParallel never sees, those assigned from
+    torch.autograd.grad, where DDP's hooks (which run in backward()) do not fire."""
+    def hook(opt, args, kwargs):
+        grads = [p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        if active() and grads:
+            flat = all_reduce(torch.cat([g.flatten() for g in grads]))
+            for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+                g.copy_(mean.view_as(g))
+    optimizer.register_step_pre_hook(hook)
 
 
 def on_main(fn, error: type[Exception]):
@@ -163,8 +187,10 @@ class Graphed:
 
     What the step computes does not change; only how its kernels are launched. The step must
     keep all its work on the GPU: no `.item()`, no Python decision on a tensor's value, tensors
-    of fixed shapes, and optimisers with `capturable=True` (make_capturable). A learning rate
-    changed between steps is baked into the graph: call `reset()` after changing one.
+    of fixed shapes, and `optimizers`, the ones it steps, are made capturable. Host values are
+    baked into the graph: the step is warmed up and captured anew when a non-tensor input
+    changes (a step whose inputs change at every call is never captured: it runs eagerly) or
+    an optimiser's hyperparameters do (key).
 
     Tensor inputs are copied into static buffers, the step runs on those, and the outputs are
     returned as fresh copies, so a caller sees what an eager call returns. The first `warmup`
@@ -174,14 +200,22 @@ class Graphed:
     A step that cannot be captured raises `error` with one sentence.
     """
 
-    def __init__(self, fn, capture: bool = True, warmup: int = 3, error: type[Exception] = RuntimeError):
-        self.fn, self.capture, self.warmup, self.error = fn, capture, warmup, error
-        self.calls, self.graph, self.inputs, self.outputs = 0, None, None, None
+    def __init__(self, fn, capture: bool = True, warmup: int = 3, error: type[Exception] = RuntimeError,
+                 optimizers=()):
+        self.fn, self.capture, self.warmup, self.error, self.optimizers = fn, capture, warmup, error, optimizers
+        self.calls, self.graph, self.inputs, self.outputs, self.captured_key = 0, None, None, None, None
         self.replays = 0  # in all, across resets (a test's evidence that graphs ran)
+        for opt in optimizers if capture else ():
+            make_capturable(opt, True)
+
+    def key(self) -> list:
+        """What a captured step holds fixed of its optimisers: their hyperparameters (a learning
+        rate a schedule changes) and the size of their state (a state cleared)."""
+        return [(len(opt.state), [{k: v for k, v in group.items() if k != "params" and not torch.is_tensor(v)}
+                                  for group in opt.param_groups]) for opt in self.optimizers]
 
     def reset(self) -> None:
-        """Warm up and capture again (after a learning rate or another baked-in value changed,
-        or the optimisers' state was replaced)."""
+        """Warm up and capture again (a baked-in value changed)."""
         self.graph, self.calls = None, 0
 
     def __call__(self, *inputs):
@@ -193,6 +227,8 @@ class Graphed:
             for static, x in zip(self.inputs, inputs):
                 if torch.is_tensor(x):
                     static.copy_(x)
+        if self.graph is not None and self.key() != self.captured_key:
+            self.reset()
         if not self.capture:
             out = self.fn(*self.inputs)
         elif self.calls < self.warmup:
@@ -216,7 +252,7 @@ class Graphed:
         return out
 
     def _capture(self) -> None:
-        self.graph = torch.cuda.CUDAGraph()
+        self.graph, self.captured_key = torch.cuda.CUDAGraph(), self.key()
         try:
             # thread_local: a DataLoader's pin-memory thread may use CUDA while we capture
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
@@ -231,6 +267,16 @@ class Graphed:
             reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
             raise self.error(f"--fast: this training step cannot be captured as a CUDA graph "
                              f"({reason}); run without --fast.") from None
+
+
+def bf16(module: torch.nn.Module, device_type: str) -> None:
+    """--amp: `module`'s forward under bf16 autocast, its floating outputs returned as float32,
+    so that losses and backward() run outside autocast, as PyTorch advises for autocast."""
+    def forward(self, *args, **kwargs):
+        with torch.autocast(device_type, torch.bfloat16):
+            out = type(self).forward(self, *args, **kwargs)
+        return _tree_map(lambda t: t.float() if t.is_floating_point() else t, out)
+    module.forward = types.MethodType(forward, module)  # (bound to the module: a deepcopy rebinds it)
 
 
 def _same_layout(a, b) -> bool:

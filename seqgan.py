@@ -426,12 +426,11 @@ class Discriminator(nn.Module):
 
 
 @torch.no_grad()
-def real_prob(D: nn.Module, tokens: torch.Tensor, amp=False, chunk: int = 8192) -> torch.Tensor:
+def real_prob(D: nn.Module, tokens: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """D_φ(Y) (B,): D's probability that each sequence is real, dropout off (official: keep 1.0)."""
     was_training = D.training
     D.eval()
-    with torch.autocast(tokens.device.type, torch.bfloat16, enabled=amp):
-        p = torch.cat([D(part).float().softmax(-1)[:, 1] for part in tokens.split(chunk)])
+    p = torch.cat([D(part).float().softmax(-1)[:, 1] for part in tokens.split(chunk)])
     D.train(was_training)
     return p
 
@@ -463,12 +462,12 @@ def rollouts(G_beta: Generator, tokens: torch.Tensor, num: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def rollout_rewards(G_beta: Generator, D: nn.Module, tokens: torch.Tensor, num: int = 16, amp=False) -> torch.Tensor:
+def rollout_rewards(G_beta: Generator, D: nn.Module, tokens: torch.Tensor, num: int = 16) -> torch.Tensor:
     """Eq. (4): Q(Y_{1:t-1}, y_t) = (1/N) Σ_n D(Y^n_{1:T}) for t < T, and D(Y_{1:T}) for t = T.
     tokens (B, T) -> rewards (B, T) in [0, 1]."""
     B, T = tokens.shape
-    q = real_prob(D, rollouts(G_beta, tokens, num).view(-1, T), amp).view(T - 1, num, B).mean(1)  # (T-1, B)
-    return torch.cat([q, real_prob(D, tokens, amp)[None]]).t()                                  # (B, T)
+    q = real_prob(D, rollouts(G_beta, tokens, num).view(-1, T)).view(T - 1, num, B).mean(1)  # (T-1, B)
+    return torch.cat([q, real_prob(D, tokens)[None]]).t()                                  # (B, T)
 
 
 def mle_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -525,11 +524,11 @@ def mle_epoch(G, opt, data, batch_size, clip) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def pg_step(G, G_beta, D, opt, batch_size, seq_len, num, clip, amp=False):
+def pg_step(G, G_beta, D, opt, batch_size, seq_len, num, clip):
     """Alg. 1 lines 4-9: Y ~ G_θ, Q for every token by Eq. (4), one policy-gradient update.
     D and G_β are only read. Returns (loss, mean reward)."""
     tokens = G.sample(batch_size, seq_len)
-    rewards = rollout_rewards(G_beta, D, tokens, num, amp)
+    rewards = rollout_rewards(G_beta, D, tokens, num)
     loss = pg_loss(G(tokens), tokens, rewards)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -549,7 +548,7 @@ def update_rollout(G_beta, G, rate: float) -> None:
             beta.mul_(rate).add_(theta, alpha=1 - rate)
 
 
-def d_epochs(D, opt, real, fake, batch_size, k, l2, amp=False):
+def d_epochs(D, opt, real, fake, batch_size, k, l2):
     """Alg. 1 line 12 / D pretraining: k epochs of D on real (1) + generated (0) sequences,
     shuffled once (official Dis_dataloader). G is not involved. Returns (mean loss, accuracy)."""
     x = torch.cat([real, fake])
@@ -561,9 +560,8 @@ def d_epochs(D, opt, real, fake, batch_size, k, l2, amp=False):
     D.train()
     for _ in range(k):
         for xb, yb in zip(xs, ys):
-            with torch.autocast(xb.device.type, torch.bfloat16, enabled=amp):
-                logits = D(xb)
-                loss = d_loss(logits, yb, D.out.weight, D.out.bias, l2)
+            logits = D(xb)
+            loss = d_loss(logits, yb, D.out.weight, D.out.bias, l2)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -622,6 +620,15 @@ def decode(tokens: torch.Tensor, vocab=None, char=False) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Training (Alg. 1)
 # ---------------------------------------------------------------------------------------------
+def build(args, device):
+    """G_θ, the rollout policy G_β (a copy that is never trained) and D_φ."""
+    G = Generator(args.vocab_size, args.emb_dim, args.hidden_dim).to(device)
+    G_beta = Generator(args.vocab_size, args.emb_dim, args.hidden_dim).to(device).requires_grad_(False)
+    windows = [(size, max(1, round(n * args.d_filter_scale))) for size, n in WINDOWS]
+    D = Discriminator(args.vocab_size, args.seq_len, args.d_emb_dim, args.d_dropout, windows).to(device)
+    return G, G_beta, D
+
+
 def train(args) -> dict:
     device = common.setup(args, single_process=True)  # (under torchrun: a clear refusal)
     state = {"oracle": None, "vocab": None, "train": None, "test": None}  # the data, saved with the run
@@ -643,31 +650,19 @@ def train(args) -> dict:
         if args.batch_size > len(state["train"]):
             raise common.UserError(f"--batch-size {args.batch_size} is larger than the training set "
                                    f"({len(state['train'])} sequences).")
-    G = Generator(args.vocab_size, args.emb_dim, args.hidden_dim).to(device)
-    G_beta = Generator(args.vocab_size, args.emb_dim, args.hidden_dim).to(device).requires_grad_(False)
-    windows = [(size, max(1, round(n * args.d_filter_scale))) for size, n in WINDOWS]
-    D = Discriminator(args.vocab_size, args.seq_len, args.d_emb_dim, args.d_dropout, windows).to(device)
+    G, G_beta, D = build(args, device)
     # Adam's fused kernel: the same update in one pass over the parameters. On the CPU (torch >= 2.4)
     # it takes about a quarter off D's step (13.8M parameters; one thread: the update from about
-    # 35 ms to 6 ms beside 80 ms of forward and backward); common's default is per tensor there.
-    kw = {"fused": True} if device.type in ("cpu", "cuda") else common.optimizer_kwargs(device)
+    # 35 ms to 6 ms beside 80 ms of forward and backward); the image scripts' Adam is per tensor there.
+    fused = device.type in ("cpu", "cuda")
     g_params = [q for q in G.parameters() if q.requires_grad]
     # official: two Adam optimisers on G (lr 0.01), one for MLE and one for the policy gradient
-    opt_mle, opt_pg = (torch.optim.Adam(g_params, lr=args.g_lr, **kw) for _ in range(2))
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.d_lr, **kw)
+    opt_mle, opt_pg = (torch.optim.Adam(g_params, lr=args.g_lr, fused=fused) for _ in range(2))
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.d_lr, fused=fused)
     run = common.Run("seqgan", args, {"G": G, "G_beta": G_beta, "D": D, "opt_mle": opt_mle,
                                       "opt_pg": opt_pg, "opt_D": opt_D}, state, device=device)
+    G, D = run.prepare(G, D, amp=[D])  # --compile; --amp: bf16 for D, the heavy network (G stays fp32)
     oracle = Oracle.from_state_dict(state["oracle"]).to(device) if state["oracle"] is not None else None
-    char = args.tokens == "char"
-    if args.generate:
-        tokens = G.sample(args.generate, args.seq_len)
-        path = run.dir / f"generated-{datetime.now():%Y%m%d-%H%M%S-%f}.txt"
-        path.write_text("\n".join(decode(tokens, state["vocab"], char)) + "\n", encoding="utf-8")
-        extra = f" (NLL_oracle {oracle_nll(oracle, tokens):.3f} per token)" if oracle is not None else ""
-        print(f"wrote {args.generate} sequences to {path}{extra}")
-        return {"path": str(path)}
-    common.maybe_compile(G, args.compile)
-    common.maybe_compile(D, args.compile)
     train_set, test_set, T, bs = state["train"], state["test"], args.seq_len, args.batch_size
 
     def evaluate() -> dict:
@@ -680,8 +675,8 @@ def train(args) -> dict:
 
     def write_samples(name: str) -> None:
         tokens = G.sample(32, T, generator=torch.Generator(device=device).manual_seed(args.seed))
-        (run.dir / "samples" / f"{name}.txt").write_text("\n".join(decode(tokens, state["vocab"], char)) + "\n",
-                                                         encoding="utf-8")
+        (run.dir / "samples" / f"{name}.txt").write_text(
+            "\n".join(decode(tokens, state["vocab"], args.tokens == "char")) + "\n", encoding="utf-8")
 
     # The schedule is a list of steps: P MLE epochs, R D-pretraining rounds, then --epochs
     # adversarial (with --mle-only: MLE) epochs. The step counter alone says where a run is.
@@ -690,58 +685,68 @@ def train(args) -> dict:
     per_d_round = 2 * len(train_set) // bs * bs * args.k_epochs           # sequences D trains on
 
     def d_round():  # Alg. 1 lines 3-4 and 11-12: fresh negatives (as many as real ones), k epochs of D
-        loss_D, acc = d_epochs(D, opt_D, train_set, G.sample(len(train_set), T), bs, args.k_epochs,
-                               args.d_l2, args.amp)
+        loss_D, acc = d_epochs(D, opt_D, train_set, G.sample(len(train_set), T), bs, args.k_epochs, args.d_l2)
         run.log(loss_D=loss_D, D_acc=acc)
         run.count(per_d_round)                                       # images_per_s: sequences/s
+
+    def after_step():  # NLL, the metrics row and a checkpoint on the schedule's own clock
+        step = run.step
+        boundary = step in (P, P + R, end)                           # the end of a phase or of the run
+        evaluated = not (P < step <= P + R) and (run.epochs_done % args.eval_every == 0 or boundary)
+        if evaluated:
+            run.log(**evaluate())
+            row = run.flush()
+            print(f"step {step}/{P + R + args.epochs}  G epoch {run.epochs_done}  "
+                  + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "epoch")))
+        if step == P and P > 0:
+            write_samples("pretrained")
+        if evaluated or boundary or step % args.eval_every == 0:
+            run.save_checkpoint()
 
     if run.step == 0:
         run.log(**evaluate())                                            # the untrained G
         run.flush()
-    with common.StopFlag() as stop:
-        while run.step < end:
-            u = run.step
-            if u < P or args.mle_only:                                   # Alg. 1 line 2: MLE epoch
-                run.log(loss_mle=mle_epoch(G, opt_mle, train_set, bs, args.grad_clip))
-                run.count(len(train_set) // bs * bs)
-            elif u < P + R:                                              # D pretraining round
+    for u in run.loop(until=end, after_step=after_step):
+        if u < P or args.mle_only:                                       # Alg. 1 line 2: MLE epoch
+            run.log(loss_mle=mle_epoch(G, opt_mle, train_set, bs, args.grad_clip))
+            run.count(len(train_set) // bs * bs, epochs=1)               # `epoch`: G's epochs (Fig. 2)
+        elif u < P + R:                                                  # D pretraining round
+            d_round()
+        else:                                                            # one adversarial epoch
+            if u == P + R:
+                update_rollout(G_beta, G, 0.0)                           # G_β starts as the pretrained G
+            for _ in range(args.g_steps):                                # lines 4-9, g-steps times
+                loss_pg, reward = pg_step(G, G_beta, D, opt_pg, bs, T, args.rollout_num, args.grad_clip)
+                run.log(loss_pg=loss_pg, reward=reward)
+            run.count(args.g_steps * bs, epochs=1)
+            update_rollout(G_beta, G, args.rollout_update_rate)          # β ← θ (D's rounds leave G alone)
+            for _ in range(args.d_steps):                                # lines 10-13, d-steps times
                 d_round()
-            else:                                                        # one adversarial epoch
-                if u == P + R:
-                    update_rollout(G_beta, G, 0.0)                       # G_β starts as the pretrained G
-                for _ in range(args.g_steps):                            # lines 4-9, g-steps times
-                    loss_pg, reward = pg_step(G, G_beta, D, opt_pg, bs, T, args.rollout_num, args.grad_clip,
-                                              args.amp)
-                    run.log(loss_pg=loss_pg, reward=reward)
-                    run.count(bs)
-                update_rollout(G_beta, G, args.rollout_update_rate)      # β ← θ (D's rounds leave G alone)
-                for _ in range(args.d_steps):                            # lines 10-13, d-steps times
-                    d_round()
-            run.step += 1
-            run.batches_drawn = min(run.step, P) + max(0, run.step - P - R)  # `epoch`: G's epochs (Fig. 2)
-            boundary = run.step in (P, P + R, end)                       # the end of a phase or of the run
-            evaluated = not (P <= u < P + R) and (run.batches_drawn % args.eval_every == 0 or boundary)
-            if evaluated:
-                run.log(**evaluate())
-            if evaluated or run.step % args.log_every == 0:
-                row = run.flush()
-                if evaluated:
-                    print(f"step {run.step}/{P + R + args.epochs}  G epoch {run.batches_drawn}  "
-                          + "  ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "epoch")))
-            if run.step == P and P > 0:
-                write_samples("pretrained")
-            if evaluated or boundary or run.step % args.eval_every == 0:
-                run.save_checkpoint()
-            if stop.requested and run.step < end:
-                path = run.save_checkpoint()
-                raise common.Interrupted(f"interrupted at step {run.step}; checkpoint saved to {path}. "
-                                         f"Resume with: python seqgan.py --resume {run.dir}")
     write_samples("final")
     return run.finish()
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN: N sequences of the run's G in RUN/generated-<time>.txt, one a
+    line (decoded text for a --text run; token ids and their NLL_oracle for an oracle run)."""
+    device = common.setup(args, single_process=True)
+    G, *_ = build(args, device)  # (the checkpoint's flags say what to build)
+    state = {}
+    run = common.Run("seqgan", args, {"G": G}, state, device=device)
+    tokens = G.sample(args.generate, args.seq_len)
+    path = run.dir / f"generated-{datetime.now():%Y%m%d-%H%M%S-%f}.txt"
+    path.write_text("\n".join(decode(tokens, state["vocab"], args.tokens == "char")) + "\n", encoding="utf-8")
+    if state["oracle"] is not None:
+        oracle = Oracle.from_state_dict(state["oracle"]).to(device)
+        print(f"wrote {args.generate} sequences to {path} (NLL_oracle {oracle_nll(oracle, tokens):.3f} per token)")
+    else:
+        print(f"wrote {args.generate} sequences to {path}")
+    return {"path": str(path)}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -375,31 +375,21 @@ def save_reconstructions(E, Dec, x: torch.Tensor, path, nrow: int = 8) -> torch.
 
 def train(args) -> dict:
     device = common.setup(args)
-    data = None
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
-                                   args.download, device, args.dataset_size, args.workers)
-        args.channels = data.channels  # saved with the checkpoint's flags
+    data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                               args.download, device, args.dataset_size, args.workers)
+    args.channels = data.channels  # saved with the checkpoint's flags
     E, Dec, D, opts = build(args, args.channels, device)
     nets = {"E": E, "Dec": Dec, **({"D": D} if D is not None else {})}
     state = {"fixed_z": torch.randn(64, args.nz, device=device)}  # one latent for every sample grid
     run = common.Run("vaegan", args, {**nets, **{f"opt_{k}": o for k, o in opts.items()}}, state,
                      sample_fn=lambda: Dec(state["fixed_z"]), device=device)
-    if args.generate:
-        out = run.generate(lambda n: Dec(torch.randn(n, args.nz, device=device)), args.generate)
-        mse = save_reconstructions(E, Dec, held_out(args, args.generate, device), out / "reconstructions.png")
-        print(f"wrote {out}/reconstructions.png (inputs above reconstructions; pixel MSE {mse.item():.4f})")
-        return {"heldout_recon_mse": mse.item()}
-    for net in nets.values():
-        common.maybe_compile(net, args.compile, args.channels_last)
+    # --compile, --amp, --channels-last; under torchrun no DDP: its hooks never see gradients set
+    # from torch.autograd.grad, so each optimiser averages them over the processes before it steps
+    E, Dec, D = run.prepare(E, Dec, D, ddp=False)
 
     def train_step(real):
-        with torch.autocast(device.type, torch.bfloat16, enabled=args.amp):
-            out = forward(E, Dec, D, real, args)       # Alg. 1: all losses from one forward pass
+        out = forward(E, Dec, D, real, args)           # Alg. 1: all losses from one forward pass
         set_gradients(out, E, Dec, D)                  # each network: its own loss's gradient only
-        # Under torchrun: averaged over the processes here, as DDP would in backward(); the
-        # gradients come from torch.autograd.grad, which DDP's hooks never see.
-        common.average_gradients(*nets.values())
         update = {"Enc": True, "Dec": True, "Dis": D is not None}
         metrics = {"L_prior": out["L_prior"], "L_llike": out["L_llike"], "recon_mse": out["recon_mse"]}
         if D is not None and args.gate:                # (a host decision: never captured, see below)
@@ -417,7 +407,7 @@ def train(args) -> dict:
         return metrics
 
     # --fast: the whole step as one CUDA graph; not with --gate, whose decisions are made on the host
-    step = train_step if args.gate else run.graphed(train_step)
+    step = run.fast_step(train_step, capture=not args.gate)
     for real, _ in run.batches(data):
         run.log(**step(real))
     result = run.finish()
@@ -428,8 +418,21 @@ def train(args) -> dict:
     return {**result, "heldout_recon_mse": mse.item()}
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN: N samples of the run's decoder (a grid and one PNG each) and
+    reconstructions of N held-out images (reconstructions.png)."""
+    device = common.setup(args)
+    E, Dec, *_ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    run = common.Run("vaegan", args, {"E": E, "Dec": Dec}, device=device)
+    out = run.generate(lambda n: Dec(torch.randn(n, args.nz, device=device)), args.generate)
+    mse = save_reconstructions(E, Dec, held_out(args, args.generate, device), out / "reconstructions.png")
+    print(f"wrote {out}/reconstructions.png (inputs above reconstructions; pixel MSE {mse.item():.4f})")
+    return {"heldout_recon_mse": mse.item()}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

@@ -206,14 +206,13 @@ def critic_iters(gen_iteration: int, n_critic: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Training (Alg. 1)
 # ---------------------------------------------------------------------------------------------
-def critic_step(G, critic, opt_C, real, nz, clip, amp=False) -> torch.Tensor:
+def critic_step(G, critic, opt_C, real, nz, clip) -> torch.Tensor:
     """Alg. 1 lines 3-7: one RMSProp step on the critic with a fresh z, then the clip.
     Returns the EM estimate W = E f(x) - E f(G(z)) on this batch (before the step)."""
     z = torch.randn(real.size(0), nz, device=real.device)
-    with torch.no_grad(), torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
+    with torch.no_grad():
         fake = G(z)                      # G gets no gradient from the critic's update
-    with torch.autocast(real.device.type, torch.bfloat16, enabled=amp):
-        loss = critic_loss(critic(real), critic(fake))
+    loss = critic_loss(critic(real), critic(fake))
     opt_C.zero_grad(set_to_none=True)
     loss.backward()
     opt_C.step()
@@ -221,12 +220,11 @@ def critic_step(G, critic, opt_C, real, nz, clip, amp=False) -> torch.Tensor:
     return -loss.detach()
 
 
-def generator_step(G, critic, opt_G, batch_size, nz, device, amp=False) -> torch.Tensor:
+def generator_step(G, critic, opt_G, batch_size, nz, device) -> torch.Tensor:
     """Alg. 1 lines 9-11: one RMSProp step on G with a fresh z; the critic is not updated."""
     critic.requires_grad_(False)         # no gradient for the critic's weights at all
     z = torch.randn(batch_size, nz, device=device)
-    with torch.autocast(device.type, torch.bfloat16, enabled=amp):
-        loss = generator_loss(critic(G(z)))
+    loss = generator_loss(critic(G(z)))
     opt_G.zero_grad(set_to_none=True)
     loss.backward()
     opt_G.step()
@@ -248,45 +246,43 @@ def build(args, channels: int, device):
 
 def train(args) -> dict:
     device = common.setup(args)
-    data = None
-    if not args.generate:  # (to generate, the checkpoint's flags say what to build)
-        data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
-                                   args.download, device, args.dataset_size, args.workers)
-        args.channels = data.channels  # saved with the checkpoint's flags
+    data = common.load_dataset(args.dataset, args.data_root, args.image_size, args.channels,
+                               args.download, device, args.dataset_size, args.workers)
+    args.channels = data.channels  # saved with the checkpoint's flags
     G, critic, opt_G, opt_C = build(args, args.channels, device)
     state = {"fixed_z": torch.randn(64, args.nz, device=device)}  # one latent for every grid
     run = common.Run("wgan", args, {"G": G, "critic": critic, "opt_G": opt_G, "opt_C": opt_C}, state,
                      sample_fn=lambda: G(state["fixed_z"]), device=device)
-    if args.generate:
-        run.generate(lambda n: G(torch.randn(n, args.nz, device=device)), args.generate)
-        return {}
-    common.maybe_compile(G, args.compile, args.channels_last)
-    common.maybe_compile(critic, args.compile, args.channels_last)
-    # Under torchrun: DDP wrappers (gradients averaged over the processes); the clip acts on the
-    # same parameters, identical on every process. G's step calls the plain critic.
-    G_train, critic_train = common.distribute(G, args), common.distribute(critic, args)
-
-    # --fast: each update replayed as one CUDA graph (plain calls without it)
-    critic_update = run.graphed(lambda real: critic_step(G_train, critic_train, opt_C, real, args.nz, args.clip,
-                                                         args.amp))
-    generator_update = run.graphed(lambda: generator_step(G_train, critic, opt_G, common.per_rank(args.batch_size),
-                                                          args.nz, device, args.amp))
-    batches = run.stream(data)                  # a fresh real batch for every critic iteration
+    # --compile, --amp, --channels-last; under torchrun DDP (the clip then acts on parameters that
+    # are identical on every process)
+    G, critic = run.prepare(G, critic)
+    critic_update, generator_update = run.fast_step(critic_step), run.fast_step(generator_step)  # --fast: graphs
+    batches = run.stream(data)
     for gen_iteration in run.loop():            # Alg. 1: "while θ has not converged do"
         n_critic = (critic_iters(gen_iteration, args.n_critic) if args.critic_schedule == "official"
                     else args.n_critic)
-        for _ in range(n_critic):               # lines 2-8: train the critic n_critic times
-            real, _ = next(batches)
-            W = critic_update(real)             # critic_step(...)
+        for _ in range(n_critic):               # lines 2-8: train the critic n_critic times,
+            real, _ = next(batches)             # a fresh real batch each time
+            W = critic_update(G, critic, opt_C, real, args.nz, args.clip)
             run.log(W_estimate=W)               # the EM estimate: the paper's learning curve
-        # lines 9-11: one generator update against the critic just trained
-        loss_G = generator_update()             # generator_step(...)
+        # lines 9-11: one generator update against the critic just trained, a batch of m fresh z
+        loss_G = generator_update(G, critic, opt_G, real.size(0), args.nz, device)
         run.log(loss_G=loss_G)
     return run.finish()
 
 
+def generate(args) -> dict:
+    """--generate N --resume RUN: N samples of the run's G (a grid and one PNG each)."""
+    device = common.setup(args)
+    G, *_ = build(args, args.channels, device)  # (the checkpoint's flags say what to build)
+    run = common.Run("wgan", args, {"G": G}, device=device)
+    run.generate(lambda n: G(torch.randn(n, args.nz, device=device)), args.generate)
+    return {}
+
+
 def main(argv=None) -> dict:
-    return train(parse_args(argv))
+    args = parse_args(argv)
+    return generate(args) if args.generate else train(args)
 
 
 if __name__ == "__main__":

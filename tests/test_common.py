@@ -7,7 +7,8 @@ and `weights_only` loading, the data position, every RNG and the method state re
 resume, a grid and a checkpoint at each epoch end, Ctrl-C (the handler restored, a second one
 aborting), samples drawn in eval mode without gradients, a NaN or Inf loss stopping the run,
 metrics averaged over the values as logged even when a logged tensor changes in place afterwards;
-data.py and scale.py importing nothing of the collection.
+Run.prepare's channels-last and bf16 networks (float32 outputs), a loop with its own schedule
+(until, after_step, counted epochs, Ctrl-C); data.py and scale.py importing nothing of the collection.
 """
 import argparse
 import ast
@@ -771,3 +772,59 @@ def test_a_plain_run_never_imports_scale(tmp_path):
 
     assert modules_after("--out", "plain") == ["common", "dcgan"]
     assert modules_after("--out", "fast", "--fast") == ["common", "dcgan", "scale"]  # (the check can fail)
+
+
+def test_prepare_sets_the_networks_up_in_place_for_channels_last_and_amp(tmp_path):
+    # --channels-last reaches every network of the run; --amp the networks given: their forward
+    # computes under bf16 autocast and hands back float32 (losses and backward() outside autocast)
+    seen = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            y = self.conv(x)
+            seen.append(y.dtype)
+            return y, {"mean": y.mean(), "index": torch.arange(2)}
+
+    G, G_ema = Net(), Net()
+    keys = list(G.state_dict())
+    run = common.Run("dcgan", _args(out=str(tmp_path / "run"), amp=True, channels_last=True), {"G": G, "G_ema": G_ema})
+    assert run.prepare(G) is G and list(G.state_dict()) == keys      # one process: the network itself
+    assert all(m.conv.weight.is_contiguous(memory_format=torch.channels_last) for m in (G, G_ema))
+    y, extra = G(torch.randn(2, 3, 8, 8))
+    assert seen == [torch.bfloat16] and y.dtype == extra["mean"].dtype == torch.float32
+    assert extra["index"].dtype == torch.long                        # (only floating outputs are cast)
+    y.sum().backward()
+    assert G.conv.weight.grad.dtype == torch.float32
+    G_ema(torch.randn(2, 3, 8, 8))
+    assert seen[-1] == torch.float32                                 # not given to prepare: float32
+
+
+def test_a_loop_with_its_own_schedule_counts_steps_and_epochs_and_stops_on_ctrl_c(tmp_path):
+    # seqgan.py's loop: `until` steps, no epoch ends of the loop's own (no grid, no checkpoint),
+    # after_step() once each step is counted and before its row; a Ctrl-C still saves and stops
+    run = common.Run("seqgan", _args(out=str(tmp_path / "run"), log_every=1), {"net": torch.nn.Linear(2, 2)})
+    seen = []
+
+    def after_step():
+        seen.append((run.step, run.epochs_done))
+        run.log(nll=run.step * 10)  # (seqgan.py's evaluation: in the row of the step it follows)
+
+    for u in run.loop(until=3, after_step=after_step):
+        run.log(loss=torch.tensor(float(u)))
+        run.count(10, epochs=u % 2)
+    assert seen == [(1, 0), (2, 1), (3, 1)] and run.step == 3
+    rows = read_metrics(run.dir)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and [float(r["epoch"]) for r in rows] == [0, 1, 1]
+    assert [float(r["nll"]) for r in rows] == [10, 20, 30] and [float(r["loss"]) for r in rows] == [0, 1, 2]
+    assert not (run.dir / "checkpoint.pt").exists()
+    run = common.Run("seqgan", _args(out=str(tmp_path / "stopped"), log_every=5), {"net": torch.nn.Linear(2, 2)})
+    seen.clear()
+    with pytest.raises(common.Interrupted, match="interrupted at step 2"):
+        for u in run.loop(until=10, after_step=lambda: seen.append(run.step)):
+            if u == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+    assert seen == [1, 2] and torch.load(run.dir / "checkpoint.pt", weights_only=True)["step"] == 2

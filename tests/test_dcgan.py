@@ -241,13 +241,13 @@ def test_training_alternates_one_d_step_then_one_g_step_on_the_same_fakes(monkey
     calls = []
     d_step, g_step = dcgan.discriminator_step, dcgan.generator_step
 
-    def spy_d(D, opt_D, real, fake, amp=False):
+    def spy_d(D, opt_D, real, fake):
         calls.append(("D", fake, opt_D, {id(p) for p in D.parameters()}))
-        return d_step(D, opt_D, real, fake, amp)
+        return d_step(D, opt_D, real, fake)
 
-    def spy_g(D, opt_G, fake, amp=False):
+    def spy_g(D, opt_G, fake):
         calls.append(("G", fake, opt_G, {id(p) for p in D.parameters()}))
-        return g_step(D, opt_G, fake, amp)
+        return g_step(D, opt_G, fake)
 
     monkeypatch.setattr(dcgan, "discriminator_step", spy_d)
     monkeypatch.setattr(dcgan, "generator_step", spy_g)

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, TINY_RUN, read_metrics
+from torch.nn.parallel import DistributedDataParallel
 
 import began
 import common
@@ -217,30 +218,30 @@ def test_torchrun_with_one_process_runs_the_distributed_path(monkeypatch):
     for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                            MASTER_PORT=str(port)).items():
         monkeypatch.setenv(key, value)
-    wrapped = []
+    import scale
+    wrapped, distribute = [], scale.distribute
 
-    def spy(module, args, **kw):
-        wrapped.append(distribute(module, args, **kw))
+    def spy(module, *args, **kw):
+        wrapped.append(distribute(module, *args, **kw))
         return wrapped[-1]
 
-    monkeypatch.setattr(common, "distribute", spy)
+    monkeypatch.setattr(scale, "distribute", spy)
     try:
         dcgan.main(TINY_D + ["--max-steps", "2", "--out", "one"])
         assert common.world_size() == 1 and common.is_main()
-        assert [type(m).__name__ for m in wrapped] == ["DistributedDataParallel"] * 2
+        assert len(wrapped) == 2 and all(isinstance(m, DistributedDataParallel) for m in wrapped)
     finally:
         common.shutdown()
     assert len(torch.load("one/checkpoint.pt", weights_only=True)["rng_ranks"]) == 1
     assert [int(r["step"]) for r in read_metrics("one")] == [1, 2]
 
 
-distribute = common.distribute
-
-
-def test_one_process_is_untouched_by_the_distributed_code():
+def test_one_process_is_untouched_by_the_distributed_code(tmp_path):
     assert not common.launched() and common.world_size() == 1 and common.is_main()
-    net = torch.nn.Linear(2, 2)
-    assert common.distribute(net, argparse.Namespace(sync_bn=True)) is net
+    net, other = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    args = dcgan.parse_args(["--sync-bn", "--device", "cpu", "--out", str(tmp_path / "run")])
+    run = common.Run("dcgan", args, {"net": net, "opt": torch.optim.Adam(net.parameters())})
+    assert run.prepare(net) is net and run.prepare(net, None, other) == (net, None, other)
     t = torch.tensor([1.0, 3.0])
     assert common.all_reduce(t) is t and t.tolist() == [1.0, 3.0]
 

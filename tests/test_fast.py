@@ -1,4 +1,4 @@
-"""--fast (scale.Graphed, common.Run.graphed, scale.make_capturable): the fast path must not change
+"""--fast (scale.Graphed, common.Run.fast_step, scale.make_capturable): the fast path must not change
 what a training step computes. On the CPU the step runs eagerly through Graphed's static buffers
 (the plumbing a CUDA graph replays from), so a --fast run must end with exactly the weights
 and losses of a default run.
@@ -73,15 +73,35 @@ def test_fast_path_on_cpu_changes_nothing_a_step_computes(script, tmp_path, caps
         assert a == b
 
 
-def test_graphed_without_fast_is_a_plain_call(tmp_path):
+def test_fast_step_without_fast_is_the_step_itself(tmp_path):
     p = argparse.ArgumentParser()
     common.add_run_args(p)
     run = common.Run("dcgan", p.parse_args(["--out", str(tmp_path / "run")]), {})
-    seen = []
-    step = run.graphed(lambda x: seen.append(x) or x)
-    x = torch.ones(2)
-    assert step(x) is x and seen[0] is x
-    run.recapture()  # (nothing to capture anew)
+    fn = lambda x: x
+    assert run.fast_step(fn) is fn
+    fast = common.Run("dcgan", p.parse_args(["--fast", "--out", str(tmp_path / "fast")]), {})
+    assert fast.fast_step(fn, capture=False) is fn  # (a step that decides on the host: vaegan.py's --gate)
+    assert isinstance(fast.fast_step(fn), scale.Graphed)
+
+
+def test_a_graphed_step_starts_anew_when_a_learning_rate_changes():
+    # a captured graph holds the optimisers' hyperparameters: a change (BEGAN's halving, CycleGAN's
+    # decay) or a cleared state (ProGAN's new phase) must reset it; on the CPU nothing is captured,
+    # so the check is made against a graph that stands in for one
+    w = nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+    step = scale.Graphed(lambda x: x, capture=False, optimizers=[opt])
+    step(torch.ones(1))
+    step.graph, step.captured_key, step.calls = "captured", step.key(), 5
+    step(torch.ones(1))
+    assert step.graph == "captured" and step.calls == 6          # nothing changed: replayed
+    opt.param_groups[0]["lr"] = 0.05
+    step(torch.ones(1))
+    assert step.graph is None and step.calls == 1                # a new learning rate: warm-up again
+    step.graph, step.captured_key = "captured", step.key()
+    opt.state[w]["momentum_buffer"] = torch.zeros(2)
+    step(torch.ones(1))
+    assert step.graph is None                                    # a state that changed size
 
 
 def test_graphed_steps_run_on_static_buffers_and_return_copies():

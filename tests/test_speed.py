@@ -128,7 +128,7 @@ def _script_step(script, m, args, nets, opts, batches):
 def _script_nets_and_opts(script, m, args):
     if script == "dcgan":
         G, D = m.build(args, args.channels, CPU)
-        kw = {"lr": args.lr, "betas": (args.beta1, args.beta2), **common.optimizer_kwargs(torch.device("cpu"))}
+        kw = {"lr": args.lr, "betas": (args.beta1, args.beta2)}
         return [G, D], [torch.optim.Adam(G.parameters(), **kw), torch.optim.Adam(D.parameters(), **kw)]
     if script == "vaegan":
         E, Dec, D, opts = m.build(args, args.channels, CPU)
@@ -242,10 +242,10 @@ def test_cpu_runs_the_scripts_in_channels_last_unless_switched_off(tmp_path, mon
     seen = []
     original_step = dcgan.discriminator_step
 
-    def spy(D, opt_D, real, fake, amp=False):
+    def spy(D, opt_D, real, fake):
         weight = next(p for p in D.parameters() if p.dim() == 4)
         seen.append(weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous())
-        return original_step(D, opt_D, real, fake, amp)
+        return original_step(D, opt_D, real, fake)
 
     monkeypatch.setattr(dcgan, "discriminator_step", spy)
     argv = ["--script", "dcgan", "--device", "cpu", "--modes", "default", "fast", "--fast-flags=--no-channels-last",
